@@ -1,0 +1,96 @@
+"""The command line: it parses arguments and calls the stages, nothing more."""
+
+from __future__ import annotations
+
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ftcompare.config import ConfigError, StudyConfig, expand, load_config
+from ftcompare.console import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure how LoRA fine-tuning compares with full fine-tuning.")
+
+OUTPUT_OPTION = typer.Option(Path("runs"), "--output", "-o", help="Folder that holds experiment folders.")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _load(config_path: Path) -> StudyConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as error:
+        _fail(str(error))
+
+
+def _print_matrix(config: StudyConfig) -> None:
+    table = Table(title=f"run matrix: {config.experiment}")
+    for column in ("run", "method", "rank", "alpha", "lr", "seed"):
+        table.add_column(column)
+    for run in expand(config):
+        table.add_row(run.run_id, run.method, str(run.rank or "–"), f"{run.alpha:g}" if run.alpha else "–", f"{run.lr:g}", str(run.seed))
+    console.print(table)
+
+
+def _run_and_report(config: StudyConfig, output: Path) -> None:
+    from ftcompare.report.render import render_report
+    from ftcompare.report.tables import table_cells
+    from ftcompare.study import StudyMismatch, run_study
+
+    _print_matrix(config)
+    try:
+        experiment = run_study(config, output)
+    except StudyMismatch as error:
+        _fail(str(error))
+    markdown, html, rows = render_report(experiment)
+    header, body = table_cells(rows)
+    table = Table(title=f"results: {config.experiment}")
+    for title in header:
+        table.add_column(title, justify="right")
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"report: {html}\n        {markdown}")
+
+
+@app.command()
+def run(
+    config_path: Path = typer.Argument(..., help="Study config (YAML)."),
+    output: Path = OUTPUT_OPTION,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run matrix; train nothing."),
+) -> None:
+    """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
+    config = _load(config_path)
+    if dry_run:
+        _print_matrix(config)
+        return
+    _run_and_report(config, output)
+
+
+@app.command()
+def demo(output: Path = OUTPUT_OPTION) -> None:
+    """The built-in offline study (examples/quickstart.yaml): full FT vs LoRA ranks on the built-in model."""
+    with as_file(files("ftcompare") / "configs" / "quickstart.yaml") as path:
+        config = _load(path)
+    _run_and_report(config, output)
+
+
+@app.command()
+def report(experiment: Path = typer.Argument(..., help="An experiment folder, e.g. runs/quickstart.")) -> None:
+    """Re-render report.md and report.html from an experiment folder's records."""
+    from ftcompare.report.render import render_report
+
+    try:
+        markdown, html, _ = render_report(experiment)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    console.print(f"report: {html}\n        {markdown}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,49 @@
+"""Forgetting: the language-modelling loss on held-out pre-training text, before and after fine-tuning.
+
+This is the pseudo-loss measure of "LoRA vs Full Fine-tuning: An Illusion of Equivalence" (§5): a
+tuned model that forgot more of its pre-training distribution has a higher loss there. The chunks
+are fixed (first `n_chunks` windows of the held-out files, in sorted order), so base and every run
+are scored on identical tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ftcompare.data.corpus import read_text, stdlib_corpus
+
+
+def heldout_chunks(tokenizer, *, n_chunks: int, chunk_tokens: int) -> torch.Tensor:
+    """(n_chunks, chunk_tokens) token ids: consecutive windows of the standard library's held-out files."""
+    needed = n_chunks * chunk_tokens
+    corpus = stdlib_corpus()
+    # ~3 characters per token for code under a small BPE: read generously, then trim
+    text = read_text(corpus.held_out_files, max_chars=needed * 8)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < needed:
+        raise ValueError(f"held-out corpus has {len(ids)} tokens, fewer than the {needed} asked for")
+    return torch.tensor(ids[:needed], dtype=torch.long).view(n_chunks, chunk_tokens)
+
+
+@torch.no_grad()
+def mean_token_loss(model, chunks: torch.Tensor, *, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy (nats) over every predicted token of `chunks` (n, length)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, chunks.shape[0], batch_size):
+        batch = chunks[start : start + batch_size].to(device)
+        logits = model(input_ids=batch).logits.float()
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total += loss.item()
+        count += batch[:, 1:].numel()
+    model.train(was_training)
+    result = total / count
+    if not math.isfinite(result):
+        raise FloatingPointError("held-out loss is not finite")
+    return result

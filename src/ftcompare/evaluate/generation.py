@@ -1,0 +1,118 @@
+"""Batched generation with Hugging Face `generate`, and code extraction from what comes back.
+
+Decoder-only models are left-padded so every prompt ends where generation starts. A completion is
+cut at the end-of-sequence token and then at the first top-level line (the stop sequences of the
+HumanEval harness, `\\ndef`, `\\nclass`, `\\nif`, `\\nprint`, `\\n#`, generalised to any line that
+starts in column 0), since the prompt already opened the function whose body the model writes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+_TOP_LEVEL_LINE = re.compile(r"\n(?=\S)")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # decoded new tokens, special tokens removed
+    new_tokens: int  # tokens generated, up to and including EOS
+    hit_budget: bool  # stopped by max_new_tokens, not by EOS: the answer may be truncated
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    n: int  # completions per prompt
+    do_sample: bool
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    batch_size: int = 64  # sequences per generate call
+    seed: int = 0
+
+
+def extract_body(text: str) -> str:
+    """The function body a completion-style model wrote: everything before the first top-level line."""
+    match = _TOP_LEVEL_LINE.search(text)
+    return text[: match.start() + 1] if match else text
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings: SamplingSettings,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[list[Generation]], float]:
+    """`settings.n` completions for each prompt, and the wall time spent in `generate` (s).
+
+    Returns generations[i][j]: the j-th completion of prompt i.
+    """
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    eos_id = tokenizer.eos_token_id
+    prompts_per_call = max(1, settings.batch_size // settings.n)
+    results: list[list[Generation]] = []
+    torch.manual_seed(settings.seed)
+    wall_s = 0.0
+    for start in range(0, len(prompts), prompts_per_call):
+        chunk = list(prompts[start : start + prompts_per_call])
+        encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        started = time.perf_counter()
+        output = model.generate(
+            **encoded,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature if settings.do_sample else None,
+            top_p=settings.top_p if settings.do_sample else None,
+            top_k=None,
+            num_return_sequences=settings.n,
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos_id,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall_s += time.perf_counter() - started
+        new = output[:, encoded["input_ids"].shape[1] :].tolist()
+        for i in range(len(chunk)):
+            results.append([_decode(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens) for j in range(settings.n)])
+        if on_batch:
+            on_batch(len(chunk))
+    return results, wall_s
+
+
+def _decode(tokenizer, ids: list[int], eos_id: int, budget: int) -> Generation:
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+        return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), hit_budget=False)
+    return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), hit_budget=len(ids) >= budget)
+
+
+@torch.no_grad()
+def generation_tokens_per_s(model, tokenizer, prompts: Sequence[str], *, new_tokens: int, repeats: int) -> float:
+    """Decoding throughput: a batch of `prompts` generating exactly `new_tokens` each, greedy, KV cache on.
+
+    The median over `repeats` timed runs after one warm-up run.
+    """
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    timings = []
+    for attempt in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(**encoded, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                       pad_token_id=tokenizer.pad_token_id)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if attempt:  # the first run warms caches and kernels
+            timings.append(time.perf_counter() - started)
+    median_s = sorted(timings)[len(timings) // 2]
+    return len(prompts) * new_tokens / median_s

@@ -1,0 +1,120 @@
+"""The report's figures, each a function from table rows (and spectral records) to a PNG.
+
+LoRA runs are grouped into series by method name and averaged over seeds (error bars: one standard
+deviation); full fine-tuning and the base are drawn as horizontal reference lines where the x axis
+is a LoRA rank.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a server or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ftcompare.report.tables import group_mean  # noqa: E402
+
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def series_name(row: dict) -> str:
+    """`lora-r4-s0` → `lora`; `full-s1` → `full`."""
+    run = row["run"]
+    return run.rsplit("-r", 1)[0] if row.get("rank") is not None else run.rsplit("-s", 1)[0]
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _versus_rank(ax, rows: Sequence[dict], field: str, label_suffix: str = "", style: str = "-o") -> None:
+    lora = [r for r in rows if r.get("rank") is not None]
+    for index, name in enumerate(sorted({series_name(r) for r in lora})):
+        stats = group_mean([r for r in lora if series_name(r) == name], lambda r: r["rank"], field)
+        ranks = sorted(stats)
+        if ranks:
+            ax.errorbar(ranks, [stats[r][0] for r in ranks], yerr=[stats[r][1] for r in ranks], fmt=style,
+                        color=COLORS[index % len(COLORS)], capsize=3, label=f"{name}{label_suffix}")
+    references = [r for r in rows if r.get("rank") is None]
+    for index, name in enumerate(sorted({series_name(r) for r in references})):
+        stats = group_mean([r for r in references if series_name(r) == name], lambda r: 0, field)
+        if stats:
+            ax.axhline(stats[0][0], linestyle="--" if name != "base" else ":", color="black" if name != "base" else "grey",
+                       label=f"{name}{label_suffix}")
+    if lora:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("LoRA rank")
+
+
+def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
+    figure, ax = plt.subplots(figsize=(6, 4))
+    _versus_rank(ax, rows, "id_pass1", " (in-domain)")
+    if any(r.get("ood_pass1") is not None for r in rows):
+        _versus_rank(ax, rows, "ood_pass1", " (out-of-domain)", style=":s")
+    ax.set_ylabel("greedy pass@1")
+    ax.set_title("Accuracy vs LoRA rank")
+    ax.legend(fontsize=7)
+    return _png(figure)
+
+
+def intruders_vs_rank(rows: Sequence[dict]) -> bytes:
+    figure, ax = plt.subplots(figsize=(6, 4))
+    _versus_rank(ax, [r for r in rows if r["run"] != "base"], "intruders")
+    ax.set_ylabel("intruder dimensions (all matrices)")
+    ax.set_title("Intruder dimensions vs LoRA rank")
+    ax.legend(fontsize=7)
+    return _png(figure)
+
+
+def forgetting_vs_accuracy(rows: Sequence[dict]) -> bytes:
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for index, row in enumerate(r for r in rows if r.get("forgetting") is not None and r.get("id_pass1") is not None):
+        ax.scatter(row["forgetting"], row["id_pass1"], color=COLORS[index % len(COLORS)])
+        ax.annotate(row["run"], (row["forgetting"], row["id_pass1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("forgetting: held-out loss increase over the base (nats/token)")
+    ax.set_ylabel("in-domain greedy pass@1")
+    ax.set_title("Learning vs forgetting")
+    return _png(figure)
+
+
+def latency_bars(rows: Sequence[dict]) -> bytes:
+    fields = [("train_tokens_per_s", "train"), ("merged_tokens_per_s", "inference, merged"),
+              ("unmerged_tokens_per_s", "inference, unmerged")]
+    runs = [r for r in rows if r["run"] != "base"]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.8 / len(fields)
+    for offset, (field, label) in enumerate(fields):
+        xs = [i + offset * width for i, r in enumerate(runs) if r.get(field) is not None]
+        ys = [r[field] for r in runs if r.get(field) is not None]
+        axes[0].bar(xs, ys, width=width, label=label)
+    axes[0].set_xticks([i + width for i in range(len(runs))], [r["run"] for r in runs], rotation=45, ha="right", fontsize=7)
+    axes[0].set_ylabel("tokens/s")
+    axes[0].set_title("Throughput")
+    axes[0].legend(fontsize=7)
+    with_memory = [r for r in runs if r.get("peak_memory_mb") is not None]
+    axes[1].bar(range(len(with_memory)), [r["peak_memory_mb"] for r in with_memory], color=COLORS[3])
+    axes[1].set_xticks(range(len(with_memory)), [r["run"] for r in with_memory], rotation=45, ha="right", fontsize=7)
+    axes[1].set_ylabel("peak memory while training (MB)")
+    axes[1].set_title("Training memory")
+    return _png(figure)
+
+
+def epsilon_sweep(sweeps: dict[str, dict[str, int]]) -> bytes:
+    """`sweeps[run_id][str(epsilon)]` = total intruders at that epsilon."""
+    figure, ax = plt.subplots(figsize=(6, 4))
+    for index, (run, sweep) in enumerate(sweeps.items()):
+        epsilons = sorted(sweep, key=float)
+        ax.plot([float(e) for e in epsilons], [sweep[e] for e in epsilons], "-o", markersize=3,
+                color=COLORS[index % len(COLORS)], label=run)
+    ax.set_xlabel("ε (a tuned singular vector is an intruder when max |cos| with the base's < ε)")
+    ax.set_ylabel("intruder dimensions (all matrices)")
+    ax.set_title("Intruder count vs ε")
+    ax.legend(fontsize=7)
+    return _png(figure)

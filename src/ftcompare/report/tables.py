@@ -1,0 +1,112 @@
+"""The results table: one row per run (and one for the base), from the runs' metrics records."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    fmt: str  # format spec for numbers
+
+
+def _get(record: dict, *path: str) -> object:
+    value: object = record
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
+    sampled = _get(record, "suites", suite, "sampled") or {}
+    keys = sorted((k for k in sampled if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
+    return (keys[-1], sampled[keys[-1]]) if keys else ("pass@k", None)
+
+
+def result_row(record: dict) -> dict:
+    """The table's values for one metrics record (None where the run has no such number)."""
+    row = {
+        "run": record.get("run_id"),
+        "method": record.get("label", record.get("method")),
+        "rank": record.get("rank"),
+        "seed": record.get("seed"),
+        "lr": record.get("lr"),
+        "trainable_params": _get(record, "train", "trainable_params"),
+        "id_pass1": _get(record, "suites", "test", "greedy", "pass@1"),
+        "ood_pass1": _get(record, "suites", "ood", "greedy", "pass@1"),
+        "forgetting": _get(record, "forgetting", "increase") if record.get("method") != "base" else 0.0,
+        "heldout_loss": _get(record, "forgetting", "heldout_loss"),
+        "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
+        "peak_memory_mb": _get(record, "train", "peak_memory_mb"),
+        "merged_tokens_per_s": _get(record, "latency", "merged_tokens_per_s"),
+        "unmerged_tokens_per_s": _get(record, "latency", "unmerged_tokens_per_s"),
+        "intruders": _get(record, "spectral", "total_intruders"),
+    }
+    for suite, prefix in (("test", "id"), ("ood", "ood")):
+        k_name, value = _best_sampled_k(record, suite)
+        row[f"{prefix}_passk"] = value
+        row[f"{prefix}_k_name"] = k_name
+    return row
+
+
+def columns(rows: Sequence[dict]) -> list[Column]:
+    k_id = next((r["id_k_name"] for r in rows if r.get("id_passk") is not None), "pass@k")
+    k_ood = next((r["ood_k_name"] for r in rows if r.get("ood_passk") is not None), "pass@k")
+    return [
+        Column("method", "method", "s"),
+        Column("seed", "seed", "d"),
+        Column("lr", "lr", ".1e"),
+        Column("trainable_params", "trainable params", ",d"),
+        Column("id_pass1", "ID pass@1", ".3f"),
+        Column("id_passk", f"ID {k_id}", ".3f"),
+        Column("ood_pass1", "OOD pass@1", ".3f"),
+        Column("ood_passk", f"OOD {k_ood}", ".3f"),
+        Column("forgetting", "forgetting (Δ loss)", "+.3f"),
+        Column("train_tokens_per_s", "train tok/s", ",.0f"),
+        Column("peak_memory_mb", "peak MB", ",.0f"),
+        Column("merged_tokens_per_s", "infer tok/s merged", ",.0f"),
+        Column("unmerged_tokens_per_s", "infer tok/s unmerged", ",.0f"),
+        Column("intruders", "intruders", "d"),
+    ]
+
+
+def format_cell(value: object, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, float)) and fmt != "s":
+        if fmt.endswith("d"):
+            value = int(value)
+        return format(value, fmt)
+    return str(value)
+
+
+def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    cols = columns(rows)
+    return [c.title for c in cols], [[format_cell(row.get(c.key), c.fmt) for c in cols] for row in rows]
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    header, body = table_cells(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def group_mean(rows: Sequence[dict], key: Callable[[dict], object], field: str) -> dict[object, tuple[float, float, int]]:
+    """Mean, standard deviation and count of `field` per group (over seeds), skipping missing values."""
+    groups: dict[object, list[float]] = {}
+    for row in rows:
+        if row.get(field) is not None:
+            groups.setdefault(key(row), []).append(float(row[field]))
+    stats = {}
+    for group, values in groups.items():
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        stats[group] = (mean, std, len(values))
+    return stats

@@ -1,0 +1,306 @@
+"""A study, stage by stage: config → run matrix → base + method → train → evaluate → analyse → record.
+
+`run_study` reads top to bottom; each stage is a function over plain records, and each run's stages
+leave their record in the run directory so a re-run skips what is finished.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import PeftModel
+
+from ftcompare import __version__
+from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
+from ftcompare.config import RunSpec, StudyConfig, expand, fingerprint
+from ftcompare.console import console, step_progress
+from ftcompare.data.problems import Problem, TaskSplits
+from ftcompare.data.tasks import finetune_examples, load_task
+from ftcompare.evaluate.forgetting import heldout_chunks, mean_token_loss
+from ftcompare.evaluate.generation import SamplingSettings, generate, generation_tokens_per_s
+from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
+from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
+from ftcompare.models.methods import ADAPTER_DTYPE_POLICY, adapted_weight_names, apply_method, merge_adapter, save_tuned
+from ftcompare.runs.store import DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
+from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train
+
+BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
+
+
+class StudyMismatch(RuntimeError):
+    """A run directory holds results of a different config under the same run id."""
+
+
+@dataclass
+class StudyContext:
+    """What every run of a study shares: resolved once, read by the stages."""
+
+    config: StudyConfig
+    device: torch.device
+    base: BaseSource
+    tokenizer: object
+    task: TaskSplits
+    heldout: torch.Tensor | None
+    base_weights: dict[str, torch.Tensor]
+    spectra: SpectrumCache
+    experiment: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def environment() -> dict:
+    import peft
+    import transformers
+
+    info = {
+        "ftcompare": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def run_study(config: StudyConfig, output: Path) -> Path:
+    """Run every cell of the study's matrix that is not finished yet; return the experiment folder."""
+    device = resolve_device(config.device)
+    runs = expand(config)
+    experiment = experiment_dir(output, config.experiment)
+    experiment.mkdir(parents=True, exist_ok=True)
+    context = prepare(config, device, experiment)
+    write_json(experiment / STUDY_FILE, {
+        "config": config.model_dump(mode="json"),
+        "runs": [run.model_dump(mode="json") for run in runs],
+        "base": {"name": context.base.name, "path": context.base.path, "dtype": str(context.base.dtype),
+                 "provenance": context.base.provenance},
+        "device": str(device),
+        "environment": environment(),
+        "updated_at": datetime.now(timezone.utc).isoformat(),
+    })
+    evaluate_base(context)
+    for index, run in enumerate(runs, start=1):
+        run_dir = RunDir(experiment / run.run_id)
+        if run_dir.done:
+            console.print(f"[dim]({index}/{len(runs)}) {run.run_id}: finished earlier, skipped[/]")
+            continue
+        console.print(f"[bold]({index}/{len(runs)}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})")
+        execute_run(run, run_dir, context)
+    return experiment
+
+
+def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> StudyContext:
+    base = resolve_base(config.base, device, console)
+    tokenizer = load_tokenizer(base)
+    forgetting = config.evaluation.forgetting
+    heldout = heldout_chunks(tokenizer, n_chunks=forgetting.n_chunks, chunk_tokens=forgetting.chunk_tokens) if forgetting else None
+    model = load_model(base, torch.device("cpu"))
+    names = adapted_weight_names(model, None)
+    parameters = dict(model.named_parameters())
+    base_weights = {name: parameters[name].detach().clone() for name in names}
+    spectra = SpectrumCache(experiment / BASE_DIR / "svd", base.fingerprint)
+    return StudyContext(config, device, base, tokenizer, load_task(config.task), heldout, base_weights, spectra, experiment)
+
+
+def run_record(run: RunSpec, config: StudyConfig) -> dict:
+    """What determines a run's results: a run directory made from another record is not resumed."""
+    shared = config.model_dump(mode="json", include={"base", "task", "training", "evaluation", "analyses"})
+    return {"run": run.model_dump(mode="json"), "fingerprint": fingerprint([run.model_dump(mode="json"), shared])}
+
+
+def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
+    record = run_record(run, context.config)
+    if run_dir.has("run.json") and read_json(run_dir.file("run.json"))["fingerprint"] != record["fingerprint"]:
+        raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+    write_json(run_dir.file("run.json"), record)
+    started = time.perf_counter()
+    model = train_stage(run, run_dir, context)
+    evaluation = evaluate_stage(run, run_dir, context, model)  # merges LoRA after timing it unmerged
+    spectral = analyze_stage(run, run_dir, context, evaluation["model"])
+    metrics = {
+        **run.model_dump(mode="json"),
+        "label": run.label,
+        "train": read_json(run_dir.file("train.json")),
+        **{k: v for k, v in evaluation.items() if k != "model"},
+        "spectral": spectral,
+    }
+    write_json(run_dir.file("metrics.json"), metrics)
+    if not context.config.save_weights:
+        import shutil
+
+        shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
+    write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(),
+                                         "wall_s_this_session": time.perf_counter() - started})
+
+
+def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
+    """Train the run (or reload what an earlier session trained) and return the model, unmerged."""
+    seed_everything(run.seed)
+    model = apply_method(load_model(context.base, context.device), run)
+    weights = run_dir.file("weights")
+    if run_dir.has("train.json") and weights.is_dir():
+        console.print("  train: finished earlier, reloading the saved weights")
+        if run.method == "full":
+            return load_model(BaseSource(**{**asdict(context.base), "path": str(weights), "revision": None}), context.device)
+        return PeftModel.from_pretrained(model.get_base_model(), weights).to(context.device)
+
+    training = context.config.training
+    examples = finetune_examples(context.task.train, context.tokenizer)
+    steps = math.ceil(training.epochs * len(examples) / training.batch_size)
+    if training.max_steps:
+        steps = min(steps, training.max_steps)
+    settings = TrainSettings(lr=run.lr, steps=steps, warmup_steps=round(steps * training.warmup_ratio),
+                             schedule=training.schedule if training.schedule != "constant" else "constant_with_warmup",
+                             weight_decay=training.weight_decay, grad_clip=training.grad_clip,
+                             log_every=training.log_every, seed=run.seed)
+    batches = epoch_batches(examples, batch_size=training.batch_size, pad_id=context.tokenizer.pad_token_id,
+                            max_length=training.max_length, seed=run.seed)
+    accelerator = Accelerator(cpu=context.device.type == "cpu")
+    with step_progress(console, "  train", steps) as advance:
+        result = train(model, batches, settings, accelerator=accelerator, log_path=run_dir.file("train_log.jsonl"),
+                       on_step=lambda step, loss: advance(step, loss))
+    model = accelerator.unwrap_model(model)
+    save_tuned(model, weights)
+    total = sum(p.numel() for p in model.parameters())
+    write_json(run_dir.file("train.json"), {
+        **asdict(result),
+        "lr": run.lr,
+        "total_params": total,
+        "trainable_fraction": result.trainable_params / total,
+        "examples": len(examples),
+        "epochs": steps * training.batch_size / len(examples),
+        "dtype": str(context.base.dtype),
+        "adapter_dtype": ADAPTER_DTYPE_POLICY if run.method == "lora" else None,
+        "device": str(context.device),
+    })
+    console.print(f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.tokens_per_s:,.0f} tokens/s, "
+                  f"peak {result.peak_memory_mb:,.0f} MB")
+    return model
+
+
+def latency_prompts(context: StudyContext) -> list[str]:
+    suite = context.task.suites["test"]
+    return [suite[i % len(suite)].prompt for i in range(context.config.evaluation.latency.batch_size)]
+
+
+def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
+    """Latency (unmerged, then merged), pass@k on every suite, forgetting; returns them and the merged model."""
+    evaluation = context.config.evaluation
+    if run_dir.has("eval.json"):
+        console.print("  evaluate: finished earlier")
+        return {**read_json(run_dir.file("eval.json")), "model": merge_adapter(model)}
+    latency: dict = {}
+    if evaluation.latency:
+        prompts = latency_prompts(context)
+        measure = lambda m: generation_tokens_per_s(m, context.tokenizer, prompts, new_tokens=evaluation.latency.new_tokens,
+                                                    repeats=evaluation.latency.repeats)
+        if isinstance(model, PeftModel):
+            latency["unmerged_tokens_per_s"] = measure(model)
+        model = merge_adapter(model)
+        latency["merged_tokens_per_s"] = measure(model)
+        latency.update(batch_size=len(prompts), new_tokens=evaluation.latency.new_tokens)
+    model = merge_adapter(model)
+    model.eval()
+    suites, records = {}, []
+    for suite_name, problems in context.task.suites.items():
+        problems = problems[: evaluation.limit] if evaluation.limit else problems
+        if not problems:
+            continue
+        suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=run.seed if run else 0)
+        suites[suite_name] = {**suite_metrics, "in_domain": suite_name in context.task.in_domain}
+        records.extend(suite_records)
+    write_jsonl(run_dir.file("samples.jsonl"), records)
+    forgetting = {}
+    if context.heldout is not None:
+        tuned_loss = mean_token_loss(model, context.heldout)
+        base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"] if run else tuned_loss
+        forgetting = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
+    result = {"suites": suites, "forgetting": forgetting, "latency": latency, "merged_for_evaluation": run is not None and run.method == "lora"}
+    write_json(run_dir.file("eval.json"), result)
+    summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
+    console.print(f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss +{forgetting['increase']:.3f}" if forgetting and run else ""))
+    return {**result, "model": model}
+
+
+def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int) -> tuple[list[dict], dict]:
+    evaluation = context.config.evaluation
+    sandbox = SandboxSettings(evaluation.timeout_s, evaluation.memory_mb, evaluation.sandbox_workers)
+    modes = []
+    if evaluation.greedy:
+        modes.append(("greedy", SamplingSettings(n=1, do_sample=False, max_new_tokens=evaluation.max_new_tokens,
+                                                 batch_size=evaluation.batch_size, seed=seed)))
+    if evaluation.n_samples:
+        modes.append(("sampled", SamplingSettings(n=evaluation.n_samples, do_sample=True, temperature=evaluation.temperature,
+                                                  top_p=evaluation.top_p, max_new_tokens=evaluation.max_new_tokens,
+                                                  batch_size=evaluation.batch_size, seed=seed)))
+    records, metrics = [], {}
+    for mode, settings in modes:
+        with step_progress(console, f"  {suite} {mode}", len(problems)) as advance:
+            generations, generate_s = generate(model, context.tokenizer, [p.prompt for p in problems], settings,
+                                               on_batch=lambda count: advance())
+        scored = execute_records(sample_records(problems, generations, suite=suite, mode=mode), sandbox)
+        new_tokens = sum(r["new_tokens"] for r in scored)
+        metrics[mode] = {
+            **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
+            "n": settings.n,
+            "problems": len(problems),
+            "mean_new_tokens": new_tokens / len(scored),
+            "hit_budget_fraction": sum(r["hit_budget"] for r in scored) / len(scored),
+            "generate_s": generate_s,
+            "generate_tokens_per_s": new_tokens / max(generate_s, 1e-9),
+            "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
+        }
+        records.extend(scored)
+    return records, metrics
+
+
+def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
+    """Spectral analysis of every adapted matrix against the base (the base's SVDs come from the cache)."""
+    spectral = context.config.analyses.spectral
+    if spectral is None:
+        return {}
+    if run_dir.has("spectral.json"):
+        return read_json(run_dir.file("spectral.json"))["summary"]
+    names = adapted_weight_names(model, run.target_modules if run.method == "lora" else None)
+    parameters = dict(model.named_parameters())
+    reports = []
+    for name in names:
+        w_base = context.base_weights[name]
+        w_tuned = parameters[name].detach().to("cpu")
+        reports.append(analyze_matrix(name, context.spectra.get(name, w_base), w_base, w_tuned,
+                                      k=spectral.k, epsilon=spectral.epsilon, epsilons=spectral.epsilons))
+    summary = summarize(reports)
+    write_json(run_dir.file("spectral.json"), {"summary": summary, "matrices": [asdict(r) for r in reports],
+                                               "k": spectral.k, "epsilon": spectral.epsilon})
+    console.print(f"  analyse: {summary['total_intruders']} intruder dimensions over {len(reports)} matrices (ε={spectral.epsilon})")
+    return summary
+
+
+def evaluate_base(context: StudyContext) -> None:
+    """The base model's own scores and held-out loss: the reference every run is compared with."""
+    base_dir = RunDir(context.experiment / BASE_DIR)
+    if base_dir.has("metrics.json"):
+        return
+    console.print("[bold]base model[/]: evaluating before any fine-tuning")
+    model = load_model(context.base, context.device)
+    evaluation = evaluate_stage(None, base_dir, context, model)
+    metrics = {"run_id": "base", "method": "base", "label": "base", **{k: v for k, v in evaluation.items() if k != "model"},
+               "params": sum(p.numel() for p in model.parameters())}
+    write_json(base_dir.file("metrics.json"), metrics)

@@ -1,0 +1,193 @@
+"""The training loop: one screen, top to bottom, shared by pre-training the built-in base and by every
+fine-tuning method (the method only decides which parameters require gradients).
+
+Batches are dicts of `input_ids`, `attention_mask` and `labels` (-100 where the loss is masked), as
+Hugging Face causal LMs take them. Accelerate handles device placement and gradient scaling, so the
+same loop runs on a CPU, one GPU, or under `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    steps: int
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    tokens: int  # tokens processed (attention mask), the throughput numerator
+    loss_tokens: int  # tokens that carried the loss
+    wall_s: float
+    tokens_per_s: float
+    peak_memory_mb: float
+    memory_measure: str  # what peak_memory_mb measures on this device
+    final_loss: float  # mean loss over the last logging window
+    trainable_params: int
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _rss_mb() -> float:
+    """Resident memory of this process, read from /proc (Linux), 0 where unavailable."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class MemoryMeter:
+    """Peak memory during a region: CUDA allocator peak on a GPU, sampled RSS peak on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.measure = "cuda max_memory_allocated" if self.cuda else "process RSS, sampled each step"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device = device
+        self.peak_mb = _rss_mb() if not self.cuda else 0.0
+
+    def sample(self) -> float:
+        if self.cuda:
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+        return self.peak_mb
+
+
+def train(
+    model: torch.nn.Module,
+    batches: Iterator[dict[str, torch.Tensor]],
+    settings: TrainSettings,
+    *,
+    accelerator: Accelerator | None = None,
+    log_path: Path | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place for `settings.steps` steps over `batches` (an endless or long enough iterator).
+
+    Writes one JSON line per logged step (step, loss, lr, tokens/s, peak memory) to `log_path`.
+    """
+    accelerator = accelerator or Accelerator()
+    seed_everything(settings.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
+    scheduler = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    meter = MemoryMeter(accelerator.device)
+    log_file = open(log_path, "w") if log_path else None
+    tokens = loss_tokens = 0
+    window_losses: list[float] = []
+    final_loss = math.nan
+    start = window_start = time.perf_counter()
+    window_tokens = 0
+    try:
+        for step in range(1, settings.steps + 1):
+            batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if settings.grad_clip is not None:
+                accelerator.clip_grad_norm_(params, settings.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            step_tokens = int(batch["attention_mask"].sum())
+            tokens += step_tokens
+            window_tokens += step_tokens
+            loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            window_losses.append(loss.item())
+            if step % settings.log_every == 0 or step == settings.steps:
+                now = time.perf_counter()
+                final_loss = sum(window_losses) / len(window_losses)
+                record = {
+                    "step": step,
+                    "loss": final_loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                    "peak_memory_mb": meter.sample(),
+                    "elapsed_s": now - start,
+                }
+                if log_file:
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                window_losses, window_tokens, window_start = [], 0, now
+            if on_step:
+                on_step(step, loss.item())
+    finally:
+        if log_file:
+            log_file.close()
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall_s = time.perf_counter() - start
+    model.eval()
+    return TrainResult(
+        steps=settings.steps,
+        tokens=tokens,
+        loss_tokens=loss_tokens,
+        wall_s=wall_s,
+        tokens_per_s=tokens / max(wall_s, 1e-9),
+        peak_memory_mb=meter.sample(),
+        memory_measure=meter.measure,
+        final_loss=final_loss,
+        trainable_params=sum(p.numel() for p in params),
+    )
+
+
+def pad_batch(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) pairs into a batch, truncating to `max_length`."""
+    length = min(max(len(ids) for ids, _ in sequences), max_length)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, (ids, target) in enumerate(sequences):
+        ids, target = ids[:length], target[:length]
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(target)] = torch.tensor(target)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def epoch_batches(
+    examples: Sequence[tuple[list[int], list[int]]], *, batch_size: int, pad_id: int, max_length: int, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches over `examples`, reshuffled each epoch from `seed`."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if len(chunk) < batch_size <= len(order):
+                break  # drop the ragged tail: every step the same size, so tokens/s compares across steps
+            yield pad_batch([examples[i] for i in chunk], pad_id, max_length)

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ftcompare.cli import app
+from ftcompare.config import ConfigError, expand, load_config, parse_config
+
+MINIMAL = {"experiment": "t", "methods": [{"kind": "full"}, {"kind": "lora", "rank": [1, 4, 16], "alpha_lr_product": 2.4e-3}]}
+
+
+def test_expansion_crosses_methods_ranks_and_seeds():
+    config = parse_config({**MINIMAL, "seeds": [0, 1]})
+    runs = expand(config)
+    assert [r.run_id for r in runs] == ["full-s0", "full-s1", "lora-r1-s0", "lora-r4-s0", "lora-r16-s0",
+                                       "lora-r1-s1", "lora-r4-s1", "lora-r16-s1"]
+
+
+def test_alpha_defaults_to_twice_rank_and_alpha_lr_product_is_held_fixed():
+    lora = [r for r in expand(parse_config(MINIMAL)) if r.method == "lora"]
+    assert [r.alpha for r in lora] == [2.0, 8.0, 32.0]
+    assert [r.alpha * r.lr for r in lora] == pytest.approx([2.4e-3] * 3)
+
+
+def test_explicit_lr_is_used_as_given():
+    config = parse_config({"experiment": "t", "methods": [{"kind": "lora", "rank": 8, "alpha": 16, "lr": 1e-4}]})
+    (run,) = expand(config)
+    assert (run.rank, run.alpha, run.lr) == (8, 16, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({**MINIMAL, "unknown_key": 1}, "unknown_key: unknown key"),
+        ({"experiment": "t", "methods": [{"kind": "lora", "rank": 0}]}, "methods.0.rank"),
+        ({"experiment": "t", "methods": [{"kind": "lora", "rank": [4, -2]}]}, "methods.0.rank"),
+        ({"experiment": "t", "methods": [{"kind": "full", "lr": -1}]}, "methods.0.lr"),
+        ({"experiment": "t", "methods": [{"kind": "qqq"}]}, "methods.0"),
+        ({"experiment": "t", "methods": []}, "methods"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"batchsize": 3}}, "training.batchsize: unknown key"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"n_samples": 2, "k": [1, 5]}}, "evaluation: k: pass@5 needs"),
+        ({"experiment": "t", "methods": [{"kind": "full"}, {"kind": "full"}]}, "same run id"),
+        ({"experiment": "t", "base": {"model": "builtin:nope"}, "methods": [{"kind": "full"}]}, "base.model"),
+        ({"experiment": "t", "methods": [{"kind": "lora", "lr": 1e-3, "alpha_lr_product": 1e-2}]}, "either lr or alpha_lr_product"),
+        ({"experiment": "a b", "methods": [{"kind": "full"}]}, "experiment"),
+    ],
+)
+def test_invalid_configs_name_the_field(data, field):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, source="study.yaml")
+    message = str(error.value)
+    assert message.startswith("study.yaml: ")
+    assert field in message
+    assert "\n" not in message
+
+
+def test_missing_data_file_is_named(tmp_path):
+    (tmp_path / "test.jsonl").write_text("{}\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
+                                    "task": {"kind": "jsonl", "train": "missing.jsonl", "test": "test.jsonl"}}))
+    with pytest.raises(ConfigError, match=r"task\.train: file not found: .*missing\.jsonl"):
+        load_config(path)
+
+
+def test_relative_data_paths_resolve_against_the_config(tmp_path):
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
+                                    "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"}}))
+    assert load_config(path).task.train == tmp_path / "train.jsonl"
+
+
+@pytest.mark.parametrize("content, expected", [("methods: [", "not valid YAML"), ("- 1\n- 2\n", "must be a mapping")])
+def test_unreadable_files_fail_clearly(tmp_path, content, expected):
+    path = tmp_path / "study.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_cli_bad_config_exits_nonzero_with_one_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "lora", "rank": 0}]}))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "methods.0.rank" in lines[0]
+
+
+def test_cli_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
+    quickstart = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
+    result = CliRunner().invoke(app, ["run", str(quickstart), "--dry-run", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "lora-r16-s0" in result.output and "full-s0" in result.output
+    assert not any(tmp_path.iterdir())

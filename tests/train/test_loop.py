@@ -1,0 +1,76 @@
+import json
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train
+
+
+def tiny_llama(vocab=32, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def copy_examples(n=32):
+    # prompt: a token; completion: the same token three times (learnable only through the completion loss)
+    examples = []
+    for i in range(n):
+        token = 2 + i % 10
+        ids = [1, token, token, token, token]
+        examples.append((ids, [IGNORE_INDEX, IGNORE_INDEX] + ids[2:]))
+    return examples
+
+
+def test_pad_batch_right_pads_and_masks():
+    batch = pad_batch([([5, 6, 7], [IGNORE_INDEX, 6, 7]), ([8], [8])], pad_id=0, max_length=16)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert pad_batch([([1, 2, 3, 4], [1, 2, 3, 4])], pad_id=0, max_length=2)["input_ids"].tolist() == [[1, 2]]
+
+
+def test_epoch_batches_are_seeded_and_full_size():
+    examples = copy_examples(10)
+    first = [b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))]
+    again = [b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))]
+    assert first == again
+    assert all(len(b) == 4 for b in first)
+
+
+def test_training_lowers_the_completion_loss_and_logs(tmp_path):
+    model = tiny_llama()
+    examples = copy_examples()
+    batch = pad_batch(examples, pad_id=0, max_length=8)
+    before = model(**batch).loss.item()
+    settings = TrainSettings(lr=1e-2, steps=30, warmup_steps=3, log_every=10, seed=0)
+    result = train(model, epoch_batches(examples, batch_size=8, pad_id=0, max_length=8, seed=0), settings,
+                   log_path=tmp_path / "log.jsonl")
+    after = model(**batch).loss.item()
+    assert after < before * 0.5
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [10, 20, 30]
+    assert all(r["tokens_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in log)
+    assert result.tokens == 30 * 8 * 5 and result.loss_tokens == 30 * 8 * 3
+    assert result.trainable_params == sum(p.numel() for p in model.parameters())
+
+
+def test_training_is_deterministic_for_a_seed():
+    def run():
+        model = tiny_llama()
+        train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+              TrainSettings(lr=1e-2, steps=5, seed=0))
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(), run()))
+
+
+def test_frozen_parameters_stay_frozen():
+    model = tiny_llama()
+    model.model.embed_tokens.weight.requires_grad_(False)
+    frozen = model.model.embed_tokens.weight.detach().clone()
+    result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+                   TrainSettings(lr=1e-2, steps=3))
+    assert torch.equal(model.model.embed_tokens.weight, frozen)
+    assert result.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
