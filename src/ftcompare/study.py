@@ -10,7 +10,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,6 +85,9 @@ def run_study(config: StudyConfig, output: Path) -> Path:
     runs = expand(config)
     experiment = experiment_dir(output, config.experiment)
     experiment.mkdir(parents=True, exist_ok=True)
+    for run in runs:  # before anything trains: a clash with an earlier config must not cost a sweep
+        claim_run_dir(run, RunDir(experiment / run.run_id), config)
+    claim_run_dir(None, RunDir(experiment / BASE_DIR), config)
     context = prepare(config, device, experiment)
     write_json(experiment / STUDY_FILE, {
         "config": config.model_dump(mode="json"),
@@ -119,17 +122,26 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
     return StudyContext(config, device, base, tokenizer, load_task(config.task), heldout, base_weights, spectra, experiment)
 
 
-def run_record(run: RunSpec, config: StudyConfig) -> dict:
-    """What determines a run's results: a run directory made from another record is not resumed."""
-    shared = config.model_dump(mode="json", include={"base", "task", "training", "evaluation", "analyses"})
-    return {"run": run.model_dump(mode="json"), "fingerprint": fingerprint([run.model_dump(mode="json"), shared])}
+def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
+    """What determines a run's results (run None: the base's evaluation); a run directory made from
+    another record is not resumed."""
+    shared = config.model_dump(mode="json", include={"base", "task", "evaluation"} if run is None else
+                               {"base", "task", "training", "evaluation", "analyses"})
+    spec = run.model_dump(mode="json") if run else "base"
+    return {"run": spec, "fingerprint": fingerprint([spec, shared])}
+
+
+def claim_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
+    """Record which run a directory holds; refuse one that holds a run of a different config."""
+    record = run_record(run, config)
+    if run_dir.has("run.json"):
+        if read_json(run_dir.file("run.json"))["fingerprint"] != record["fingerprint"]:
+            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+        return
+    write_json(run_dir.file("run.json"), record)
 
 
 def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
-    record = run_record(run, context.config)
-    if run_dir.has("run.json") and read_json(run_dir.file("run.json"))["fingerprint"] != record["fingerprint"]:
-        raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
-    write_json(run_dir.file("run.json"), record)
     started = time.perf_counter()
     model = train_stage(run, run_dir, context)
     evaluation = evaluate_stage(run, run_dir, context, model)  # merges LoRA after timing it unmerged
@@ -152,15 +164,15 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
 
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
     """Train the run (or reload what an earlier session trained) and return the model, unmerged."""
-    seed_everything(run.seed)
-    model = apply_method(load_model(context.base, context.device), run)
     weights = run_dir.file("weights")
     if run_dir.has("train.json") and weights.is_dir():
         console.print("  train: finished earlier, reloading the saved weights")
         if run.method == "full":
-            return load_model(BaseSource(**{**asdict(context.base), "path": str(weights), "revision": None}), context.device)
-        return PeftModel.from_pretrained(model.get_base_model(), weights).to(context.device)
+            return load_model(replace(context.base, path=str(weights), revision=None), context.device)
+        return PeftModel.from_pretrained(load_model(context.base, context.device), weights, autocast_adapter_dtype=False)
 
+    seed_everything(run.seed)
+    model = apply_method(load_model(context.base, context.device), run)
     training = context.config.training
     examples = finetune_examples(context.task.train, context.tokenizer)
     steps = math.ceil(training.epochs * len(examples) / training.batch_size)

@@ -1,26 +1,9 @@
 import json
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train
-
-
-def tiny_llama(vocab=32, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0)
-    return LlamaForCausalLM(config)
-
-
-def copy_examples(n=32):
-    # prompt: a token; completion: the same token three times (learnable only through the completion loss)
-    examples = []
-    for i in range(n):
-        token = 2 + i % 10
-        ids = [1, token, token, token, token]
-        examples.append((ids, [IGNORE_INDEX, IGNORE_INDEX] + ids[2:]))
-    return examples
+from tests.helpers import copy_examples, tiny_llama
 
 
 def test_pad_batch_right_pads_and_masks():

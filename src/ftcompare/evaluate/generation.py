@@ -81,13 +81,13 @@ def generate(
         wall_s += time.perf_counter() - started
         new = output[:, encoded["input_ids"].shape[1] :].tolist()
         for i in range(len(chunk)):
-            results.append([_decode(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens) for j in range(settings.n)])
+            results.append([decode_new_tokens(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens) for j in range(settings.n)])
         if on_batch:
             on_batch(len(chunk))
     return results, wall_s
 
 
-def _decode(tokenizer, ids: list[int], eos_id: int, budget: int) -> Generation:
+def decode_new_tokens(tokenizer, ids: list[int], eos_id: int, budget: int) -> Generation:
     if eos_id in ids:
         ids = ids[: ids.index(eos_id) + 1]
         return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), hit_budget=False)

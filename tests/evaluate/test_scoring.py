@@ -1,0 +1,55 @@
+import pytest
+
+from ftcompare.data.codegen import generate_task
+from ftcompare.evaluate import scoring
+from ftcompare.evaluate.generation import Generation
+from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
+
+SETTINGS = SandboxSettings(timeout_s=3, memory_mb=256, workers=2)
+
+
+def _records(passes: dict[str, list[bool]]) -> list[dict]:
+    return [{"task_id": task, "passed": p} for task, values in passes.items() for p in values]
+
+
+def test_pass_at_k_table_averages_the_unbiased_estimator_over_problems():
+    table = pass_at_k_table(_records({"a": [True, False, False, False], "b": [False] * 4}), [1, 2, 4])
+    assert table["pass@1"] == pytest.approx((1 / 4 + 0) / 2)
+    assert table["pass@2"] == pytest.approx((1 - 3 / 6 + 0) / 2)  # 1 - C(3,2)/C(4,2)
+    assert table["pass@4"] == pytest.approx(0.5)
+
+
+def test_pass_at_k_table_skips_k_beyond_the_samples():
+    assert set(pass_at_k_table(_records({"a": [True]}), [1, 5])) == {"pass@1"}
+
+
+def test_reference_completions_pass_and_wrong_ones_fail():
+    problems = generate_task(seed=0, n_train=1, n_test=3, n_ood=0).suites["test"]
+    generations = [[Generation(p.completion, 5, False), Generation("    return None\n", 4, False)] for p in problems]
+    scored = execute_records(sample_records(problems, generations, suite="test", mode="sampled"), SETTINGS)
+    assert [r["passed"] for r in scored] == [True, False] * 3
+    assert {r["status"] for r in scored[1::2]} == {"failed"}
+    assert pass_at_k_table(scored, [1, 2]) == {"pass@1": 0.5, "pass@2": 1.0}
+
+
+def test_each_distinct_program_runs_once(monkeypatch):
+    calls = []
+    real = scoring.run_programs
+
+    def counting(sources, **kwargs):
+        calls.append(list(sources))
+        return real(sources, **kwargs)
+
+    monkeypatch.setattr(scoring, "run_programs", counting)
+    problem = generate_task(seed=0, n_train=1, n_test=1, n_ood=0).suites["test"][0]
+    generations = [[Generation(problem.completion, 5, False)] * 4 + [Generation("    return 0\n", 3, False)]]
+    scored = execute_records(sample_records([problem], generations, suite="test", mode="sampled"), SETTINGS)
+    assert len(calls) == 1 and len(calls[0]) == 2
+    assert [r["passed"] for r in scored] == [True] * 4 + [False]
+
+
+def test_a_truncated_completion_code_is_extracted_before_running():
+    problem = generate_task(seed=0, n_train=1, n_test=1, n_ood=0).suites["test"][0]
+    text = problem.completion + "def junk(:\n"  # a broken top-level line after the body is cut away
+    (record,) = execute_records(sample_records([problem], [[Generation(text, 9, True)]], suite="test", mode="greedy"), SETTINGS)
+    assert record["passed"] and record["hit_budget"]

@@ -1,0 +1,132 @@
+"""End to end on the tiny built-in base: every stage runs, records land, a re-run resumes."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+from typer.testing import CliRunner
+
+from ftcompare.cli import app
+from ftcompare.config import parse_config
+from ftcompare.runs.store import read_jsonl
+from ftcompare.study import StudyMismatch, run_study
+from tests.conftest import TINY_BUILTIN
+
+pytestmark = pytest.mark.slow
+
+STUDY = {
+    "experiment": "e2e",
+    "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+    "task": {"kind": "generated", "n_train": 48, "n_test": 4, "n_ood": 3},
+    "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
+    "training": {"max_steps": 4, "batch_size": 8, "log_every": 2},
+    "evaluation": {"n_samples": 2, "k": [1, 2], "max_new_tokens": 8, "timeout_s": 3,
+                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1}},
+    "analyses": {"spectral": {"k": 4, "epsilons": [0.3, 0.5, 0.9]}},
+}
+RUN_FILES = ("run.json", "train.json", "train_log.jsonl", "samples.jsonl", "eval.json", "spectral.json", "metrics.json", "done.json")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_base, cache_dir):
+    output = tmp_path_factory.mktemp("runs")
+    config_path = output / "study.yaml"
+    config_path.write_text(yaml.safe_dump(STUDY))
+    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(output)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    assert result.exit_code == 0, result.output
+    return output / "e2e"
+
+
+def test_every_run_leaves_its_records(experiment):
+    for run_id in ("full-s0", "lora-r2-s0"):
+        for name in RUN_FILES:
+            assert (experiment / run_id / name).is_file(), (run_id, name)
+    assert (experiment / "_base" / "metrics.json").is_file()
+    study = json.loads((experiment / "study.json").read_text())
+    assert [r["run_id"] for r in study["runs"]] == ["full-s0", "lora-r2-s0"]
+    assert study["environment"]["torch"] == torch.__version__
+
+
+def test_metrics_hold_every_measure(experiment):
+    metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
+    assert set(metrics["suites"]) == {"test", "ood"}
+    assert metrics["suites"]["test"]["in_domain"] and not metrics["suites"]["ood"]["in_domain"]
+    assert 0 <= metrics["suites"]["test"]["greedy"]["pass@1"] <= 1
+    assert set(metrics["suites"]["test"]["sampled"]) >= {"pass@1", "pass@2"}
+    assert metrics["forgetting"]["increase"] == pytest.approx(metrics["forgetting"]["heldout_loss"] - metrics["forgetting"]["base_heldout_loss"])
+    assert metrics["latency"]["unmerged_tokens_per_s"] > 0 and metrics["latency"]["merged_tokens_per_s"] > 0
+    assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["steps"] == 4
+    assert metrics["train"]["trainable_params"] < metrics["train"]["total_params"]
+    assert metrics["train"]["adapter_dtype"].startswith("base dtype")
+    assert metrics["spectral"]["matrices"] == 4 * 7
+    assert set(metrics["spectral"]["epsilon_sweep"]) == {"0.3", "0.5", "0.9"}
+    full = json.loads((experiment / "full-s0" / "metrics.json").read_text())
+    assert "unmerged_tokens_per_s" not in full["latency"]
+    assert full["train"]["trainable_params"] == full["train"]["total_params"]
+
+
+def test_samples_are_auditable(experiment):
+    records = read_jsonl(experiment / "lora-r2-s0" / "samples.jsonl")
+    # (4 + 3 problems) × (1 greedy + 2 sampled)
+    assert len(records) == 7 * 3
+    for record in records:
+        assert {"prompt", "completion", "extracted_code", "status", "passed", "program"} <= set(record)
+        assert record["program"].startswith(record["prompt"] + record["extracted_code"])
+        assert record["passed"] == (record["status"] == "passed")
+
+
+def test_weights_reload(experiment, tiny_base):
+    directory, _ = tiny_base
+    base = AutoModelForCausalLM.from_pretrained(directory)
+    base_params = sum(p.numel() for p in base.parameters())
+    adapter = PeftModel.from_pretrained(base, experiment / "lora-r2-s0" / "weights")
+    assert any("lora_" in name for name, _ in adapter.named_parameters())
+    full = AutoModelForCausalLM.from_pretrained(experiment / "full-s0" / "weights")
+    assert sum(p.numel() for p in full.parameters()) == base_params
+
+
+def test_base_svds_are_computed_once_per_base(experiment):
+    svd_files = list((experiment / "_base" / "svd").rglob("*.safetensors"))
+    assert len(svd_files) == 4 * 7  # one per matrix, shared by both runs
+
+
+def test_report_renders_from_records(experiment):
+    html = (experiment / "report.html").read_text()
+    markdown = (experiment / "report.md").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert "LoRA r=2" in markdown and "full FT" in markdown
+    assert (experiment / "figures" / "accuracy_vs_rank.png").stat().st_size > 1000
+    (experiment / "report.html").unlink()
+    result = CliRunner().invoke(app, ["report", str(experiment)])
+    assert result.exit_code == 0, result.output
+    assert (experiment / "report.html").is_file()
+
+
+def test_rerun_skips_finished_and_resumes_unfinished(experiment):
+    output = experiment.parent
+    lora = experiment / "lora-r2-s0"
+    train_mtime = (lora / "train.json").stat().st_mtime_ns
+    full_metrics = (experiment / "full-s0" / "metrics.json").read_text()
+    for name in ("done.json", "metrics.json", "eval.json", "spectral.json"):  # as if interrupted while evaluating
+        (lora / name).unlink()
+    run_study(parse_config(STUDY), output)
+    assert (lora / "done.json").is_file() and (lora / "eval.json").is_file()
+    assert (lora / "train.json").stat().st_mtime_ns == train_mtime  # not trained again
+    assert (experiment / "full-s0" / "metrics.json").read_text() == full_metrics
+
+
+def test_a_changed_config_is_refused_before_training(experiment):
+    changed = {**STUDY, "methods": [{"kind": "full", "lr": 5e-4}]}
+    before = sorted(p.name for p in experiment.iterdir())
+    with pytest.raises(StudyMismatch, match="full-s0"):
+        run_study(parse_config(changed), experiment.parent)
+    assert sorted(p.name for p in experiment.iterdir()) == before
+
+
+def test_report_of_a_missing_folder_fails_clearly(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2
+    assert "no such experiment folder" in result.output
