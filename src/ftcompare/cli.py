@@ -39,7 +39,7 @@ def _print_matrix(config: StudyConfig) -> None:
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
     from ftcompare.report.render import render_report
-    from ftcompare.report.tables import table_cells
+    from ftcompare.report.tables import SUMMARY_KEYS, table_cells
     from ftcompare.study import StudyMismatch, run_study
 
     _print_matrix(config)
@@ -48,8 +48,8 @@ def _run_and_report(config: StudyConfig, output: Path) -> None:
     except StudyMismatch as error:
         _fail(str(error))
     markdown, html, rows = render_report(experiment)
-    header, body = table_cells(rows)
-    table = Table(title=f"results: {config.experiment}")
+    header, body = table_cells(rows, SUMMARY_KEYS)
+    table = Table(title=f"results: {config.experiment} (full table: report.md)")
     for title in header:
         table.add_column(title, justify="right")
     for cells in body:

@@ -153,6 +153,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
     }
+    metrics["stage_s"] = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "analyze": spectral.get("wall_s")}
     write_json(run_dir.file("metrics.json"), metrics)
     if not context.config.save_weights:
         import shutil
@@ -218,6 +219,7 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
     if run_dir.has("eval.json"):
         console.print("  evaluate: finished earlier")
         return {**read_json(run_dir.file("eval.json")), "model": merge_adapter(model)}
+    started = time.perf_counter()
     latency: dict = {}
     if evaluation.latency:
         prompts = latency_prompts(context)
@@ -244,7 +246,8 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
         tuned_loss = mean_token_loss(model, context.heldout)
         base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"] if run else tuned_loss
         forgetting = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
-    result = {"suites": suites, "forgetting": forgetting, "latency": latency, "merged_for_evaluation": run is not None and run.method == "lora"}
+    result = {"suites": suites, "forgetting": forgetting, "latency": latency,
+              "merged_for_evaluation": run is not None and run.method == "lora", "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("eval.json"), result)
     summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
     console.print(f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss +{forgetting['increase']:.3f}" if forgetting and run else ""))
@@ -290,6 +293,7 @@ def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: t
         return {}
     if run_dir.has("spectral.json"):
         return read_json(run_dir.file("spectral.json"))["summary"]
+    started = time.perf_counter()
     names = adapted_weight_names(model, run.target_modules if run.method == "lora" else None)
     parameters = dict(model.named_parameters())
     reports = []
@@ -298,7 +302,7 @@ def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: t
         w_tuned = parameters[name].detach().to("cpu")
         reports.append(analyze_matrix(name, context.spectra.get(name, w_base), w_base, w_tuned,
                                       k=spectral.k, epsilon=spectral.epsilon, epsilons=spectral.epsilons))
-    summary = summarize(reports)
+    summary = {**summarize(reports), "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("spectral.json"), {"summary": summary, "matrices": [asdict(r) for r in reports],
                                                "k": spectral.k, "epsilon": spectral.epsilon})
     console.print(f"  analyse: {summary['total_intruders']} intruder dimensions over {len(reports)} matrices (ε={spectral.epsilon})")

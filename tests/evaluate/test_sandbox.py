@@ -336,6 +336,58 @@ def test_a_program_that_stops_its_parent_times_out_and_does_not_survive(tmp_path
     assert_gone(int(pid_file.read_text()))
 
 
+def test_the_traceback_shows_only_the_programs_own_frames():
+    result = run(
+        """
+        def check():
+            raise ValueError("deep")
+        check()
+        """
+    )
+    assert (result.status, result.exception) == ("failed", "ValueError: deep")
+    frames = [line for line in result.stderr.splitlines() if line.lstrip().startswith('File "')]
+    assert len(frames) == 2 and all("program.py" in frame for frame in frames), result.stderr
+
+
+def test_threads_and_atexit_handlers_finish_as_at_a_normal_interpreter_exit():
+    result = run(
+        """
+        import atexit, threading, time
+        atexit.register(print, "atexit")
+        def work():
+            time.sleep(0.2)
+            print("thread")
+        threading.Thread(target=work).start()
+        print("main")
+        """
+    )
+    assert result.passed, result.exception
+    assert result.stdout == "main\nthread\natexit\n"
+
+
+def test_installed_packages_import():
+    pytest.importorskip("numpy")
+    result = run("import numpy\nassert int(numpy.arange(3).sum()) == 3\n", memory_mb=1024)
+    assert result.passed, result.exception
+
+
+@linux_only
+def test_a_run_ends_with_the_program_even_if_a_descendant_keeps_its_output_open(tmp_path):
+    pid_file = tmp_path / "sleeper.pid"
+    result = run(
+        f"""
+        import subprocess
+        sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # inherits stdout and stderr
+        with open({str(pid_file)!r}, "w") as file:
+            file.write(str(sleeper.pid))
+        """,
+        timeout_s=5.0,
+    )
+    assert result.passed, result.exception
+    assert result.duration_s < 2.5
+    assert_gone(int(pid_file.read_text()))
+
+
 def test_run_programs_keeps_the_order_of_its_sources():
     # Later sources finish first, so completion order differs from input order.
     sources = [f"import time\ntime.sleep({0.1 * (3 - i)})\nprint({i})\n" for i in range(4)]

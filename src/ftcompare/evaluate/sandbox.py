@@ -3,116 +3,411 @@
 One run, on Linux::
 
     harness (run_program, any thread)
-      └─ supervisor: `python -I -S sandbox.py`, a session of its own, child subreaper, in a fresh network
-         namespace; reads one JSON request on stdin, writes JSON records on stdout
-           └─ program: `python -S -s -P -c _WRAPPER ...` under rlimits, cwd and HOME in a throw-away
-              directory, stdin /dev/null, stdout/stderr piped to the supervisor, which keeps
-              OUTPUT_CAP_BYTES of each and discards the rest
+      └─ supervisor: `python -S -s -P supervisor.pyc ...` (this file, compiled once per harness process),
+         a session of its own, child subreaper, in a fresh network namespace; writes records (Python
+         literals) on stdout
+           └─ program: a fork of the supervisor (so one interpreter start per run) under rlimits, cwd and
+              HOME in a throw-away directory, stdin /dev/null, stdout/stderr piped to the supervisor,
+              which keeps OUTPUT_CAP_BYTES of each and discards the rest; it runs the source as __main__
 
-Only the wrapper can vouch for a pass: after the program's last line ran with no uncaught exception it
-writes a per-run nonce, which it read (and closed) from a pipe before the program started, to a result
-pipe. Exit codes are never trusted. When the program ends or its time is up, the supervisor SIGKILLs and
-reaps every process below itself (orphans, even ones that called setsid(), are re-parented to it), and
-the harness SIGKILLs the supervisor's process group, which also covers a program that killed or stopped
-its supervisor. Elsewhere than Linux only that process-group kill is available.
+Only the program's process can vouch for a pass: after the program's last line ran with no uncaught
+exception it writes a per-run nonce, with its own pid, to a result pipe. Exit codes are never trusted.
+When the program ends or its time is up, the supervisor SIGKILLs and reaps every process below itself
+(orphans, even ones that called setsid(), are re-parented to it), and the harness SIGKILLs the
+supervisor's process group, which also covers a program that killed or stopped its supervisor. Elsewhere
+than Linux only that process-group kill is available.
 
 This stops accidents and naive gaming (early exits, runaway loops, fork bombs, memory bombs, floods of
 output, stray daemons), not an adversary that inspects the interpreter's memory for the nonce, kills the
 supervisor after leaving the process group, or uses root rights to act outside the sandbox: processes run
 as the calling user, without a filesystem of their own.
+
+The supervisor's part of this file comes first and imports only what it needs: run as a script, the file
+stops before the harness's imports, which would cost each run more than the interpreter's own start-up.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import functools
-import json
 import math
 import os
 import resource
-import secrets
-import selectors
-import shutil
-import signal
-import subprocess
+import select
 import sys
-import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from _signal import SIGKILL  # not `signal`: it imports enum, which costs the supervisor ~8 ms a run
 
 SANDBOX_STATUSES = ("passed", "failed", "timeout", "memory", "error")
 
 OUTPUT_CAP_BYTES = 4096  # kept from the head of stdout and of stderr; the rest is counted, then dropped
-_RESULT_CAP_BYTES = 65536  # the wrapper's report is small; flooding the result pipe only hurts the flooder
+_RESULT_CAP_BYTES = 65536  # the program's report is small; flooding the result pipe only hurts the flooder
+_MESSAGE_CAP_CHARS = 2000  # of the text of the exception the program raised
 _FILE_SIZE_LIMIT_MB = 64  # RLIMIT_FSIZE: the largest file a program may write
 _PROCESS_BUDGET = 256  # RLIMIT_NPROC headroom over the tasks the user already runs (not root only)
 _SUPERVISOR_GRACE_S = 5.0  # the harness's own timeout is timeout_s plus this (start-up, kill, drain)
 _KILL_WINDOW_S = 2.0  # the longest the supervisor keeps killing leftovers before reporting anyway
 _DRAIN_S = 1.0  # the longest it reads output still in the pipes once everything is killed
-_POLL_S = 0.02
+_POLL_S = 0.02  # how often to look for the program's exit where no pidfd can signal it
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 _ON_LINUX = sys.platform.startswith("linux")
 _PR_SET_CHILD_SUBREAPER = 36
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
-_THIS_FILE = os.path.abspath(__file__)
-
-# The program's entry point: `python -c _WRAPPER NONCE_FD RESULT_FD PROGRAM_PATH`. The helpers it reports
-# with are bound before the program runs, so a program patching json or os cannot rewrite the report.
-_WRAPPER = """\
-import os, site, sys, traceback, types
-from json import dumps
-from os import getpid, write
 
 
-def describe(exc):
-    try:
-        return str(exc)[:2000]
-    except BaseException:
-        return "<str() failed>"
+# ---- supervisor side (runs as `python -S -s -P supervisor.pyc PROGRAM_PATH WORKDIR TIMEOUT_S MEMORY_MB`) -
 
 
-def run_and_report(nonce_fd, result_fd, path):
-    with open(nonce_fd, "rb") as pipe:  # closed here: the program never sees the nonce's pipe
-        nonce = pipe.read().decode()
-    os.set_inheritable(result_fd, False)  # programs the sample starts get no result pipe
+class _Capture:
+    """The head of one stream: the first cap_bytes are kept, the rest only counted."""
+
+    def __init__(self, cap_bytes: int) -> None:
+        self.cap_bytes = cap_bytes
+        self.head = bytearray()
+        self.total_bytes = 0
+        self.at_eof = False
+
+    def feed(self, chunk: bytes) -> None:
+        self.head += chunk[: max(0, self.cap_bytes - len(self.head))]
+        self.total_bytes += len(chunk)
+
+    def text(self) -> str:
+        dropped = self.total_bytes - len(self.head)
+        note = f"\n[... truncated: {dropped} more bytes]" if dropped else ""
+        return self.head.decode("utf-8", errors="replace") + note
+
+
+def _supervise() -> None:
+    """Supervisor entry point: the request in argv; an isolation record, then a result record, on stdout.
+
+    Nothing on the way from here to the fork may catch exceptions or clean up: the forked program leaves
+    through these frames by SystemExit, so that its interpreter ends as `python PROGRAM` would."""
+    program_path, workdir = sys.argv[1:3]
+    timeout_s, memory_mb = float(sys.argv[3]), int(sys.argv[4])
+    limits = _program_limits(timeout_s, memory_mb)
+    isolation = _isolate_supervisor()
+    _emit({"kind": "isolation", **isolation, "user": "same", "limits": _describe_limits(limits)})
+    _emit({"kind": "result", **_run_supervised(program_path, workdir, timeout_s, limits)})
+
+
+def _emit(record: dict) -> None:
+    """One record as a line on stdout; ascii() keeps it one line, and the harness reads it back with
+    ast.literal_eval (json would cost the supervisor ~15 ms of imports)."""
+    data = (ascii(record) + "\n").encode()
+    while data:
+        data = data[os.write(1, data) :]
+
+
+def _isolate_supervisor() -> dict:
+    """Become the reaper of whatever the program orphans, and give this process (so every child) a
+    network namespace of its own; return what could be put in force."""
+    if not _ON_LINUX:
+        return {"network": "none", "user_namespace": False, "kill": "process-group"}
+    import ctypes  # here, not above: the harness never needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    # As root a network namespace is one call; otherwise an unprivileged user namespace grants the right.
+    # This process is single-threaded, as unshare(CLONE_NEWUSER) requires.
+    user_namespace = False
+    network = libc.unshare(_CLONE_NEWNET) == 0
+    if not network:
+        network = user_namespace = libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0
+    return {
+        "network": "namespace" if network else "none",
+        "user_namespace": user_namespace,
+        "kill": "subreaper" if subreaper else "process-group",
+    }
+
+
+def _program_limits(timeout_s: float, memory_mb: int) -> dict[int, tuple[int, int]]:
+    """rlimits for the program, {resource: (soft, hard)}, never above the hard limits already in force."""
+    cpu_s = math.ceil(timeout_s) + 1
+    wanted = {
+        resource.RLIMIT_AS: (memory_mb * 2**20,) * 2,
+        resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
+        resource.RLIMIT_FSIZE: (_FILE_SIZE_LIMIT_MB * 2**20,) * 2,
+        resource.RLIMIT_CORE: (0, 0),
+    }
+    # RLIMIT_NPROC counts all the user's tasks and does not bind root; a root fork bomb is bounded only by
+    # the wall-time limit and the supervisor's kill.
+    if _ON_LINUX and os.geteuid() != 0:
+        tasks = sum(threads for _, _, uid, threads in _read_process_table() if uid == os.geteuid())
+        wanted[resource.RLIMIT_NPROC] = (tasks + _PROCESS_BUDGET,) * 2
+    limits = {}
+    for which, (soft, hard) in wanted.items():
+        current_hard = resource.getrlimit(which)[1]
+        if current_hard != resource.RLIM_INFINITY:
+            hard = min(hard, current_hard)
+        limits[which] = (min(soft, hard), hard)
+    return limits
+
+
+def _describe_limits(limits: dict[int, tuple[int, int]]) -> dict:
+    return {
+        "memory_mb": limits[resource.RLIMIT_AS][0] // 2**20,
+        "cpu_s": limits[resource.RLIMIT_CPU][0],
+        "file_size_mb": limits[resource.RLIMIT_FSIZE][0] // 2**20,
+        "processes": limits[resource.RLIMIT_NPROC][0] if resource.RLIMIT_NPROC in limits else None,
+    }
+
+
+def _run_supervised(program_path: str, workdir: str, timeout_s: float, limits: dict) -> dict:
+    """Fork the program under `limits`, wait for it (or its deadline), kill everything it left, and return
+    {"report": the nonce-verified report or None, "timed_out", "returncode", "stdout", "stderr"}."""
+    nonce = os.urandom(16).hex()
+    (stdout_read, stdout_write), (stderr_read, stderr_write) = os.pipe(), os.pipe()
+    result_read, result_write = os.pipe()  # close-on-exec: programs the sample starts do not inherit it
+    deadline = time.monotonic() + timeout_s
+    pid = os.fork()
+    if pid == 0:
+        _become_program(program_path, workdir, limits, nonce, stdout_write, stderr_write, result_write)
+    for fd in (stdout_write, stderr_write, result_write):
+        os.close(fd)
+    stdout, stderr = _Capture(OUTPUT_CAP_BYTES), _Capture(OUTPUT_CAP_BYTES)
+    result = _Capture(_RESULT_CAP_BYTES)
+    captures = {stdout_read: stdout, stderr_read: stderr, result_read: result}
+    status = _pump(captures, deadline, pid=pid)
+    timed_out = status is None  # the program may have closed its pipes and kept running
+    if timed_out:
+        os.kill(pid, SIGKILL)
+        status = os.waitpid(pid, 0)[1]
+    if _ON_LINUX:  # only after the wait: the reaping in there must not take the program's exit status
+        _kill_descendants(time.monotonic() + _KILL_WINDOW_S)
+    _pump(captures, time.monotonic() + _DRAIN_S)
+    for fd in captures:
+        os.close(fd)
+    return {
+        "report": _verified_report(bytes(result.head), nonce, pid),
+        "timed_out": timed_out,
+        "returncode": os.waitstatus_to_exitcode(status),
+        "stdout": stdout.text(),
+        "stderr": stderr.text(),
+    }
+
+
+def _become_program(
+    program_path: str, workdir: str, limits: dict, nonce: str, stdout_fd: int, stderr_fd: int, result_fd: int
+) -> None:
+    """In the forked child: take the capture pipes as stdout and stderr (stdin is the supervisor's
+    /dev/null), close every other descriptor but the result pipe, move to workdir, apply the rlimits and
+    run the program; never returns (see _run_as_main)."""
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    os.closerange(3, result_fd)  # the supervisor's pipes to the harness are 1 and 2, replaced above
+    os.closerange(result_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    os.chdir(workdir)
+    for which, values in limits.items():
+        resource.setrlimit(which, values)
+    _run_as_main(program_path, result_fd, nonce)
+
+
+def _run_as_main(path: str, result_fd: int, nonce: str) -> None:
+    """Run the source at `path` as __main__ in this process, write "NONCE PID returned" or "NONCE PID
+    raised TYPES MESSAGE" (both hex-encoded) to result_fd, then leave by SystemExit (0, or 1 after the
+    traceback), so that threads are joined, atexit handlers run and output is flushed as after `python
+    PROGRAM`. The pid is read when reporting, so a forked child that runs on reports its own."""
+    import site  # -S skipped it at start-up; here only for the paths and exit()/quit() below
+
+    # Bound before the program runs, so a program patching os, sys or BaseException cannot alter the report.
+    write, getpid = os.write, os.getpid
+    print_exception, with_traceback = sys.__excepthook__, BaseException.with_traceback
     sys.path.extend(site.getsitepackages())  # installed packages import, without running .pth hooks
     site.setquit()  # exit() and quit(), as in a normal interpreter
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__file__ = path
     sys.modules["__main__"] = main
     sys.argv = [path]
-    error = None
     try:
         with open(path, "rb") as file:
             code = compile(file.read(), path, "exec")
         exec(code, main.__dict__)
     except BaseException as exc:
-        error = exc
-        record = {"outcome": "raised", "types": [c.__name__ for c in type(exc).__mro__],
-                  "message": describe(exc)}
-    else:
-        record = {"outcome": "returned"}
-    write(result_fd, ("\\n" + dumps({"nonce": nonce, "pid": getpid(), **record}) + "\\n").encode())
-    if error is not None:
-        traceback.print_exception(type(error), error, error.__traceback__.tb_next)
-        sys.exit(1)
+        types = "\0".join(c.__name__ for c in type(exc).__mro__)  # a class name never holds NUL
+        report = f"raised {_to_hex(types)} {_to_hex(_describe(exc))}"
+        write(result_fd, f"\n{nonce} {getpid()} {report}\n".encode())
+        # The printer shows the exception's own traceback, so this frame is cut from that.
+        print_exception(type(exc), exc, with_traceback(exc, exc.__traceback__.tb_next).__traceback__)
+        raise SystemExit(1) from None
+    write(result_fd, f"\n{nonce} {getpid()} returned\n".encode())
+    raise SystemExit(0)
 
 
-run_and_report(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
-"""
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)[:_MESSAGE_CAP_CHARS]
+    except BaseException:
+        return "<str() failed>"
+
+
+def _to_hex(text: str) -> str:
+    return str.encode(text, "utf-8", "surrogatepass").hex()
+
+
+def _from_hex(data: bytes) -> str:
+    return bytes.fromhex(data.decode("ascii")).decode("utf-8", "surrogatepass")
+
+
+def _pump(captures: dict[int, _Capture], deadline: float, pid: int | None = None) -> int | None:
+    """Read what the pipes in `captures` offer until each is at EOF or the deadline passes; given the pid
+    of a child, until that child exits instead. Return the child's wait status, None if it still runs."""
+    poller = select.poll()
+    open_fds = [fd for fd, capture in captures.items() if not capture.at_eof]
+    for fd in open_fds:
+        poller.register(fd, select.POLLIN)
+    pidfd = _open_pidfd(pid) if pid is not None else None
+    if pidfd is not None:  # readable once the child exits, so the poll below needs no timeout of its own
+        poller.register(pidfd, select.POLLIN)
+    try:
+        while True:
+            if pid is not None:
+                exited, status = os.waitpid(pid, os.WNOHANG)
+                if exited:
+                    return status
+            elif not open_fds:
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            wait_s = remaining if pid is None or pidfd is not None else min(remaining, _POLL_S)
+            for fd, _ in poller.poll(wait_s * 1000):
+                if fd == pidfd:
+                    continue
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    captures[fd].feed(chunk)
+                else:
+                    captures[fd].at_eof = True
+                    poller.unregister(fd)
+                    open_fds.remove(fd)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux, or a kernel before 5.3
+        return None
+
+
+def _verified_report(data: bytes, nonce: str, pid: int) -> dict | None:
+    """The program's report among the lines of the result pipe: the one carrying this run's nonce and the
+    program's own pid (a forked child that ran on to the end of the program does not count), as
+    {"outcome": "returned"} or {"outcome": "raised", "types": [...], "message": str}."""
+    prefix = f"{nonce} {pid} ".encode()
+    for line in data.splitlines():
+        if not line.startswith(prefix):
+            continue
+        fields = line[len(prefix) :].split(b" ")
+        if fields == [b"returned"]:
+            return {"outcome": "returned"}
+        if len(fields) == 3 and fields[0] == b"raised":
+            try:
+                return {"outcome": "raised", "types": _from_hex(fields[1]).split("\0"),
+                        "message": _from_hex(fields[2])}
+            except ValueError:
+                continue
+    return None
+
+
+def _read_process_table() -> list[tuple[int, int, int, int]]:
+    """(pid, ppid, uid, threads) of every process in /proc; ones that exit while it is read are left out."""
+    table = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            uid = os.stat(f"/proc/{name}").st_uid
+            with open(f"/proc/{name}/stat", "rb") as file:
+                stat = file.read()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses; the fields after the last ")" are
+        # state, ppid, ... with num_threads 17 places after ppid.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        table.append((int(name), int(fields[1]), uid, int(fields[17])))
+    return table
+
+
+def _descendants(ancestor: int) -> list[int]:
+    """Pids of every process below `ancestor`, zombies included."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _, _ in _read_process_table():
+        children.setdefault(ppid, []).append(pid)
+    found, frontier = [], [ancestor]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def _kill_descendants(deadline: float) -> None:
+    """SIGKILL and reap every process below this one until none is left or the deadline passes.
+
+    Repeated because a process may fork between the listing and the kill: its child, orphaned by the
+    kill, is re-parented to this process (the subreaper) and found by the next pass. A subreaper with no
+    child has no descendant either, so a program that left nothing costs no look at /proc."""
+    while _reap_children() and time.monotonic() < deadline:
+        for pid in _descendants(os.getpid()):
+            try:
+                os.kill(pid, SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(_POLL_S / 4)
+
+
+def _reap_children() -> bool:
+    """Reap the children that have exited; return whether any child is left."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+if __name__ == "__main__":
+    _supervise()
+    os._exit(0)  # every record went out by os.write; skip the harness's part and the interpreter's teardown
+
+
+# ---- harness side -------------------------------------------------------------------------------------
+
+import ast  # noqa: E402  (the harness's imports; see the module docstring)
+import functools  # noqa: E402
+import importlib.util  # noqa: E402
+import marshal  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+
+def _compile_supervisor(path: str) -> bytes:
+    """The file at `path` compiled, as a .pyc that `python FILE.pyc` runs: compiling the source in every
+    supervisor would cost each run ~10 ms. The header's source timestamp is left zero; nothing checks it
+    for a pyc run directly."""
+    with open(path, "rb") as file:
+        code = compile(file.read(), path, "exec", dont_inherit=True)
+    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+
+
+# Compiled once, at import: every supervisor then matches this harness, even if the file is edited while
+# a long evaluation runs.
+_SUPERVISOR_PYC = _compile_supervisor(os.path.abspath(__file__))
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     """How one program ended.
 
-    status: one of SANDBOX_STATUSES. passed: status == "passed", which only the wrapper's nonce can earn.
+    status: one of SANDBOX_STATUSES. passed: status == "passed", which only the program's nonce can earn.
     stdout, stderr: the first OUTPUT_CAP_BYTES of each (UTF-8, undecodable bytes replaced), with a note of
     how much was dropped. exception: "Type: message" of what the program raised, or why the run failed.
     isolation: what was in force: network ("namespace" | "none"), user_namespace, user ("same": privileges
@@ -137,8 +432,8 @@ class SandboxResult:
 def classify_outcome(report: dict | None, *, timed_out: bool, returncode: int) -> tuple[str, str | None]:
     """Status and exception text of one run, from the facts the supervisor gathered.
 
-    report: the wrapper's nonce-verified record, {"outcome": "returned"} or {"outcome": "raised", "types":
-    [the exception's class and its bases, by name], "message": str}; None if the wrapper never reported.
+    report: the program's nonce-verified report, {"outcome": "returned"} or {"outcome": "raised", "types":
+    [the exception's class and its bases, by name], "message": str}; None if the program never reported.
     timed_out: the wall-time limit ran out. returncode: the program's exit status, negative for a signal.
     A run that reported "returned" passed even if it then lingered (say in a thread) past the limit.
     """
@@ -175,9 +470,12 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) 
             file.write(source)  # undecodable text then fails to compile, as a SyntaxError
         workdir = os.path.join(root, "work")
         os.mkdir(workdir)
-        request = {"program_path": program_path, "workdir": workdir, "timeout_s": timeout_s,
-                   "memory_mb": memory_mb}
-        stdout, stderr, returncode, timed_out = _call_supervisor(request, timeout_s + _SUPERVISOR_GRACE_S)
+        supervisor_path = os.path.join(root, "supervisor.pyc")
+        with open(supervisor_path, "wb") as file:
+            file.write(_SUPERVISOR_PYC)
+        stdout, stderr, returncode, timed_out = _call_supervisor(
+            supervisor_path, program_path, workdir, timeout_s, memory_mb
+        )
     finally:
         _remove_tree(root)
     return _to_result(stdout, stderr, returncode, timed_out, time.monotonic() - started)
@@ -194,23 +492,32 @@ def run_programs(
         return list(pool.map(run, sources))
 
 
-# ---- harness side -------------------------------------------------------------------------------------
+# -P (3.11+) keeps the script's folder off sys.path; on 3.10 that folder is the run's own throw-away dir
+_SAFE_PATH_FLAG = ("-P",) if sys.version_info >= (3, 11) else ()
 
 
-def _call_supervisor(request: dict, timeout_s: float) -> tuple[bytes, bytes, int, bool]:
-    """Run one supervisor to the end; (its stdout, its stderr, its exit status, whether we timed it out).
+def _call_supervisor(
+    supervisor_path: str, program_path: str, workdir: str, timeout_s: float, memory_mb: int
+) -> tuple[bytes, bytes, int, bool]:
+    """Run one supervisor (this file, compiled, at supervisor_path) to the end; (its stdout, its stderr,
+    its exit status, whether we timed it out).
 
     Its whole process group is SIGKILLed afterwards, whatever happened inside."""
+    # The supervisor's environment is the program's, which inherits it with the interpreter: -S -s -P is
+    # -I -S without -E, since the environment is ours alone and -E would void PYTHONHASHSEED.
+    env = {"PATH": _SAFE_PATH, "HOME": workdir, "TMPDIR": workdir, "PYTHONHASHSEED": "0",
+           "PYTHONDONTWRITEBYTECODE": "1"}
     with subprocess.Popen(
-        [sys.executable, "-I", "-S", _THIS_FILE],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-S", "-s", *_SAFE_PATH_FLAG, supervisor_path, program_path, workdir, repr(float(timeout_s)),
+         str(memory_mb)],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={},
+        env=env,
         start_new_session=True,
     ) as supervisor:
         try:
-            stdout, stderr = supervisor.communicate(json.dumps(request).encode(), timeout=timeout_s)
+            stdout, stderr = supervisor.communicate(timeout=timeout_s + _SUPERVISOR_GRACE_S)
             timed_out = False
         except subprocess.TimeoutExpired:  # e.g. the program SIGSTOPped its supervisor
             _kill_group(supervisor.pid)
@@ -252,15 +559,15 @@ def _to_result(
 
 
 def _parse_records(stdout: bytes) -> tuple[dict, dict | None]:
-    """(the first isolation record, the last result record) among the supervisor's JSON lines.
+    """(the first isolation record, the last result record) among the supervisor's lines.
 
     The first isolation record was written before the program started and the last result record after
     every process below the supervisor was dead, so neither can be one a program forged."""
     isolation, result = None, None
     for line in stdout.splitlines():
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = ast.literal_eval(line.decode("ascii"))
+        except Exception:  # noqa: BLE001  (not a record: anything a program wrote there, however odd)
             continue
         if isinstance(record, dict) and record.get("kind") == "isolation" and isolation is None:
             isolation = {key: value for key, value in record.items() if key != "kind"}
@@ -270,18 +577,23 @@ def _parse_records(stdout: bytes) -> tuple[dict, dict | None]:
 
 
 def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _remove_tree(path: str) -> None:
     """Delete a sandbox directory even if the program made parts of it unwritable."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            child = os.path.join(dirpath, name)
-            if not os.path.islink(child):  # chmod follows links; a link may point anywhere
-                os.chmod(child, 0o700)
-    shutil.rmtree(path)
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        for dirpath, dirnames, _ in os.walk(path):
+            for name in dirnames:
+                child = os.path.join(dirpath, name)
+                if not os.path.islink(child):  # chmod follows links; a link may point anywhere
+                    os.chmod(child, 0o700)
+        shutil.rmtree(path)
 
 
 def _describe_exit(returncode: int) -> str:
@@ -291,242 +603,3 @@ def _describe_exit(returncode: int) -> str:
         return f"was killed by {signal.Signals(-returncode).name}"
     except ValueError:
         return f"was killed by signal {-returncode}"
-
-
-# ---- supervisor side (runs as `python -I -S sandbox.py`) ------------------------------------------------
-
-
-@dataclass
-class _Capture:
-    """The head of one stream: the first cap_bytes are kept, the rest only counted."""
-
-    cap_bytes: int
-    head: bytearray = field(default_factory=bytearray)
-    total_bytes: int = 0
-    at_eof: bool = False
-
-    def feed(self, chunk: bytes) -> None:
-        self.head += chunk[: max(0, self.cap_bytes - len(self.head))]
-        self.total_bytes += len(chunk)
-
-    def text(self) -> str:
-        dropped = self.total_bytes - len(self.head)
-        note = f"\n[... truncated: {dropped} more bytes]" if dropped else ""
-        return self.head.decode("utf-8", errors="replace") + note
-
-
-class _Process(NamedTuple):
-    pid: int
-    ppid: int
-    uid: int
-    threads: int
-
-
-def _supervise() -> None:
-    """Supervisor entry point: the request on stdin; an isolation record, then a result record, on stdout."""
-    request = json.load(sys.stdin)
-    limits = _program_limits(request["timeout_s"], request["memory_mb"])
-    isolation = _isolate_supervisor()
-    _emit({"kind": "isolation", **isolation, "user": "same", "limits": _describe_limits(limits)})
-    _emit({"kind": "result", **_run_supervised(request, limits)})
-
-
-def _emit(record: dict) -> None:
-    sys.stdout.write(json.dumps(record) + "\n")
-    sys.stdout.flush()
-
-
-def _isolate_supervisor() -> dict:
-    """Become the reaper of whatever the program orphans, and give this process (so every child) a
-    network namespace of its own; return what could be put in force."""
-    if not _ON_LINUX:
-        return {"network": "none", "user_namespace": False, "kill": "process-group"}
-    libc = ctypes.CDLL(None, use_errno=True)
-    subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    # As root a network namespace is one call; otherwise an unprivileged user namespace grants the right.
-    # This process is single-threaded, as unshare(CLONE_NEWUSER) requires.
-    user_namespace = False
-    network = libc.unshare(_CLONE_NEWNET) == 0
-    if not network:
-        network = user_namespace = libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0
-    return {
-        "network": "namespace" if network else "none",
-        "user_namespace": user_namespace,
-        "kill": "subreaper" if subreaper else "process-group",
-    }
-
-
-def _program_limits(timeout_s: float, memory_mb: int) -> dict[int, tuple[int, int]]:
-    """rlimits for the program, {resource: (soft, hard)}, never above the hard limits already in force."""
-    cpu_s = math.ceil(timeout_s) + 1
-    wanted = {
-        resource.RLIMIT_AS: (memory_mb * 2**20,) * 2,
-        resource.RLIMIT_CPU: (cpu_s, cpu_s + 1),  # SIGXCPU at the soft limit, SIGKILL a second later
-        resource.RLIMIT_FSIZE: (_FILE_SIZE_LIMIT_MB * 2**20,) * 2,
-        resource.RLIMIT_CORE: (0, 0),
-    }
-    # RLIMIT_NPROC counts all the user's tasks and does not bind root; a root fork bomb is bounded only by
-    # the wall-time limit and the supervisor's kill.
-    if _ON_LINUX and os.geteuid() != 0:
-        tasks = sum(p.threads for p in _read_process_table() if p.uid == os.geteuid())
-        wanted[resource.RLIMIT_NPROC] = (tasks + _PROCESS_BUDGET,) * 2
-    limits = {}
-    for which, (soft, hard) in wanted.items():
-        current_hard = resource.getrlimit(which)[1]
-        if current_hard != resource.RLIM_INFINITY:
-            hard = min(hard, current_hard)
-        limits[which] = (min(soft, hard), hard)
-    return limits
-
-
-def _describe_limits(limits: dict[int, tuple[int, int]]) -> dict:
-    return {
-        "memory_mb": limits[resource.RLIMIT_AS][0] // 2**20,
-        "cpu_s": limits[resource.RLIMIT_CPU][0],
-        "file_size_mb": limits[resource.RLIMIT_FSIZE][0] // 2**20,
-        "processes": limits[resource.RLIMIT_NPROC][0] if resource.RLIMIT_NPROC in limits else None,
-    }
-
-
-def _apply_limits(limits: dict[int, tuple[int, int]]) -> None:
-    for which, values in limits.items():
-        resource.setrlimit(which, values)
-
-
-def _run_supervised(request: dict, limits: dict[int, tuple[int, int]]) -> dict:
-    """Run the program under `limits`, wait for it (or its deadline), kill everything it left, and return
-    {"report": the nonce-verified wrapper record or None, "timed_out", "returncode", "stdout", "stderr"}."""
-    nonce = secrets.token_hex(16)
-    nonce_read, nonce_write = os.pipe()
-    os.write(nonce_write, nonce.encode())  # far below a pipe's buffer, so this never blocks
-    os.close(nonce_write)
-    result_read, result_write = os.pipe()
-    workdir = request["workdir"]
-    env = {"PATH": _SAFE_PATH, "HOME": workdir, "TMPDIR": workdir, "PYTHONHASHSEED": "0",
-           "PYTHONDONTWRITEBYTECODE": "1"}
-    deadline = time.monotonic() + request["timeout_s"]
-    # -S -s -P is -I -S without -E: the environment is ours alone, and -E would void PYTHONHASHSEED.
-    # preexec_fn is safe here: this process is single-threaded.
-    with subprocess.Popen(
-        [sys.executable, "-S", "-s", "-P", "-c", _WRAPPER, str(nonce_read), str(result_write),
-         request["program_path"]],
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        pass_fds=(nonce_read, result_write),
-        preexec_fn=functools.partial(_apply_limits, limits),
-    ) as program:
-        os.close(nonce_read)
-        os.close(result_write)
-        stdout, stderr = _Capture(OUTPUT_CAP_BYTES), _Capture(OUTPUT_CAP_BYTES)
-        result = _Capture(_RESULT_CAP_BYTES)
-        captures = {program.stdout.fileno(): stdout, program.stderr.fileno(): stderr, result_read: result}
-        _pump(captures, deadline, stop=lambda: program.poll() is not None)
-        try:  # the program may have closed its pipes and kept running
-            returncode = program.wait(timeout=max(0.0, deadline - time.monotonic()))
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            program.kill()
-            returncode = program.wait()
-            timed_out = True
-        if _ON_LINUX:  # only after the wait: the reaping in there must not take the program's exit status
-            _kill_descendants(time.monotonic() + _KILL_WINDOW_S)
-        _pump(captures, time.monotonic() + _DRAIN_S, stop=lambda: False)
-    os.close(result_read)
-    return {
-        "report": _verified_report(bytes(result.head), nonce, program.pid),
-        "timed_out": timed_out,
-        "returncode": returncode,
-        "stdout": stdout.text(),
-        "stderr": stderr.text(),
-    }
-
-
-def _pump(captures: dict[int, _Capture], deadline: float, stop: Callable[[], bool]) -> None:
-    """Read what the pipes in `captures` offer until each is at EOF, stop() holds or the deadline passes."""
-    with selectors.DefaultSelector() as selector:
-        for fd, capture in captures.items():
-            if not capture.at_eof:
-                selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map() and not stop() and (remaining := deadline - time.monotonic()) > 0:
-            for key, _ in selector.select(min(remaining, _POLL_S)):
-                chunk = os.read(key.fd, 65536)
-                if chunk:
-                    captures[key.fd].feed(chunk)
-                else:
-                    captures[key.fd].at_eof = True
-                    selector.unregister(key.fd)
-
-
-def _verified_report(data: bytes, nonce: str, pid: int) -> dict | None:
-    """The wrapper's record among the lines of the result pipe: the one carrying this run's nonce and the
-    program's own pid (a forked child that ran on to the end of the program does not count)."""
-    for line in data.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("nonce") == nonce and record.get("pid") == pid:
-            return {key: value for key, value in record.items() if key not in ("nonce", "pid")}
-    return None
-
-
-def _read_process_table() -> list[_Process]:
-    """Every process in /proc; ones that exit while it is read are left out."""
-    table = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            uid = os.stat(f"/proc/{name}").st_uid
-            with open(f"/proc/{name}/stat", "rb") as file:
-                stat = file.read()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces and parentheses; the fields after the last ")" are
-        # state, ppid, ... with num_threads 17 places after ppid.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        table.append(_Process(pid=int(name), ppid=int(fields[1]), uid=uid, threads=int(fields[17])))
-    return table
-
-
-def _descendants(ancestor: int) -> list[int]:
-    """Pids of every process below `ancestor`, zombies included."""
-    children = defaultdict(list)
-    for process in _read_process_table():
-        children[process.ppid].append(process.pid)
-    found, frontier = [], [ancestor]
-    while frontier:
-        below = children[frontier.pop()]
-        found += below
-        frontier += below
-    return found
-
-
-def _kill_descendants(deadline: float) -> None:
-    """SIGKILL and reap every process below this one until none is left or the deadline passes.
-
-    Repeated because a process may fork between the listing and the kill: its child, orphaned by the
-    kill, is re-parented to this process (the subreaper) and found by the next pass."""
-    while (pids := _descendants(os.getpid())) and time.monotonic() < deadline:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(_POLL_S / 4)
-        _reap_children()
-
-
-def _reap_children() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-if __name__ == "__main__":
-    _supervise()

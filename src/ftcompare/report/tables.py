@@ -86,8 +86,12 @@ def format_cell(value: object, fmt: str) -> str:
     return str(value)
 
 
-def table_cells(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    cols = columns(rows)
+SUMMARY_KEYS = ("method", "id_pass1", "id_passk", "ood_pass1", "forgetting", "train_tokens_per_s", "merged_tokens_per_s", "intruders")
+
+
+def table_cells(rows: Sequence[dict], keys: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells; `keys` picks a subset of the columns (e.g. SUMMARY_KEYS for a terminal)."""
+    cols = [c for c in columns(rows) if keys is None or c.key in keys]
     return [c.title for c in cols], [[format_cell(row.get(c.key), c.fmt) for c in cols] for row in rows]
 
 
