@@ -34,20 +34,21 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _versus_rank(ax, rows: Sequence[dict], field: str, label_suffix: str = "", style: str = "-o") -> None:
+def _versus_rank(ax, rows: Sequence[dict], field: str, label_suffix: str = "", style: str = "-o",
+                 reference_color: str = "black", color_offset: int = 0) -> None:
     lora = [r for r in rows if r.get("rank") is not None]
     for index, name in enumerate(sorted({series_name(r) for r in lora})):
         stats = group_mean([r for r in lora if series_name(r) == name], lambda r: r["rank"], field)
         ranks = sorted(stats)
         if ranks:
             ax.errorbar(ranks, [stats[r][0] for r in ranks], yerr=[stats[r][1] for r in ranks], fmt=style,
-                        color=COLORS[index % len(COLORS)], capsize=3, label=f"{name}{label_suffix}")
+                        color=COLORS[(index + color_offset) % len(COLORS)], capsize=3, label=f"{name}{label_suffix}")
     references = [r for r in rows if r.get("rank") is None]
     for index, name in enumerate(sorted({series_name(r) for r in references})):
         stats = group_mean([r for r in references if series_name(r) == name], lambda r: 0, field)
         if stats:
-            ax.axhline(stats[0][0], linestyle="--" if name != "base" else ":", color="black" if name != "base" else "grey",
-                       label=f"{name}{label_suffix}")
+            ax.axhline(stats[0][0], linestyle="--" if name != "base" else ":", color=reference_color,
+                       alpha=1.0 if name != "base" else 0.5, label=f"{name}{label_suffix}")
     if lora:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("LoRA rank")
@@ -57,7 +58,7 @@ def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
     _versus_rank(ax, rows, "id_pass1", " (in-domain)")
     if any(r.get("ood_pass1") is not None for r in rows):
-        _versus_rank(ax, rows, "ood_pass1", " (out-of-domain)", style=":s")
+        _versus_rank(ax, rows, "ood_pass1", " (out-of-domain)", style=":s", reference_color="tab:red", color_offset=1)
     ax.set_ylabel("greedy pass@1")
     ax.set_title("Accuracy vs LoRA rank")
     ax.legend(fontsize=7)
@@ -102,6 +103,8 @@ def latency_bars(rows: Sequence[dict]) -> bytes:
     axes[1].bar(range(len(with_memory)), [r["peak_memory_mb"] for r in with_memory], color=COLORS[3])
     axes[1].set_xticks(range(len(with_memory)), [r["run"] for r in with_memory], rotation=45, ha="right", fontsize=7)
     axes[1].set_ylabel("peak memory while training (MB)")
+    measures = sorted({r["memory_measure"] for r in with_memory if r.get("memory_measure")})
+    axes[1].set_xlabel("; ".join(measures), fontsize=7)
     axes[1].set_title("Training memory")
     return _png(figure)
 

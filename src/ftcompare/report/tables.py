@@ -44,6 +44,7 @@ def result_row(record: dict) -> dict:
         "heldout_loss": _get(record, "forgetting", "heldout_loss"),
         "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
         "peak_memory_mb": _get(record, "train", "peak_memory_mb"),
+        "memory_measure": _get(record, "train", "memory_measure"),
         "merged_tokens_per_s": _get(record, "latency", "merged_tokens_per_s"),
         "unmerged_tokens_per_s": _get(record, "latency", "unmerged_tokens_per_s"),
         "intruders": _get(record, "spectral", "total_intruders"),
