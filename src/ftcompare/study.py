@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -66,7 +67,7 @@ def environment() -> dict:
     import peft
     import transformers
 
-    info = {
+    return {
         "ftcompare": __version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -76,7 +77,6 @@ def environment() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    return info
 
 
 def run_study(config: StudyConfig, output: Path) -> Path:
@@ -156,8 +156,6 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
     metrics["stage_s"] = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "analyze": spectral.get("wall_s")}
     write_json(run_dir.file("metrics.json"), metrics)
     if not context.config.save_weights:
-        import shutil
-
         shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
     write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(),
                                          "wall_s_this_session": time.perf_counter() - started})
@@ -223,14 +221,17 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
     latency: dict = {}
     if evaluation.latency:
         prompts = latency_prompts(context)
-        measure = lambda m: generation_tokens_per_s(m, context.tokenizer, prompts, new_tokens=evaluation.latency.new_tokens,
-                                                    repeats=evaluation.latency.repeats)
+
+        def measure(m: torch.nn.Module) -> float:
+            return generation_tokens_per_s(m, context.tokenizer, prompts, new_tokens=evaluation.latency.new_tokens,
+                                           repeats=evaluation.latency.repeats)
+
         if isinstance(model, PeftModel):
             latency["unmerged_tokens_per_s"] = measure(model)
         model = merge_adapter(model)
         latency["merged_tokens_per_s"] = measure(model)
         latency.update(batch_size=len(prompts), new_tokens=evaluation.latency.new_tokens)
-    model = merge_adapter(model)
+    model = merge_adapter(model)  # no-op when latency already merged it
     model.eval()
     suites, records = {}, []
     for suite_name, problems in context.task.suites.items():
