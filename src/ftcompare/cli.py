@@ -92,5 +92,32 @@ def report(experiment: Path = typer.Argument(..., help="An experiment folder, e.
     console.print(f"report: {html}\n        {markdown}")
 
 
+@app.command("verify-benchmark")
+def verify_benchmark_command(
+    benchmark: str = typer.Argument(..., help="mbpp, mbpp-sanitized or quixbugs."),
+    data: Path = typer.Option(None, "--data", help="The benchmark file (mbpp.jsonl, sanitized-mbpp.json, quixbugs.jsonl); "
+                                                  "MBPP without it comes from the Hugging Face hub."),
+    timeout_s: float = typer.Option(10.0, "--timeout-s"),
+    workers: int = typer.Option(2, "--workers"),
+) -> None:
+    """Run a benchmark's reference solutions through the sandbox, exactly as model outputs are run."""
+    from ftcompare.evaluate.verify import BENCHMARKS, verify_benchmark
+
+    if benchmark not in BENCHMARKS:
+        _fail(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    if data is None and benchmark == "quixbugs":
+        _fail("quixbugs: give --data PATH to quixbugs.jsonl (quixbugs_support.json beside it)")
+    if data is not None and not data.is_file():
+        _fail(f"--data: file not found: {data}")
+    try:
+        report = verify_benchmark(benchmark, data, timeout_s=timeout_s, workers=workers)
+    except (RuntimeError, ValueError) as error:
+        _fail(str(error))
+    for line in report.lines():
+        print(line)
+    if report.failures or report.buggy_passing:
+        raise typer.Exit(code=1)
+
+
 if __name__ == "__main__":
     app()

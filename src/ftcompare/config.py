@@ -56,6 +56,12 @@ class BaseModelConfig(Strict):
         return self.model.startswith(BUILTIN_PREFIX)
 
 
+def _existing_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    return path
+
+
 class GeneratedTask(Strict):
     """The built-in MBPP-style task (see ftcompare.data.codegen)."""
 
@@ -74,15 +80,42 @@ class JsonlTask(Strict):
     test: Path
     ood: Path | None = None
 
-    @field_validator("train", "test", "ood")
-    @classmethod
-    def _file_exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"file not found: {path}")
-        return path
+    _files = field_validator("train", "test", "ood")(_existing_file)
 
 
-TaskConfig = Annotated[Union[GeneratedTask, JsonlTask], Field(discriminator="kind")]
+MBPP_SPLIT_NAMES = Literal["prompt", "train", "validation", "test"]
+
+
+class MbppTask(Strict):
+    """MBPP (Austin et al. 2021): fine-tune on one split, evaluate on another (see ftcompare.data.mbpp)."""
+
+    kind: Literal["mbpp"] = "mbpp"
+    data: Path | None = None  # mbpp.jsonl or sanitized-mbpp.json; None: the Hugging Face hub (needs `datasets`)
+    sanitized: bool = False
+    format: Literal["austin3shot", "zeroshot", "chat"] = "austin3shot"
+    train_split: MBPP_SPLIT_NAMES = "train"
+    eval_split: MBPP_SPLIT_NAMES = "test"
+    extra_train: Path | None = None  # JSONL of {prompt, completion} pairs added to the fine-tuning data
+    extra_tests: Path | None = None  # MBPP+ (EvalPlus) tests added to each problem's asserts
+
+    _files = field_validator("data", "extra_train", "extra_tests")(_existing_file)
+
+
+class QuixBugsSuite(Strict):
+    """QuixBugs program repair (Lin et al. 2017) as an extra evaluation suite (see ftcompare.data.quixbugs)."""
+
+    kind: Literal["quixbugs"] = "quixbugs"
+    name: str = "quixbugs"
+    data: Path
+    support: Path | None = None  # quixbugs_support.json (Node class for the graph programs)
+    include_failing_test: bool = False
+    in_domain: bool = False
+
+    _files = field_validator("data", "support")(_existing_file)
+
+
+TaskConfig = Annotated[Union[GeneratedTask, JsonlTask, MbppTask], Field(discriminator="kind")]
+SuiteConfig = Annotated[Union[QuixBugsSuite], Field(discriminator="kind")]
 
 
 class FullMethod(Strict):
@@ -194,6 +227,7 @@ class StudyConfig(Strict):
     experiment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: BaseModelConfig = BaseModelConfig()
     task: TaskConfig = GeneratedTask()
+    extra_suites: list[SuiteConfig] = []  # more evaluation suites, e.g. QuixBugs out of domain
     methods: list[MethodConfig] = Field(min_length=1)
     seeds: list[int] = Field(default=[0], min_length=1)
     training: TrainingConfig = TrainingConfig()
@@ -269,7 +303,7 @@ def fingerprint(payload: object) -> str:
 
 
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in ("generated", "jsonl", "full", "lora")))
+    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in ("generated", "jsonl", "mbpp", "quixbugs", "full", "lora")))
 
 
 def parse_config(data: object, source: str = "<config>") -> StudyConfig:
@@ -289,6 +323,23 @@ def parse_config(data: object, source: str = "<config>") -> StudyConfig:
         raise ConfigError(f"{source}: {field}: {message}{extra}") from None
 
 
+PATH_KEYS = ("train", "test", "ood", "data", "extra_train", "extra_tests", "support")
+
+
+def _resolve_data_paths(data: dict, folder: Path) -> dict:
+    """Relative data paths in `task` and `extra_suites` resolve against the config file's folder."""
+    def resolve(section: object) -> object:
+        if not isinstance(section, dict):
+            return section
+        return {key: str(folder / value) if key in PATH_KEYS and isinstance(value, str) and not Path(value).is_absolute()
+                else value for key, value in section.items()}
+
+    resolved = {**data, "task": resolve(data.get("task"))} if "task" in data else dict(data)
+    if isinstance(data.get("extra_suites"), list):
+        resolved["extra_suites"] = [resolve(suite) for suite in data["extra_suites"]]
+    return resolved
+
+
 def load_config(path: Path) -> StudyConfig:
     """Read and validate a YAML study config. Relative data paths resolve against the file's folder."""
     path = Path(path)
@@ -298,10 +349,6 @@ def load_config(path: Path) -> StudyConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
-    if isinstance(data, dict) and isinstance(data.get("task"), dict):
-        task = dict(data["task"])
-        for key in ("train", "test", "ood"):
-            if isinstance(task.get(key), str) and not Path(task[key]).is_absolute():
-                task[key] = str(path.parent / task[key])
-        data = {**data, "task": task}
+    if isinstance(data, dict):
+        data = _resolve_data_paths(data, path.parent)
     return parse_config(data, source=str(path))

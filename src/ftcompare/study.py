@@ -27,6 +27,7 @@ from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.tasks import finetune_examples, load_task
 from ftcompare.evaluate.forgetting import heldout_chunks, mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, generate, generation_tokens_per_s
+from ftcompare.evaluate.repair import diff_f1
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
 from ftcompare.models.methods import ADAPTER_DTYPE_POLICY, adapted_weight_names, apply_method, merge_adapter, save_tuned
@@ -239,7 +240,7 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
         if not problems:
             continue
         suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=run.seed if run else 0)
-        suites[suite_name] = {**suite_metrics, "in_domain": suite_name in context.task.in_domain}
+        suites[suite_name] = {**suite_metrics, "in_domain": context.task.suite_info(suite_name).in_domain}
         records.extend(suite_records)
     write_jsonl(run_dir.file("samples.jsonl"), records)
     forgetting = {}
@@ -256,35 +257,60 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
 
 
 def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int) -> tuple[list[dict], dict]:
+    """Generate (greedy and/or sampled), extract, execute and score one suite; per-sample records and metrics."""
     evaluation = context.config.evaluation
+    info = context.task.suite_info(suite)
     sandbox = SandboxSettings(evaluation.timeout_s, evaluation.memory_mb, evaluation.sandbox_workers)
+    common = {"max_new_tokens": evaluation.max_new_tokens, "batch_size": evaluation.batch_size, "seed": seed,
+              "stop_strings": info.stop_strings}
     modes = []
     if evaluation.greedy:
-        modes.append(("greedy", SamplingSettings(n=1, do_sample=False, max_new_tokens=evaluation.max_new_tokens,
-                                                 batch_size=evaluation.batch_size, seed=seed)))
+        modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))
     if evaluation.n_samples:
         modes.append(("sampled", SamplingSettings(n=evaluation.n_samples, do_sample=True, temperature=evaluation.temperature,
-                                                  top_p=evaluation.top_p, max_new_tokens=evaluation.max_new_tokens,
-                                                  batch_size=evaluation.batch_size, seed=seed)))
+                                                  top_p=evaluation.top_p, **common)))
     records, metrics = [], {}
     for mode, settings in modes:
         with step_progress(console, f"  {suite} {mode}", len(problems)) as advance:
             generations, generate_s = generate(model, context.tokenizer, [p.prompt for p in problems], settings,
                                                on_batch=lambda count: advance())
-        scored = execute_records(sample_records(problems, generations, suite=suite, mode=mode), sandbox)
-        new_tokens = sum(r["new_tokens"] for r in scored)
-        metrics[mode] = {
-            **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
-            "n": settings.n,
-            "problems": len(problems),
-            "mean_new_tokens": new_tokens / len(scored),
-            "hit_budget_fraction": sum(r["hit_budget"] for r in scored) / len(scored),
-            "generate_s": generate_s,
-            "generate_tokens_per_s": new_tokens / max(generate_s, 1e-9),
-            "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
-        }
+        sampled = sample_records(problems, generations, suite=suite, mode=mode, extraction=info.extraction,
+                                 tokenizer=context.tokenizer)
+        scored = execute_records(sampled, sandbox)
+        if info.scoring == "repair":
+            scored = [{**record, **repair_scores(problem, record)}
+                      for problem, record in zip((p for p in problems for _ in range(settings.n)), scored, strict=True)]
+        metrics[mode] = {**pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
+                         **generation_statistics(scored, generate_s, len(problems)), "n": settings.n}
+        if info.scoring == "repair":
+            metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in ("diff_precision", "diff_recall", "diff_f1")})
         records.extend(scored)
     return records, metrics
+
+
+def repair_scores(problem: Problem, record: dict) -> dict:
+    """Line-diff precision/recall/F1 of a candidate fix against the reference fix (ftcompare.evaluate.repair)."""
+    scores = diff_f1(problem.meta["buggy"], record["extracted_code"], problem.meta["correct"])
+    return {f"diff_{key}": value for key, value in scores.items()}
+
+
+def generation_statistics(scored: list[dict], generate_s: float, problems: int) -> dict:
+    """What the latency story of a (reasoning) model needs: tokens generated, reasoning tokens, time per
+    problem, and how often the budget cut an answer (recorded, not silently scored as a method's failure)."""
+    new_tokens = sum(r["new_tokens"] for r in scored)
+    reasoning = [r["reasoning_tokens"] for r in scored if r.get("reasoning_tokens") is not None]
+    return {
+        "problems": problems,
+        "mean_new_tokens": new_tokens / len(scored),
+        "mean_reasoning_tokens": sum(reasoning) / len(reasoning) if reasoning else 0.0,
+        "hit_budget_fraction": sum(r["hit_budget"] for r in scored) / len(scored),
+        "unfinished_reasoning_fraction": sum(not r["reasoning_closed"] for r in scored) / len(scored),
+        "generate_s": generate_s,
+        "seconds_per_problem": generate_s / problems,
+        "generate_tokens_per_s": new_tokens / max(generate_s, 1e-9),
+        "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
+        "extraction_counts": {m: sum(r["extraction"] == m for r in scored) for m in sorted({r["extraction"] for r in scored})},
+    }
 
 
 def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:

@@ -38,13 +38,27 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class SuiteInfo:
+    """How one evaluation suite is generated, extracted and scored."""
+
+    in_domain: bool = True
+    extraction: str = "completion"  # "completion": a body after a signature prompt; "auto": chat/few-shot output
+    stop_strings: tuple[str, ...] = ()
+    scoring: str = "pass"  # "pass": pass@k; "repair": pass@k plus line-diff F1 against the reference fix
+
+
+@dataclass(frozen=True)
 class TaskSplits:
-    """A task's splits: `train` for fine-tuning, then the evaluation suites by name ("test", "ood")."""
+    """A task's splits: `train` for fine-tuning, then the evaluation suites by name ("test", "ood", ...)."""
 
     name: str
     train: tuple[Problem, ...]
     suites: dict[str, tuple[Problem, ...]]
-    in_domain: frozenset[str] = frozenset({"test"})
+    info: dict[str, SuiteInfo] = field(default_factory=dict)
+
+    def suite_info(self, suite: str) -> SuiteInfo:
+        """The suite's settings; by default "test" is in domain and every other suite out of domain."""
+        return self.info.get(suite, SuiteInfo(in_domain=suite == "test"))
 
 
 def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:

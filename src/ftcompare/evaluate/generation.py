@@ -34,6 +34,7 @@ class SamplingSettings:
     max_new_tokens: int = 64
     batch_size: int = 64  # sequences per generate call
     seed: int = 0
+    stop_strings: tuple[str, ...] = ()  # generation of a sequence ends once it has produced one of these
 
 
 def extract_body(text: str) -> str:
@@ -75,23 +76,30 @@ def generate(
             max_new_tokens=settings.max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=eos_id,
+            **({"stop_strings": list(settings.stop_strings), "tokenizer": tokenizer} if settings.stop_strings else {}),
         )
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall_s += time.perf_counter() - started
         new = output[:, encoded["input_ids"].shape[1] :].tolist()
         for i in range(len(chunk)):
-            results.append([decode_new_tokens(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens) for j in range(settings.n)])
+            results.append([decode_new_tokens(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens,
+                                              settings.stop_strings) for j in range(settings.n)])
         if on_batch:
             on_batch(len(chunk))
     return results, wall_s
 
 
-def decode_new_tokens(tokenizer, ids: list[int], eos_id: int, budget: int) -> Generation:
+def decode_new_tokens(tokenizer, ids: list[int], eos_id: int, budget: int, stop_strings: tuple[str, ...] = ()) -> Generation:
+    """Decode one sequence's new tokens, up to EOS (padding after it dropped); a sequence that ended
+    neither with EOS nor with a stop string within `budget` tokens is flagged as truncated."""
     if eos_id in ids:
         ids = ids[: ids.index(eos_id) + 1]
         return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), hit_budget=False)
-    return Generation(tokenizer.decode(ids, skip_special_tokens=True), len(ids), hit_budget=len(ids) >= budget)
+    ids = [t for t in ids if t != tokenizer.pad_token_id] if tokenizer.pad_token_id != eos_id else ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    stopped = any(stop in text for stop in stop_strings)
+    return Generation(text, len(ids), hit_budget=len(ids) >= budget and not stopped)
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ftcompare.data.problems import Problem
-from ftcompare.evaluate.generation import Generation, extract_body
+from ftcompare.evaluate.extraction import count_reasoning_tokens, extract_code
+from ftcompare.evaluate.generation import Generation
 from ftcompare.evaluate.metrics import pass_at_k
 from ftcompare.evaluate.sandbox import run_programs
 
@@ -24,13 +25,23 @@ class SandboxSettings:
 
 
 def sample_records(
-    problems: Sequence[Problem], generations: Sequence[Sequence[Generation]], *, suite: str, mode: str
+    problems: Sequence[Problem],
+    generations: Sequence[Sequence[Generation]],
+    *,
+    suite: str,
+    mode: str,
+    extraction: str = "completion",
+    tokenizer=None,
 ) -> list[dict]:
-    """One record per (problem, sample) with the prompt, raw completion, extracted code and program."""
+    """One record per (problem, sample) with the prompt, raw completion, extracted code and program.
+
+    `extraction` is `extract_code`'s style; with a tokenizer, reasoning (<think>) tokens are counted.
+    """
     records = []
     for problem, samples in zip(problems, generations, strict=True):
         for index, generation in enumerate(samples):
-            code = extract_body(generation.text)
+            extracted = extract_code(generation.text, style=extraction)
+            code = extracted.code
             records.append(
                 {
                     "suite": suite,
@@ -43,6 +54,9 @@ def sample_records(
                     "extracted_code": code,
                     "new_tokens": generation.new_tokens,
                     "hit_budget": generation.hit_budget,
+                    "extraction": extracted.method,
+                    "reasoning_tokens": count_reasoning_tokens(tokenizer, extracted) if tokenizer else None,
+                    "reasoning_closed": extracted.reasoning_closed,
                     "program": problem.program(code),
                 }
             )

@@ -1,0 +1,111 @@
+from pathlib import Path
+
+import pytest
+
+from ftcompare.evaluate.repair import changed_lines, code_lines, diff_f1, repair_rate
+from ftcompare.evaluate.sandbox import SandboxResult
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+
+BUGGY = '''
+def f(xs):
+    total = 0
+    for x in xs:
+        total -= x   
+    return total
+
+def g(n):
+    return n * 2
+
+
+"""
+F
+Sums xs.
+"""
+'''
+FIXED = ("def f(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n\n"
+         "def g(n):\n    return n * 2\n")
+
+
+def edits(before, after):
+    return [(sign, text.strip()) for sign, _, text in changed_lines(before, after)]
+
+
+def test_code_lines_drop_blanks_trailing_space_and_the_trailing_docstring():
+    assert [text for _, text in code_lines(BUGGY)] == [
+        "def f(xs):", "    total = 0", "    for x in xs:", "        total -= x", "    return total",
+        "def g(n):", "    return n * 2"]
+    assert code_lines(BUGGY)[0] == (2, "def f(xs):")
+    leading = '"""Module docstring."""\nx = 1\n'
+    assert code_lines(leading) == [(1, '"""Module docstring."""'), (2, "x = 1")]
+
+
+def test_code_lines_of_source_that_does_not_parse():
+    broken = "def f(:\n    return 1\n\n'''\nDoc\n'''\n"
+    assert code_lines(broken) == [(1, "def f(:"), (2, "    return 1")]
+    indented_end = '"""Top."""\ndef f(:\n    """\n    Doc\n    """\n'
+    assert len(code_lines(indented_end)) == 5  # a function's docstring is code, not the trailing block
+
+
+def test_changed_lines_numbers_lines_in_their_own_program():
+    assert changed_lines(BUGGY, FIXED) == [("-", 5, "        total -= x"), ("+", 4, "        total += x")]
+    assert changed_lines(BUGGY, BUGGY.replace('"""\nF', '"""\nG')) == []  # only the docstring differs
+
+
+def test_candidate_identical_to_the_reference_scores_one():
+    candidate = "\n" + FIXED.replace("\n\n", "\n\n\n") + '\n"""\nF\n"""\n'  # blank lines and docstring aside
+    assert diff_f1(BUGGY, candidate, FIXED) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+
+
+def test_right_line_other_text_scores_one_half():
+    candidate = FIXED.replace("total += x", "total = total + x")
+    # C = {-total -= x, +total = total + x}, R = {-total -= x, +total += x}: I = 1
+    assert diff_f1(BUGGY, candidate, FIXED) == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+
+
+def test_no_edit_scores_zero_and_no_edit_needed_scores_one():
+    assert diff_f1(BUGGY, BUGGY, FIXED) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    assert diff_f1(FIXED, FIXED, FIXED) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
+    # an edit where the reference needs none: 0/1 precision, 0/0 recall taken as 0
+    assert diff_f1(FIXED, FIXED.replace("* 2", "* 3"), FIXED) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+
+
+def test_multi_line_fix_partly_matched():
+    reference = FIXED.replace("n * 2", "n * 3")  # R = {-total -= x, +total += x, -n * 2, +n * 3}
+    candidate = FIXED.replace("    return total\n", "    print(total)\n    return total\n")
+    # C = {-total -= x, +total += x, +print(total)}: I = 2, precision 2/3, recall 2/4, f1 = 2*2/(3+4)
+    assert edits(BUGGY, candidate) == [("-", "total -= x"), ("+", "total += x"), ("+", "print(total)")]
+    assert diff_f1(BUGGY, candidate, reference) == {"precision": 2 / 3, "recall": 1 / 2, "f1": 4 / 7}
+
+
+def test_edits_are_a_multiset():
+    before = "a = 1\nb = 2\n"
+    reference = "a = 1\nx = 0\nb = 2\n"
+    candidate = "a = 1\nx = 0\nb = 2\nx = 0\n"
+    # C = {+x = 0, +x = 0}, R = {+x = 0}: I = 1, precision 1/2, recall 1, f1 = 2/3
+    assert diff_f1(before, candidate, reference) == {"precision": 0.5, "recall": 1.0, "f1": 2 / 3}
+
+
+def _result(passed: bool) -> SandboxResult:
+    return SandboxResult(status="passed" if passed else "failed", passed=passed, stdout="", stderr="",
+                         duration_s=0.0, exception=None, isolation={})
+
+
+def test_repair_rate():
+    assert repair_rate([_result(True), _result(False), _result(False), _result(True)]) == 0.5
+    assert repair_rate([{"task_id": "a", "passed": True}, {"task_id": "b", "passed": False},
+                        {"task_id": "c", "passed": False}]) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="repeated task_id"):
+        repair_rate([{"task_id": "a", "passed": True}, {"task_id": "a", "passed": False}])
+    with pytest.raises(ValueError):
+        repair_rate([])
+
+
+@pytest.mark.skipif(not (DATA / "quixbugs.jsonl").is_file(), reason="QuixBugs data not found")
+def test_quixbugs_reference_fixes_are_edits_that_score_one():
+    from ftcompare.data.quixbugs import load_quixbugs
+
+    for program in load_quixbugs(DATA / "quixbugs.jsonl"):
+        assert 1 <= len(changed_lines(program.buggy, program.correct)) <= 4, program.name
+        assert diff_f1(program.buggy, program.correct, program.correct)["f1"] == 1.0
+        assert diff_f1(program.buggy, program.buggy, program.correct)["f1"] == 0.0
