@@ -67,7 +67,15 @@ def run(
     """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
     config = _load(config_path)
     if dry_run:
+        from ftcompare.study import estimate_cost
+
         _print_matrix(config)
+        table = Table(title="estimated cost (counted offline; tokens are upper bounds)")
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        for key, value in estimate_cost(config).items():
+            table.add_row(key.replace("_", " "), "unknown offline" if value is None else str(value))
+        console.print(table)
         return
     _run_and_report(config, output)
 

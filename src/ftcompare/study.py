@@ -120,7 +120,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
     parameters = dict(model.named_parameters())
     base_weights = {name: parameters[name].detach().clone() for name in names}
     spectra = SpectrumCache(experiment / BASE_DIR / "svd", base.fingerprint)
-    return StudyContext(config, device, base, tokenizer, load_task(config.task), heldout, base_weights, spectra, experiment)
+    return StudyContext(config, device, base, tokenizer, load_task(config.task, config.extra_suites, tokenizer), heldout, base_weights, spectra, experiment)
 
 
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
@@ -174,7 +174,7 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     seed_everything(run.seed)
     model = apply_method(load_model(context.base, context.device), run)
     training = context.config.training
-    examples = finetune_examples(context.task.train, context.tokenizer)
+    examples = finetune_examples(context.task.train, context.tokenizer, training.max_length)
     steps = math.ceil(training.epochs * len(examples) / training.batch_size)
     if training.max_steps:
         steps = min(steps, training.max_steps)
@@ -347,3 +347,46 @@ def evaluate_base(context: StudyContext) -> None:
     metrics = {"run_id": "base", "method": "base", "label": "base", **{k: v for k, v in evaluation.items() if k != "model"},
                "params": sum(p.numel() for p in model.parameters())}
     write_json(base_dir.file("metrics.json"), metrics)
+
+
+def estimate_cost(config: StudyConfig) -> dict:
+    """What a study will do, counted without a model (works offline): training steps and examples per run,
+    sequences and tokens generated, programs executed. Unknown counts (hub data offline) are None."""
+    from ftcompare.data import mbpp, quixbugs
+    from ftcompare.data.problems import load_jsonl_problems
+
+    task = config.task
+    if task.kind == "generated":
+        n_train, suites = task.n_train, {"test": task.n_test, "ood": task.n_ood}
+    elif task.kind == "jsonl":
+        n_train = len(load_jsonl_problems(task.train, "train"))
+        suites = {"test": len(load_jsonl_problems(task.test, "test"))}
+        if task.ood:
+            suites["ood"] = len(load_jsonl_problems(task.ood, "ood"))
+    elif task.data is None:
+        n_train, suites = None, {"test": None}
+    else:
+        records = mbpp.load_mbpp(task.data, sanitized=task.sanitized)
+        n_train, suites = len(mbpp.split(records, task.train_split)), {"test": len(mbpp.split(records, task.eval_split))}
+    for suite in config.extra_suites:
+        suites[suite.name] = sum(p.excluded is None for p in quixbugs.load_quixbugs(suite.data, suite.support))
+    evaluation, training = config.evaluation, config.training
+    per_problem = int(evaluation.greedy) + evaluation.n_samples
+    problems = {name: (min(n, evaluation.limit) if evaluation.limit and n is not None else n) for name, n in suites.items()}
+    known = all(n is not None for n in problems.values())
+    sequences = sum(problems.values()) * per_problem if known else None
+    steps = None
+    if n_train is not None:
+        steps = math.ceil(training.epochs * n_train / training.batch_size)
+        steps = min(steps, training.max_steps) if training.max_steps else steps
+    runs = len(expand(config))
+    return {
+        "runs": runs,
+        "train_examples": n_train,
+        "steps_per_run": steps,
+        "train_sequences_per_run": steps * training.batch_size if steps else None,
+        "eval_problems": problems,
+        "sequences_generated_per_model": sequences,
+        "max_new_tokens_per_model": sequences * evaluation.max_new_tokens if sequences else None,
+        "models_evaluated": runs + 1,  # every run and the base
+    }

@@ -18,11 +18,14 @@ Prompt formats (PROMPT_FORMATS), and where the model's completion stops (stop_se
   ended at "[BEGIN]" with target_delimiter "\\n": the same few-shot text, one newline less at the end.
   (bigcode-evaluation-harness's `mbpp` task uses another, zero-shot prompt: a docstring with the text and
   the first test.)
-- "zeroshot" (ours): the text, the first three tests, "Write the Python function.", then an opened
-  ```python fence, so that a base model writes bare code and stops at the closing fence.
-- "chat": the same instruction, without the fence, as one user message through the tokenizer's chat
-  template, with the generation prompt; the reply ends at end of turn, and extract_code takes its first
-  fenced block.
+- "zeroshot" (ours): the text, the first three tests (as austin3shot shows them), "Write the Python
+  function.", a newline. The answer ends at end of sequence or at a top-level assert, print or
+  `if __name__` (tests and demos that would run with the code; bigcode-evaluation-harness stops there too).
+- "chat": the same instruction as one user message through the tokenizer's chat template, with the
+  generation prompt; the reply ends at end of turn.
+
+The code in a completion of any format is what `ftcompare.evaluate.extraction.extract_code` (style "auto")
+finds: the span before "[DONE]", a fenced block, or the code in the text.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import ast
 import builtins
 import json
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -44,8 +46,7 @@ AUSTIN_FEW_SHOT_IDS = (2, 3, 4)  # lm-eval's few-shot samples, in this order
 
 _FULL_FIELDS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
 _SANITIZED_FIELDS = ("task_id", "prompt", "code", "test_list", "test_imports")
-_STOP_SEQUENCES = {"austin3shot": ("[DONE]",), "zeroshot": ("```",), "chat": ()}
-_FENCED_BLOCK = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_STOP_SEQUENCES = {"austin3shot": ("[DONE]",), "zeroshot": ("\nassert", "\nprint(", "\nif __name__"), "chat": ()}
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def render_prompt(record: MbppRecord, fmt: str, *, few_shot: Sequence[MbppRecord
     if few_shot:
         raise ValueError(f"the {fmt} format takes no few-shot examples")
     if fmt == "zeroshot":
-        return _instruction(record) + "\n```python\n"
+        return _instruction(record) + "\n"
     if tokenizer is None:
         raise ValueError("the chat format needs a tokenizer with a chat template")
     messages = [{"role": "user", "content": _instruction(record)}]
@@ -115,15 +116,14 @@ def stop_sequences(fmt: str) -> tuple[str, ...]:
     return _STOP_SEQUENCES[fmt]
 
 
-def extract_code(completion: str, fmt: str) -> str:
-    """The code in a completion: the text before the format's first stop sequence; for "chat", the body of
-    the first fenced block (to its end if the fence never closes), or the whole reply if it has none."""
+def training_completion(code: str, fmt: str) -> str:
+    """The fine-tuning target after a prompt in `fmt`: the code as the format's answer would carry it,
+    so the model also learns where to stop ("[DONE]" after Austin prompts, a closed fence in chat)."""
+    if fmt == "austin3shot":
+        return code + "\n[DONE]"
     if fmt == "chat":
-        match = _FENCED_BLOCK.search(completion)
-        return match.group(1) if match else completion
-    for stop in stop_sequences(fmt):
-        completion = completion.split(stop, 1)[0]
-    return completion
+        return f"```python\n{code}\n```"
+    return code + "\n"
 
 
 def called_function(assertion: str) -> str:
@@ -224,9 +224,9 @@ def _evalplus_check():
         tolerance = 1e-6 if atol == 0 and is_floats(expected) else atol
         if tolerance == 0 or type(out) is not type(expected):
             return False
-        pairs = list(zip(out, expected)) if isinstance(expected, (list, tuple)) else [(out, expected)]
         if isinstance(expected, (list, tuple)) and len(out) != len(expected):
             return False
+        pairs = list(zip(out, expected)) if isinstance(expected, (list, tuple)) else [(out, expected)]
         try:
             return all(abs(o - e) <= tolerance + 1e-7 * abs(e) for o, e in pairs)
         except TypeError:

@@ -62,8 +62,8 @@ class TaskSplits:
 
 
 def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
-    """Read user problems: one JSON object a line with task_id, prompt, completion, tests (list of asserts),
-    and optionally entry_point, code_prefix, setup."""
+    """Read user problems: one JSON object a line with prompt and completion, and optionally task_id,
+    tests (list of asserts; none for fine-tuning-only data), entry_point, code_prefix, setup."""
     problems = []
     for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         if not line.strip():
@@ -72,7 +72,7 @@ def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
             record = json.loads(line)
             problems.append(
                 Problem(
-                    task_id=str(record["task_id"]),
+                    task_id=str(record.get("task_id", f"{split}/{line_number}")),
                     prompt=record["prompt"],
                     completion=record["completion"],
                     tests=tuple(record.get("tests", ())),
