@@ -25,7 +25,6 @@ from ftcompare.data.mbpp import (
     MbppRecord,
     called_function,
     extra_tests_from_evalplus,
-    extract_code,
     load_mbpp,
     render_prompt,
     split,
@@ -268,8 +267,8 @@ TASK_11_INSTRUCTION = (
 
 
 def test_zeroshot_golden(full):
-    assert render_prompt(record(), "zeroshot") == ADD_INSTRUCTION + "\n```python\n"
-    assert render_prompt(by_id(full)[11], "zeroshot") == TASK_11_INSTRUCTION + "\n```python\n"
+    assert render_prompt(record(), "zeroshot") == ADD_INSTRUCTION + "\n"
+    assert render_prompt(by_id(full)[11], "zeroshot") == TASK_11_INSTRUCTION + "\n"
     # at most three tests are shown, as in austin3shot
     many = record(tests=tuple(f"assert add({i}, 0) == {i}" for i in range(5)))
     assert "assert add(2, 0) == 2\n\nWrite" in render_prompt(many, "zeroshot")
@@ -291,19 +290,27 @@ def test_chat_golden(full):
         render_prompt(record(), "fewshot")
 
 
-def test_stop_sequences_and_code_extraction():
+def test_stop_sequences():
     assert {fmt: stop_sequences(fmt) for fmt in PROMPT_FORMATS} == {
-        "austin3shot": ("[DONE]",), "zeroshot": ("```",), "chat": ()
+        "austin3shot": ("[DONE]",), "zeroshot": ("\nassert", "\nprint(", "\nif __name__"), "chat": ()
     }
-    assert extract_code("def f():\n    return 1\n[DONE]\n\nYou are", "austin3shot") == "def f():\n    return 1\n"
-    assert extract_code("def f():\n    return 1\n```\nmore", "zeroshot") == "def f():\n    return 1\n"
-    assert extract_code("def f(): pass", "zeroshot") == "def f(): pass"
-    reply = "Here it is:\n```python\ndef f():\n    return 1\n```\nDone. ```python\nx = 2\n```"
-    assert extract_code(reply, "chat") == "def f():\n    return 1\n"
-    assert extract_code("Sure:\n```\ndef f(): pass\n", "chat") == "def f(): pass\n"  # never closed: cut off
-    assert extract_code("def f(): pass", "chat") == "def f(): pass"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown MBPP prompt format"):
         stop_sequences("fewshot")
+
+
+def test_the_project_extractor_finds_the_code_of_each_format():
+    """What a model writes in each format, cut where generation stops, yields the code it wrote."""
+    from ftcompare.evaluate.extraction import extract_code
+
+    code = "import math\ndef add(a, b):\n    return a + b"
+    completions = {
+        "austin3shot": code + "\n[DONE]",  # generation stops once "[DONE]" is produced
+        "zeroshot": code + "\n\n\nassert",  # ... once a top-level assert starts
+        "chat": "Here you go:\n\n```python\n" + code + "\n```\n\nIt adds a and b.",
+    }
+    for fmt, completion in completions.items():
+        assert any(completion.endswith(stop) for stop in stop_sequences(fmt)) or fmt == "chat"
+        assert extract_code(completion, style="auto").code == code + "\n", fmt
 
 
 # ---- records as Problems ------------------------------------------------------------------------------------
