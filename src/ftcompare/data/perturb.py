@@ -95,7 +95,7 @@ FUNCTION_NOUNS = ("result", "value", "answer", "output", "total", "score", "item
                   "outcome", "quantity")
 VARIABLE_WORDS = ("item", "elem", "val", "arg", "data", "obj", "num", "tmp", "cur", "inp", "param", "operand",
                   "entry", "thing", "seq", "acc", "res", "var")
-# Parameters never renamed: a docstring's use of these as English words could not be told from the name.
+# Variables never renamed: a docstring's use of these as English words could not be told from the name.
 _KEEP_NAMES = frozenset({"self", "cls", "a", "an", "i", "in", "is", "it", "of", "on", "or", "to", "as", "at",
                          "be", "by", "if", "no", "so", "up", "we", "and", "the", "for", "not", "but", "all",
                          "any"})
@@ -121,34 +121,21 @@ def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, s
     """
     rng = random.Random(f"docstring:{seed}:{problem.task_id}")
     head, prefix = _layout(problem)
-    parts = {"head": (head, False), "prefix": (prefix, True)}
-    protected = set(_identifiers(problem.completion, problem.setup, *problem.tests, problem.entry_point))
-    protected |= {"True", "False", "None"}
-    candidates = []  # (part, start, end, word, text-span id)
-    for part, (text, python) in parts.items():
-        spans = _text_spans(text, python)
-        protected |= _identifiers(_blank_out(text, spans))
-        for span_id, (start, end) in enumerate(spans):
-            candidates += [(part, s, e, w, span_id) for s, e, w in _editable_words(text, start, end)]
-    candidates = [c for c in candidates if c[3] not in protected]
-
+    texts = {"head": head, "prefix": prefix}
+    candidates, protected = _paraphrase_candidates(problem, head, prefix)
     edits: dict[str, list[_Edit]] = {"head": [], "prefix": []}
     log: list[dict] = []
-    used: set[int] = set()
-    for i in range(len(candidates) - 1):
-        (part, s1, e1, w1, span1), (part2, s2, e2, w2, span2) = candidates[i], candidates[i + 1]
-        between = parts[part][0][e1:s2]
-        if (part, span1) == (part2, span2) and i not in used and between in (" ", " and ", " or ") \
-                and w1.lower() in ADJECTIVES and w2.lower() in ADJECTIVES and w1.lower() != w2.lower() \
-                and rng.random() < swap_rate:
-            first, second = _match_case(w2, w1), _match_case(w1, w2)
-            edits[part] += [(s1, e1, first), (s2, e2, second)]
-            log.append({"op": "swap", "from": f"{w1}{between}{w2}", "to": f"{first}{between}{second}"})
-            used |= {i, i + 1}
+    used = _swap_adjectives(candidates, texts, rng, swap_rate, edits, log)
 
     def synonym(word: str) -> str | None:
         options = [s for s in SYNONYMS.get(word.lower(), ()) if not set(s.split()) & protected]
         return _match_case(word, rng.choice(options)) if options else None
+
+    def typo(word: str) -> str | None:
+        for _ in range(5):  # a slip must not spell one of the code's names ("words" -> "word")
+            if (new := _typo(word, rng)) not in protected:
+                return new
+        return None
 
     for i, (part, start, end, word, _) in enumerate(candidates):
         if i in used:
@@ -156,19 +143,17 @@ def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, s
         if word.lower() in SYNONYMS and rng.random() < synonym_rate and (new := synonym(word)):
             edits[part].append((start, end, new))
             log.append({"op": "synonym", "from": word, "to": new})
-            used.add(i)
-        elif len(word) >= 3 and rng.random() < typo_rate:
-            new = _typo(word, rng)
+        elif len(word) >= 3 and rng.random() < typo_rate and (new := typo(word)):
             edits[part].append((start, end, new))
             log.append({"op": "typo", "from": word, "to": new})
-            used.add(i)
-    if not log and candidates:
+    if not log and candidates:  # force one edit: a synonym where one exists, else a typo
         with_synonym = [c for c in candidates if synonym(c[3]) is not None]
         part, start, end, word, _ = rng.choice(with_synonym or [c for c in candidates if len(c[3]) >= 3]
                                                or candidates)
-        new = synonym(word) if with_synonym else _typo(word, rng)
-        edits[part].append((start, end, new))
-        log.append({"op": "synonym" if with_synonym else "typo", "from": word, "to": new})
+        new = synonym(word) if with_synonym else typo(word)
+        if new:
+            edits[part].append((start, end, new))
+            log.append({"op": "synonym" if with_synonym else "typo", "from": word, "to": new})
 
     new_head, new_prefix = _apply_edits(head, edits["head"]), _apply_edits(prefix, edits["prefix"])
     return _perturbed(problem, "docstring", seed, {"edits": log}, prompt=new_head + new_prefix,
@@ -197,7 +182,8 @@ def rename_function(problem: Problem, seed: int) -> Problem:
         joined = prefix + problem.completion
         new_prefix, completion = _apply_split(joined, _rename_code_edits(joined, mapping), len(prefix))
     else:
-        new_prefix, completion = prefix, _apply_edits(problem.completion, _rename_code_edits(problem.completion, mapping))
+        completion = _apply_edits(problem.completion, _rename_code_edits(problem.completion, mapping))
+        new_prefix = prefix
     return _perturbed(
         problem, "function_name", seed, {"old": old, "new": new, "style": style},
         prompt=new_head + new_prefix,
@@ -259,8 +245,8 @@ def perturb_code_syntax(problem: Problem, seed: int) -> Problem:
                       completion=completion)
 
 
-def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.3, spacing_rate: float = 0.3,
-                  trailing_rate: float = 0.3) -> Problem:
+def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, spacing_rate: float = 0.1,
+                  trailing_rate: float = 0.2) -> Problem:
     """Whitespace changes in the prompt's code (ReCode §3.5, code-format perturbations).
 
     In the code_prefix and the code blocks of a prose prompt (not doctest lines, not inside strings or
@@ -566,6 +552,42 @@ def _keyword_names(source: str) -> set[str]:
 
 # ---- paraphrase helpers ----------------------------------------------------------------------------
 
+
+def _paraphrase_candidates(problem: Problem, head: str, prefix: str) -> tuple[list[tuple], set[str]]:
+    """The words paraphrasing may edit, as (part, start, end, word, span id) with part "head" or
+    "prefix", and the protected names: every identifier of the problem's code, in or out of the prompt."""
+    protected = _identifiers(problem.completion, problem.setup, *problem.tests, problem.entry_point)
+    protected |= {"True", "False", "None"}
+    candidates = []
+    for part, text, python in (("head", head, False), ("prefix", prefix, True)):
+        spans = _text_spans(text, python)
+        protected |= _identifiers(_blank_out(text, spans))
+        for span_id, (start, end) in enumerate(spans):
+            candidates += [(part, s, e, w, span_id) for s, e, w in _editable_words(text, start, end)]
+    return [c for c in candidates if c[3] not in protected], protected
+
+
+def _swap_adjectives(candidates: list[tuple], texts: dict[str, str], rng: random.Random, rate: float,
+                     edits: dict[str, list[_Edit]], log: list[dict]) -> set[int]:
+    """Swap pairs of ADJECTIVES joined by " ", " and " or " or " with probability `rate`, adding to
+    `edits` and `log`; the indices of the candidates used."""
+    used: set[int] = set()
+    # "and"/"or" is a candidate word itself unless the code uses it as a keyword: pair across it either way
+    pairs = [(i, i + 1) for i in range(len(candidates) - 1)] + [(i, i + 2) for i in range(len(candidates) - 2)]
+    for i, j in pairs:
+        (part, s1, e1, w1, span1), (part2, s2, e2, w2, span2) = candidates[i], candidates[j]
+        if (part, span1) != (part2, span2) or set(range(i, j + 1)) & used:
+            continue
+        between = texts[part][e1:s2]
+        joints = (" ", " and ", " or ") if j == i + 1 else (" and ", " or ")
+        if between in joints and w1.lower() in ADJECTIVES and w2.lower() in ADJECTIVES \
+                and w1.lower() != w2.lower() and rng.random() < rate:
+            first, second = _match_case(w1, w2), _match_case(w2, w1)  # each word takes its slot's case
+            edits[part] += [(s1, e1, first), (s2, e2, second)]
+            log.append({"op": "swap", "from": f"{w1}{between}{w2}", "to": f"{first}{between}{second}"})
+            used |= set(range(i, j + 1))
+    return used
+
 _QUOTED = re.compile(r"(?<![A-Za-z])'[^'\n]*'(?![A-Za-z])|\"[^\"\n]*\"|`[^`\n]*`")
 _GLUE = set("_.\\<>|[]{}/@#$=()`'\"0123456789")
 
@@ -581,10 +603,22 @@ def _editable_words(text: str, start: int, end: int) -> list[tuple[int, int, str
         word = m.group()
         if any(qs <= m.start() < qe for qs, qe in quoted) or not word[1:].islower() and len(word) > 1:
             continue
-        if (s > 0 and text[s - 1] in _GLUE) or (e < len(text) and text[e] in _GLUE):
+        if _glued(text, s, e, start, end):
             continue
         words.append((s, e, word))
     return words
+
+
+def _glued(text: str, s: int, e: int, start: int, end: int) -> bool:
+    """Whether the word text[s:e] touches markup or code punctuation inside its span text[start:end]
+    (`obj.attr`, `<|im_start|>user`, `[DONE]`, `x_1`); a sentence's full stop does not count."""
+    before = text[s - 1] if s > start else " "
+    after = text[e] if e < end else " "
+    if before == ".":
+        return s - 2 >= start and (text[s - 2].isalnum() or text[s - 2] == "_")
+    if after == ".":
+        return e + 1 < end and (text[e + 1].isalnum() or text[e + 1] == "_")
+    return before in _GLUE or after in _GLUE
 
 
 def _match_case(model: str, word: str) -> str:
@@ -736,6 +770,20 @@ def _own_bindings(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
     return names
 
 
+def _token_position(source: str) -> Callable[[ast.AST], tuple[int, int]]:
+    """An ast node's (row, column) as tokenize counts them: ast counts columns in UTF-8 bytes."""
+    lines = io.StringIO(source).readlines()
+
+    def position(node: ast.AST) -> tuple[int, int]:
+        row, column = node.lineno, node.col_offset
+        line = lines[row - 1] if row <= len(lines) else ""
+        if not line.isascii():
+            column = len(line.encode("utf-8")[:column].decode("utf-8", errors="ignore"))
+        return row, column
+
+    return position
+
+
 def _unrenamable(tree: ast.AST) -> set[str]:
     """Names bound where no Name node marks them (imports, def/class names, except-as, match captures),
     declared global or nonlocal, or bound in a class body."""
@@ -773,6 +821,7 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
         return [], []
     names_at = {tok.start: (tok.string, start, end) for tok, start, end in toks if tok.type == tokenize.NAME}
     strings_at = {tok.start: (tok, start) for tok, start, _ in toks if tok.type == tokenize.STRING}
+    position = _token_position(source)
     keep = keep | _keyword_names(source)
     excluded = _unrenamable(tree) | _KEEP_NAMES | keep
     edits: list[_Edit] = []
@@ -785,13 +834,13 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
         args = function.args
         for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
             if a:
-                occurrences[a.arg].append((a.lineno, a.col_offset))
+                occurrences[a.arg].append(position(a))
         for statement in function.body:
             for node in ast.walk(statement):
                 if isinstance(node, ast.Name):
-                    occurrences[node.id].append((node.lineno, node.col_offset))
+                    occurrences[node.id].append(position(node))
                 elif isinstance(node, ast.arg):
-                    occurrences[node.arg].append((node.lineno, node.col_offset))
+                    occurrences[node.arg].append(position(node))
         mapping = {}
         for name in sorted(_own_bindings(function) - excluded):
             if name.startswith("__") or ("**" in keep and name in {a.arg for a in args.args + args.kwonlyargs}):
@@ -806,8 +855,9 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
         if not mapping:
             continue
         first = function.body[0]
-        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-            found = strings_at.get((first.lineno, first.col_offset))
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                and isinstance(first.value.value, str):
+            found = strings_at.get(position(first))
             body = _string_body(found[0].string) if found else None
             if body:
                 literal, start = found
@@ -823,6 +873,8 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
 
 _SPACED = frozenset({"+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", ">", "<=", ">=", "=", "+=", "-=",
                      "*=", "/=", "->", ",", ":", "(", ")", "[", "]", "{", "}", "&", "|", "^", "<<", ">>"})
+_FSTRING_START = getattr(tokenize, "FSTRING_START", -1)
+_FSTRING_END = getattr(tokenize, "FSTRING_END", -1)
 _LAYOUT = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER, tokenize.COMMENT)
 
 
@@ -832,7 +884,9 @@ def _format_options(source: str) -> list[tuple[int, int, str, list[str]]]:
     if toks is None:
         return []
     options = []
+    fstring_depth = 0  # Python 3.12+ tokenizes f-strings; spaces inside one can change its text
     for i, (tok, start, end) in enumerate(toks):
+        fstring_depth += (tok.type == _FSTRING_START) - (tok.type == _FSTRING_END)
         previous = toks[i - 1][0] if i else None
         if tok.type in (tokenize.NEWLINE, tokenize.NL) and tok.string in ("\n", "\r\n"):
             if tok.type == tokenize.NEWLINE:
@@ -841,15 +895,16 @@ def _format_options(source: str) -> list[tuple[int, int, str, list[str]]]:
                 options.append((start, start, "trailing", [" ", "  ", "\t"]))
         if i + 1 < len(toks):
             nxt, next_start, _ = toks[i + 1]
-            if tok.type in _LAYOUT or nxt.type in _LAYOUT or tok.end[0] != nxt.start[0]:
+            if fstring_depth or tok.type in _LAYOUT or nxt.type in _LAYOUT or tok.end[0] != nxt.start[0]:
                 continue
-            if not (tok.type == tokenize.OP and tok.string in _SPACED or nxt.type == tokenize.OP and nxt.string in _SPACED):
+            spaced = [t.type == tokenize.OP and t.string in _SPACED for t in (tok, nxt)]
+            if not any(spaced):
                 continue
             gap = source[end:next_start]
             if gap.strip(" "):
                 continue
             alternatives = [g for g in ("", " ") if g != gap]
-            if tok.type == nxt.type == tokenize.OP or tok.type != tokenize.OP and nxt.type != tokenize.OP:
+            if tok.type == nxt.type == tokenize.OP:
                 alternatives = [g for g in alternatives if g]  # never glue two operators
             if alternatives:
                 options.append((end, next_start, "spacing", alternatives))
