@@ -20,7 +20,8 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ne
 
 
 def run(source: str, **limits) -> SandboxResult:
-    limits = {"timeout_s": 2.0, "memory_mb": 512, **limits}
+    # generous for programs meant to finish (CI machines stall); timeout tests pass their own short limits
+    limits = {"timeout_s": 10.0, "memory_mb": 512, **limits}
     return run_program(textwrap.dedent(source), **limits)
 
 
@@ -391,7 +392,7 @@ def test_a_run_ends_with_the_program_even_if_a_descendant_keeps_its_output_open(
 def test_run_programs_keeps_the_order_of_its_sources():
     # Later sources finish first, so completion order differs from input order.
     sources = [f"import time\ntime.sleep({0.1 * (3 - i)})\nprint({i})\n" for i in range(4)]
-    results = run_programs(sources, timeout_s=2.0, memory_mb=512, workers=4)
+    results = run_programs(sources, timeout_s=10.0, memory_mb=512, workers=4)
     assert [result.stdout for result in results] == ["0\n", "1\n", "2\n", "3\n"]
 
 
