@@ -24,7 +24,8 @@ STUDY = {
     "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
     "training": {"max_steps": 4, "batch_size": 8, "log_every": 2},
     "evaluation": {"n_samples": 2, "k": [1, 2], "max_new_tokens": 8, "timeout_s": 3,
-                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1}},
+                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1},
+                   "robustness": {"s": 2, "perturbations": ["docstring", "function_name"]}},
     "analyses": {"spectral": {"k": 4, "epsilons": [0.3, 0.5, 0.9]}},
 }
 RUN_FILES = ("run.json", "train.json", "train_log.jsonl", "samples.jsonl", "eval.json", "spectral.json", "metrics.json", "done.json")
@@ -68,8 +69,21 @@ def test_metrics_hold_every_measure(experiment):
     assert full["train"]["trainable_params"] == full["train"]["total_params"]
 
 
-def test_samples_are_auditable(experiment):
+def test_robustness_is_scored_per_perturbation_family(experiment):
+    metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
+    robustness = metrics["suites"]["test"]["robustness"]
+    assert set(robustness) == {"docstring", "function_name"}
+    for family in robustness.values():
+        assert family["s"] == 2 and 0 <= family["robust_pass@1"] <= 1
+        assert 0 <= family["robust_relative@1"] <= 1
     records = read_jsonl(experiment / "lora-r2-s0" / "samples.jsonl")
+    renamed = [r for r in records if r.get("perturbation") == "function_name"]
+    assert len(renamed) == 4 * 2 and {r["variant"] for r in renamed} == {0, 1}
+    assert all(r["suite"] == "test~function_name" and r["mode"] == "greedy" for r in renamed)
+
+
+def test_samples_are_auditable(experiment):
+    records = [r for r in read_jsonl(experiment / "lora-r2-s0" / "samples.jsonl") if "perturbation" not in r]
     # (4 + 3 problems) × (1 greedy + 2 sampled)
     assert len(records) == 7 * 3
     for record in records:
@@ -98,6 +112,9 @@ def test_report_renders_from_records(experiment):
     markdown = (experiment / "report.md").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert "LoRA r=2" in markdown and "full FT" in markdown
+    assert "## Per suite" in markdown and "| lora-r2-s0 | ood | no |" in markdown
+    assert "## Robustness" in markdown and "| lora-r2-s0 | test | function_name | 2 |" in markdown
+    assert "<h2>Robustness (ReCode, greedy)</h2>" in html
     assert (experiment / "figures" / "accuracy_vs_rank.png").stat().st_size > 1000
     (experiment / "report.html").unlink()
     result = CliRunner().invoke(app, ["report", str(experiment)])

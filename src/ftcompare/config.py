@@ -188,6 +188,16 @@ class LatencyConfig(Strict):
     repeats: int = Field(default=3, gt=0)
 
 
+class RobustnessConfig(Strict):
+    """ReCode-style robustness: s perturbed variants of every problem per family, decoded greedily."""
+
+    perturbations: list[Literal["docstring", "function_name", "code_syntax", "code_format"]] = [
+        "docstring", "function_name", "code_syntax", "code_format"]
+    s: int = Field(default=5, gt=0)
+    seed: int = 0
+    suites: list[str] = ["test"]
+
+
 class EvaluationConfig(Strict):
     greedy: bool = True
     n_samples: int = Field(default=10, ge=0)  # sampled completions per problem (0: greedy only)
@@ -202,6 +212,7 @@ class EvaluationConfig(Strict):
     limit: int | None = Field(default=None, gt=0)  # evaluate only the first N problems of each split
     forgetting: ForgettingConfig | None = ForgettingConfig()
     latency: LatencyConfig | None = LatencyConfig()
+    robustness: RobustnessConfig | None = None
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> "EvaluationConfig":
@@ -235,6 +246,20 @@ class StudyConfig(Strict):
     analyses: AnalysesConfig = AnalysesConfig()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     save_weights: bool = True  # full FT: the tuned weights; LoRA: the PEFT adapter
+
+    @model_validator(mode="after")
+    def _robustness_on_known_suites(self) -> "StudyConfig":
+        robustness = self.evaluation.robustness
+        if robustness is not None:
+            has_ood = self.task.kind == "generated" or (self.task.kind == "jsonl" and self.task.ood is not None)
+            known = {"test", "ood"} if has_ood else {"test"}
+            known |= {suite.name for suite in self.extra_suites}
+            unknown = sorted(set(robustness.suites) - known)
+            if unknown:
+                raise ValueError(f"evaluation.robustness.suites: unknown suites {unknown}; this study has {sorted(known)}")
+            if not self.evaluation.greedy:
+                raise ValueError("evaluation.robustness needs greedy: true (robust pass@1 is scored on greedy outputs)")
+        return self
 
     @model_validator(mode="after")
     def _unique_run_ids(self) -> "StudyConfig":

@@ -23,11 +23,13 @@ from ftcompare import __version__
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
 from ftcompare.config import RunSpec, StudyConfig, expand, fingerprint
 from ftcompare.console import console, step_progress
+from ftcompare.data.perturb import perturbed_variants
 from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.tasks import finetune_examples, load_task
 from ftcompare.evaluate.forgetting import heldout_chunks, mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, generate, generation_tokens_per_s
 from ftcompare.evaluate.repair import diff_f1
+from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, robust_relative_at_k
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
 from ftcompare.models.methods import ADAPTER_DTYPE_POLICY, adapted_weight_names, apply_method, merge_adapter, save_tuned
@@ -239,9 +241,13 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
         problems = problems[: evaluation.limit] if evaluation.limit else problems
         if not problems:
             continue
-        suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=run.seed if run else 0)
+        seed = run.seed if run else 0
+        suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=seed)
         suites[suite_name] = {**suite_metrics, "in_domain": context.task.suite_info(suite_name).in_domain}
         records.extend(suite_records)
+        if evaluation.robustness and suite_name in evaluation.robustness.suites:
+            robust_records, suites[suite_name]["robustness"] = evaluate_robustness(model, problems, suite_records, suite_name, context, seed)
+            records.extend(robust_records)
     write_jsonl(run_dir.file("samples.jsonl"), records)
     forgetting = {}
     if context.heldout is not None:
@@ -256,7 +262,8 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
     return {**result, "model": model}
 
 
-def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int) -> tuple[list[dict], dict]:
+def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int,
+                   greedy_only: bool = False) -> tuple[list[dict], dict]:
     """Generate (greedy and/or sampled), extract, execute and score one suite; per-sample records and metrics."""
     evaluation = context.config.evaluation
     info = context.task.suite_info(suite)
@@ -266,7 +273,7 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
     modes = []
     if evaluation.greedy:
         modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))
-    if evaluation.n_samples:
+    if evaluation.n_samples and not greedy_only:
         modes.append(("sampled", SamplingSettings(n=evaluation.n_samples, do_sample=True, temperature=evaluation.temperature,
                                                   top_p=evaluation.top_p, **common)))
     records, metrics = [], {}
@@ -285,6 +292,32 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
         if info.scoring == "repair":
             metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in ("diff_precision", "diff_recall", "diff_f1")})
         records.extend(scored)
+    return records, metrics
+
+
+def evaluate_robustness(model, problems: tuple[Problem, ...], nominal_records: list[dict], suite: str,
+                        context: StudyContext, seed: int) -> tuple[list[dict], dict]:
+    """ReCode's Robust Pass@1, Drop@1 and Relative@1 per perturbation family: s variants of every problem,
+    decoded greedily, against the suite's own greedy (nominal) results."""
+    robustness = context.config.evaluation.robustness
+    nominal = {r["task_id"]: [r["passed"]] for r in nominal_records if r["mode"] == "greedy"}
+    records, metrics = [], {}
+    for family in robustness.perturbations:
+        variants = [v for p in problems for v in perturbed_variants(p, [family], robustness.s, robustness.seed)]
+        family_records, _ = evaluate_suite(model, tuple(variants), suite, context, seed=seed, greedy_only=True)
+        family_records = [{**r, "suite": f"{suite}~{family}", "perturbation": family, "variant": v.meta["variant"]}
+                          for r, v in zip(family_records, variants, strict=True)]
+        perturbed: dict[str, list[list[bool]]] = {}
+        for record in family_records:
+            perturbed.setdefault(record["task_id"], []).append([record["passed"]])
+        metrics[family] = {
+            "s": robustness.s,
+            "nominal_pass@1": sum(v[0] for v in nominal.values()) / len(nominal),
+            "robust_pass@1": robust_pass_at_k(perturbed, 1),
+            "robust_drop@1": robust_drop_at_k(nominal, perturbed, 1),
+            "robust_relative@1": robust_relative_at_k(nominal, perturbed, 1),
+        }
+        records.extend(family_records)
     return records, metrics
 
 

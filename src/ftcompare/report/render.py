@@ -11,7 +11,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots
-from ftcompare.report.tables import markdown_table, result_row, table_cells
+from ftcompare.report.tables import markdown_from_cells, markdown_table, result_row, suite_tables, table_cells
 from ftcompare.runs.store import STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 BASE_DIR = "_base"
@@ -70,6 +70,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     for figure in figs:
         (figure_dir / f"{figure.slug}.png").write_bytes(figure.png)
     header, body = table_cells(rows)
+    suite_header, suite_body, robust_header, robust_body = suite_tables(records)
     environment = Environment(loader=PackageLoader("ftcompare.report", "templates"), autoescape=select_autoescape(["html"]),
                               trim_blocks=True, lstrip_blocks=True)
     context = {
@@ -79,6 +80,9 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "header": header,
         "body": body,
         "markdown_table": markdown_table(rows),
+        "suite_header": suite_header, "suite_body": suite_body, "suite_markdown": markdown_from_cells(suite_header, suite_body),
+        "robust_header": robust_header, "robust_body": robust_body,
+        "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
         "figures": [{"slug": f.slug, "title": f.title, "caption": f.caption,
                      "data": base64.b64encode(f.png).decode(), "file": f"{FIGURES_DIR}/{f.slug}.png"} for f in figs],
         "experiment": study.get("config", {}).get("experiment", experiment.name),

@@ -97,10 +97,7 @@ def table_cells(rows: Sequence[dict], keys: Sequence[str] | None = None) -> tupl
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    header, body = table_cells(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines)
+    return markdown_from_cells(*table_cells(rows))
 
 
 def group_mean(rows: Sequence[dict], key: Callable[[dict], object], field: str) -> dict[object, tuple[float, float, int]]:
@@ -115,3 +112,34 @@ def group_mean(rows: Sequence[dict], key: Callable[[dict], object], field: str) 
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
         stats[group] = (mean, std, len(values))
     return stats
+
+
+def _cells(values: Sequence[tuple[object, str]]) -> list[str]:
+    return [format_cell(value, fmt) for value, fmt in values]
+
+
+def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """Per run and suite (greedy decoding): accuracy, repair F1 where scored, and the generation cost that
+    matters for reasoning models; then per run, suite and perturbation family: ReCode's robust metrics."""
+    suite_header = ["run", "suite", "in domain", "pass@1", "diff F1", "mean new tokens", "reasoning tokens",
+                    "s / problem", "cut by budget"]
+    robust_header = ["run", "suite", "perturbation", "s", "nominal pass@1", "robust pass@1", "robust drop@1",
+                     "robust relative@1"]
+    suite_body, robust_body = [], []
+    for record in records:
+        for suite, metrics in (record.get("suites") or {}).items():
+            greedy = metrics.get("greedy", {})
+            suite_body.append([str(record.get("run_id")), suite, "yes" if metrics.get("in_domain") else "no", *_cells([
+                (greedy.get("pass@1"), ".3f"), (greedy.get("diff_f1"), ".3f"), (greedy.get("mean_new_tokens"), ".1f"),
+                (greedy.get("mean_reasoning_tokens"), ".1f"), (greedy.get("seconds_per_problem"), ".3f"),
+                (greedy.get("hit_budget_fraction"), ".2f")])])
+            for family, robust in (metrics.get("robustness") or {}).items():
+                robust_body.append([str(record.get("run_id")), suite, family, str(robust["s"]), *_cells([
+                    (robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"), (robust["robust_drop@1"], "+.3f"),
+                    (robust["robust_relative@1"], ".3f")])])
+    return suite_header, suite_body, robust_header, robust_body
+
+
+def markdown_from_cells(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
