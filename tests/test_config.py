@@ -44,6 +44,7 @@ def test_explicit_lr_is_used_as_given():
         ({"experiment": "t", "base": {"model": "builtin:nope"}, "methods": [{"kind": "full"}]}, "base.model"),
         ({"experiment": "t", "methods": [{"kind": "lora", "lr": 1e-3, "alpha_lr_product": 1e-2}]}, "either lr or alpha_lr_product"),
         ({"experiment": "a b", "methods": [{"kind": "full"}]}, "experiment"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"compile": True}}, "compile: needs cache: static"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}}, "unknown suites ['nope']"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}}, "evaluation.robustness.perturbations.0"),
     ],

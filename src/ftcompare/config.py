@@ -200,6 +200,8 @@ class RobustnessConfig(Strict):
 
 class EvaluationConfig(Strict):
     greedy: bool = True
+    cache: Literal["dynamic", "static"] = "dynamic"  # KV cache layout for generation
+    compile: bool = False  # torch.compile the forward pass for generation (pays off on a GPU with a static cache)
     n_samples: int = Field(default=10, ge=0)  # sampled completions per problem (0: greedy only)
     k: list[int] = [1, 5, 10]
     temperature: float = Field(default=0.8, gt=0)
@@ -213,6 +215,12 @@ class EvaluationConfig(Strict):
     forgetting: ForgettingConfig | None = ForgettingConfig()
     latency: LatencyConfig | None = LatencyConfig()
     robustness: RobustnessConfig | None = None
+
+    @model_validator(mode="after")
+    def _compile_with_static_cache(self) -> "EvaluationConfig":
+        if self.compile and self.cache != "static":
+            raise ValueError("compile: needs cache: static (transformers compiles generate only with a static cache)")
+        return self
 
     @model_validator(mode="after")
     def _k_within_samples(self) -> "EvaluationConfig":

@@ -27,7 +27,7 @@ from ftcompare.data.perturb import perturbed_variants
 from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.tasks import finetune_examples, load_task
 from ftcompare.evaluate.forgetting import heldout_chunks, mean_token_loss
-from ftcompare.evaluate.generation import SamplingSettings, generate, generation_tokens_per_s
+from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
 from ftcompare.evaluate.repair import diff_f1
 from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, robust_relative_at_k
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
@@ -85,6 +85,7 @@ def environment() -> dict:
 def run_study(config: StudyConfig, output: Path) -> Path:
     """Run every cell of the study's matrix that is not finished yet; return the experiment folder."""
     device = resolve_device(config.device)
+    check_compile(config.evaluation.compile, device)  # before anything trains
     runs = expand(config)
     experiment = experiment_dir(output, config.experiment)
     experiment.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
 
         def measure(m: torch.nn.Module) -> float:
             return generation_tokens_per_s(m, context.tokenizer, prompts, new_tokens=evaluation.latency.new_tokens,
-                                           repeats=evaluation.latency.repeats)
+                                           repeats=evaluation.latency.repeats, cache=evaluation.cache, compile=evaluation.compile)
 
         if isinstance(model, PeftModel):
             latency["unmerged_tokens_per_s"] = measure(model)
@@ -269,7 +270,7 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
     info = context.task.suite_info(suite)
     sandbox = SandboxSettings(evaluation.timeout_s, evaluation.memory_mb, evaluation.sandbox_workers)
     common = {"max_new_tokens": evaluation.max_new_tokens, "batch_size": evaluation.batch_size, "seed": seed,
-              "stop_strings": info.stop_strings}
+              "stop_strings": info.stop_strings, "cache": evaluation.cache, "compile": evaluation.compile}
     modes = []
     if evaluation.greedy:
         modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))

@@ -58,3 +58,28 @@ def test_decoding_cuts_at_eos_and_flags_the_budget(model_and_tokenizer):
 def test_throughput_is_positive(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     assert generation_tokens_per_s(model, tokenizer, ["def f(x):\n"] * 2, new_tokens=3, repeats=1) > 0
+
+
+def test_static_cache_generates_what_the_dynamic_cache_does(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = ["def f(x):\n", "import os\n"]
+    dynamic, _ = generate(model, tokenizer, prompts, SamplingSettings(n=1, do_sample=False, max_new_tokens=5))
+    static, _ = generate(model, tokenizer, prompts, SamplingSettings(n=1, do_sample=False, max_new_tokens=5, cache="static"))
+    assert static == dynamic
+
+
+def test_unknown_cache_layout_is_refused():
+    from ftcompare.evaluate.generation import cache_kwargs
+
+    assert cache_kwargs("static", False) == {"cache_implementation": "static", "disable_compile": True}
+    assert cache_kwargs("static", True) == {"cache_implementation": "static", "disable_compile": False}
+    with pytest.raises(ValueError, match="cache"):
+        cache_kwargs("paged", False)
+    with pytest.raises(ValueError, match="static"):
+        cache_kwargs("dynamic", True)
+
+
+def test_compiled_generation_on_a_cpu_is_refused_not_silently_skipped(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="CUDA"):
+        generate(model, tokenizer, ["x"], SamplingSettings(n=1, do_sample=False, cache="static", compile=True))
