@@ -143,6 +143,25 @@ def test_a_changed_config_is_refused_before_training(experiment):
     assert sorted(p.name for p in experiment.iterdir()) == before
 
 
+def test_intervention_at_lambda_one_is_the_tuned_model(experiment):
+    result = CliRunner().invoke(app, ["intervene", str(experiment / "lora-r2-s0"), "--lambdas", "0,1"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((experiment / "lora-r2-s0" / "intervene.json").read_text())
+    assert [row["lambda"] for row in record["rows"]] == [0.0, 1.0]
+    evaluation = json.loads((experiment / "lora-r2-s0" / "eval.json").read_text())
+    assert record["rows"][1]["heldout_loss"] == pytest.approx(evaluation["forgetting"]["heldout_loss"], abs=1e-5)
+    assert record["rows"][1]["pass@1"] == evaluation["suites"]["test"]["greedy"]["pass@1"]
+    if record["rows"][0]["intruders"]:  # removing intruder directions changes the model
+        assert record["rows"][0]["heldout_loss"] != pytest.approx(record["rows"][1]["heldout_loss"], abs=1e-7)
+    assert (experiment / "lora-r2-s0" / "intervene.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [(["--lambdas", "a,b"], "--lambdas"), (["--lambdas", "-1"], "non-negative")])
+def test_intervention_arguments_are_checked(experiment, args, message):
+    result = CliRunner().invoke(app, ["intervene", str(experiment / "lora-r2-s0"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
 def test_report_of_a_missing_folder_fails_clearly(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2

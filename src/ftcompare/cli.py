@@ -100,6 +100,31 @@ def report(experiment: Path = typer.Argument(..., help="An experiment folder, e.
     console.print(f"report: {html}\n        {markdown}")
 
 
+@app.command()
+def intervene(
+    run_dir: Path = typer.Argument(..., help="A finished run, e.g. runs/quickstart/lora-r4-s0."),
+    lambdas: str = typer.Option("0,0.25,0.5,0.75,1,1.5", "--lambdas", help="Comma-separated scales for the intruders' singular values."),
+) -> None:
+    """The causal test: scale intruder dimensions by each λ, measure pass@1 and forgetting, plot both."""
+    from ftcompare.report.plots import intervention_curve
+    from ftcompare.study import intervene as run_intervention
+
+    try:
+        values = [float(v) for v in lambdas.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--lambdas: not a comma-separated list of numbers: {lambdas!r}")
+    if not values or any(v < 0 for v in values):
+        _fail("--lambdas: give one or more non-negative numbers")
+    run_dir = run_dir.resolve()
+    try:
+        result = run_intervention(run_dir.parent, run_dir.name, values)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    figure = run_dir / "intervene.png"
+    figure.write_bytes(intervention_curve(result))
+    console.print(f"intervention: {run_dir / 'intervene.json'}, {figure}")
+
+
 @app.command("verify-benchmark")
 def verify_benchmark_command(
     benchmark: str = typer.Argument(..., help="mbpp, mbpp-sanitized or quixbugs."),

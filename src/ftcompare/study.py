@@ -14,14 +14,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
 
 from ftcompare import __version__
+from ftcompare.analyze.intervene import scale_model_intruders
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
-from ftcompare.config import RunSpec, StudyConfig, expand, fingerprint
+from ftcompare.config import RunSpec, SpectralConfig, StudyConfig, expand, fingerprint
 from ftcompare.console import console, step_progress
 from ftcompare.data.perturb import perturbed_variants
 from ftcompare.data.problems import Problem, TaskSplits
@@ -165,14 +167,19 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
                                          "wall_s_this_session": time.perf_counter() - started})
 
 
+def load_trained(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
+    """The model a finished training stage saved: the full model, or the base with its PEFT adapter (unmerged)."""
+    weights = run_dir.file("weights")
+    if run.method == "full":
+        return load_model(replace(context.base, path=str(weights), revision=None), context.device)
+    return PeftModel.from_pretrained(load_model(context.base, context.device), weights, autocast_adapter_dtype=False)
+
+
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
     """Train the run (or reload what an earlier session trained) and return the model, unmerged."""
-    weights = run_dir.file("weights")
-    if run_dir.has("train.json") and weights.is_dir():
+    if run_dir.has("train.json") and run_dir.file("weights").is_dir():
         console.print("  train: finished earlier, reloading the saved weights")
-        if run.method == "full":
-            return load_model(replace(context.base, path=str(weights), revision=None), context.device)
-        return PeftModel.from_pretrained(load_model(context.base, context.device), weights, autocast_adapter_dtype=False)
+        return load_trained(run, run_dir, context)
 
     seed_everything(run.seed)
     model = apply_method(load_model(context.base, context.device), run)
@@ -192,7 +199,7 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
         result = train(model, batches, settings, accelerator=accelerator, log_path=run_dir.file("train_log.jsonl"),
                        on_step=lambda step, loss: advance(step, loss))
     model = accelerator.unwrap_model(model)
-    save_tuned(model, weights)
+    save_tuned(model, run_dir.file("weights"))
     total = sum(p.numel() for p in model.parameters())
     write_json(run_dir.file("train.json"), {
         **asdict(result),
@@ -424,3 +431,45 @@ def estimate_cost(config: StudyConfig) -> dict:
         "max_new_tokens_per_model": sequences * evaluation.max_new_tokens if sequences else None,
         "models_evaluated": runs + 1,  # every run and the base
     }
+
+
+def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
+    """The causal test of Shuttleworth et al. 2024: scale the singular values of every adapted matrix's
+    intruder dimensions by each λ, and measure the in-domain greedy pass@1 and the held-out loss.
+
+    λ = 1 is the tuned model itself, λ = 0 removes the intruder directions. Writes `<run>/intervene.json`.
+    """
+    study = read_json(experiment / STUDY_FILE)
+    config = StudyConfig.model_validate(study["config"])
+    runs = {r["run_id"]: RunSpec.model_validate(r) for r in study["runs"]}
+    if run_id not in runs:
+        raise ValueError(f"{experiment}: no run {run_id!r}; runs: {', '.join(runs)}")
+    run, run_dir = runs[run_id], RunDir(experiment / run_id)
+    if not (run_dir.has("train.json") and run_dir.file("weights").is_dir()):
+        raise ValueError(f"{run_dir.path}: no trained weights (was it run with save_weights: false, or not finished?)")
+    spectral = config.analyses.spectral or SpectralConfig()
+    context = prepare(config, resolve_device(config.device), experiment)
+    model = merge_adapter(load_trained(run, run_dir, context)).eval()
+    names = adapted_weight_names(model, run.target_modules if run.method == "lora" else None)
+    parameters = dict(model.named_parameters())
+    tuned = {name: parameters[name].detach().clone() for name in names}
+    base_weights = {name: context.base_weights[name] for name in names}
+    spectra = {name: context.spectra.get(name, w) for name, w in base_weights.items()}
+    problems = context.task.suites["test"][: config.evaluation.limit] if config.evaluation.limit else context.task.suites["test"]
+    rows = []
+    for lam in lambdas:
+        with torch.no_grad():
+            for name in names:
+                parameters[name].copy_(tuned[name])
+        intruders = scale_model_intruders(model, base_weights, spectra, lam, k=spectral.k, epsilon=spectral.epsilon)
+        _, metrics = evaluate_suite(model, problems, "test", context, seed=run.seed, greedy_only=True)
+        row = {"lambda": lam, "pass@1": metrics["greedy"]["pass@1"], "intruders": sum(len(v) for v in intruders.values())}
+        if context.heldout is not None:
+            row["heldout_loss"] = mean_token_loss(model, context.heldout)
+            base_loss = read_json(experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"]
+            row["forgetting"] = row["heldout_loss"] - base_loss
+        console.print(f"  λ={lam:g}: pass@1 {row['pass@1']:.3f}" + (f", forgetting {row['forgetting']:+.3f}" if "forgetting" in row else ""))
+        rows.append(row)
+    result = {"run_id": run_id, "k": spectral.k, "epsilon": spectral.epsilon, "suite": "test", "problems": len(problems), "rows": rows}
+    write_json(run_dir.file("intervene.json"), result)
+    return result

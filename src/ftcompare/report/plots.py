@@ -121,3 +121,18 @@ def epsilon_sweep(sweeps: dict[str, dict[str, int]]) -> bytes:
     ax.set_title("Intruder count vs ε")
     ax.legend(fontsize=7)
     return _png(figure)
+
+
+def intervention_curve(result: dict) -> bytes:
+    """Task score and forgetting against λ, the scale of the intruder dimensions' singular values."""
+    rows = sorted(result["rows"], key=lambda r: r["lambda"])
+    figure, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r["lambda"] for r in rows], [r["pass@1"] for r in rows], "-o", color=COLORS[0], label="in-domain pass@1")
+    ax.set_xlabel("λ (intruder singular values scaled by λ; 1 = the tuned model)")
+    ax.set_ylabel("greedy pass@1", color=COLORS[0])
+    if all("forgetting" in r for r in rows):
+        twin = ax.twinx()
+        twin.plot([r["lambda"] for r in rows], [r["forgetting"] for r in rows], "-s", color=COLORS[1], label="forgetting")
+        twin.set_ylabel("held-out loss increase over the base", color=COLORS[1])
+    ax.set_title(f"Causal test: {result['run_id']} (k={result['k']}, ε={result['epsilon']})")
+    return _png(figure)
