@@ -26,9 +26,10 @@ STUDY = {
     "evaluation": {"n_samples": 2, "k": [1, 2], "max_new_tokens": 8, "timeout_s": 3,
                    "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1},
                    "robustness": {"s": 2, "perturbations": ["docstring", "function_name"]}},
-    "analyses": {"spectral": {"k": 4, "epsilons": [0.3, 0.5, 0.9]}},
+    "analyses": {"spectral": {"k": 4, "epsilons": [0.3, 0.5, 0.9]}, "representations": {"probe_size": 3, "probe_tokens": 24}},
 }
-RUN_FILES = ("run.json", "train.json", "train_log.jsonl", "samples.jsonl", "eval.json", "spectral.json", "metrics.json", "done.json")
+RUN_FILES = ("run.json", "train.json", "train_log.jsonl", "samples.jsonl", "eval.json", "spectral.json", "representations.json",
+             "metrics.json", "done.json")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,22 @@ def test_robustness_is_scored_per_perturbation_family(experiment):
     assert all(r["suite"] == "test~function_name" and r["mode"] == "greedy" for r in renamed)
 
 
+def test_representational_drift_per_layer(experiment):
+    lora = json.loads((experiment / "lora-r2-s0" / "representations.json").read_text())["probes"]
+    full = json.loads((experiment / "full-s0" / "representations.json").read_text())["probes"]
+    assert set(lora) == {"task", "pretraining"}
+    for probes in (lora, full):
+        for probe in probes.values():
+            assert len(probe["cka"]) == 4 + 1 and len(probe["attention_js"]) == 4
+            assert all(0 <= value <= 1 + 1e-9 for value in probe["cka"])
+            assert all(value >= 0 for value in probe["attention_js"])
+    # LoRA on the linear layers leaves the embeddings alone; full FT trains them
+    assert lora["task"]["cka"][0] == pytest.approx(1.0, abs=1e-6)
+    assert full["task"]["cka"][0] < 1 - 1e-6
+    metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
+    assert set(metrics["spectral"]["representations"]) == {"task_mean_cka", "pretraining_mean_cka"}
+
+
 def test_samples_are_auditable(experiment):
     records = [r for r in read_jsonl(experiment / "lora-r2-s0" / "samples.jsonl") if "perturbation" not in r]
     # (4 + 3 problems) × (1 greedy + 2 sampled)
@@ -110,7 +127,8 @@ def test_base_svds_are_computed_once_per_base(experiment):
 def test_report_renders_from_records(experiment):
     html = (experiment / "report.html").read_text()
     markdown = (experiment / "report.md").read_text()
-    assert html.count("data:image/png;base64,") >= 4
+    assert html.count("data:image/png;base64,") >= 6
+    assert "Representational drift" in html
     assert "LoRA r=2" in markdown and "full FT" in markdown
     assert "## Per suite" in markdown and "| lora-r2-s0 | ood | no |" in markdown
     assert "## Robustness" in markdown and "| lora-r2-s0 | test | function_name | 2 |" in markdown

@@ -238,8 +238,18 @@ class SpectralConfig(Strict):
     epsilons: list[float] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
+class RepresentationsConfig(Strict):
+    """Representational drift (linear CKA per layer, base vs tuned) and attention structure (entropy per
+    layer, Jensen–Shannon distance to the base's maps) on fixed probe sets: task inputs (prompt and
+    reference completion of the first test problems) and held-out pre-training text."""
+
+    probe_size: int = Field(default=32, gt=1)
+    probe_tokens: int = Field(default=128, gt=8)
+
+
 class AnalysesConfig(Strict):
     spectral: SpectralConfig | None = SpectralConfig()
+    representations: RepresentationsConfig | None = None
 
 
 class StudyConfig(Strict):

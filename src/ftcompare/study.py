@@ -22,6 +22,7 @@ from peft import PeftModel
 
 from ftcompare import __version__
 from ftcompare.analyze.intervene import scale_model_intruders
+from ftcompare.analyze.similarity import attention_distance, attention_entropy, hidden_states_and_attentions, layerwise_cka
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
 from ftcompare.config import RunSpec, SpectralConfig, StudyConfig, expand, fingerprint
 from ftcompare.console import console, step_progress
@@ -41,6 +42,16 @@ from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, 
 BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A fixed probe batch and the base model's hidden states and attention maps on it."""
+
+    input_ids: torch.Tensor  # (batch, tokens)
+    attention_mask: torch.Tensor  # (batch, tokens), 1 for real tokens
+    base_hidden: list[torch.Tensor]  # layers + 1 of (batch, tokens, dim)
+    base_attentions: list[torch.Tensor]  # layers of (batch, heads, tokens, tokens)
+
+
 class StudyMismatch(RuntimeError):
     """A run directory holds results of a different config under the same run id."""
 
@@ -58,6 +69,7 @@ class StudyContext:
     base_weights: dict[str, torch.Tensor]
     spectra: SpectrumCache
     experiment: Path
+    probes: dict[str, "Probe"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -125,7 +137,33 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
     parameters = dict(model.named_parameters())
     base_weights = {name: parameters[name].detach().clone() for name in names}
     spectra = SpectrumCache(experiment / BASE_DIR / "svd", base.fingerprint)
-    return StudyContext(config, device, base, tokenizer, load_task(config.task, config.extra_suites, tokenizer), heldout, base_weights, spectra, experiment)
+    task = load_task(config.task, config.extra_suites, tokenizer)
+    probes = {}
+    if config.analyses.representations:
+        probes = base_probes(config.analyses.representations, load_model(base, device), tokenizer, task, heldout)
+    return StudyContext(config, device, base, tokenizer, task, heldout, base_weights, spectra, experiment, probes)
+
+
+def base_probes(settings, model, tokenizer, task: TaskSplits, heldout: torch.Tensor | None) -> dict[str, Probe]:
+    """The probe sets, each with the base's hidden states and attentions (computed once per study)."""
+    size, length = settings.probe_size, settings.probe_tokens
+    texts = [p.prompt + p.completion for p in task.suites["test"][:size]]
+    encoded = [ids[:length] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    width = max(len(ids) for ids in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids), 1
+    batches = {"task": (input_ids, mask)}
+    if heldout is not None:
+        chunk = heldout[:size, :length]
+        batches["pretraining"] = (chunk, torch.ones_like(chunk))
+    device = next(model.parameters()).device
+    probes = {}
+    for name, (ids, attention_mask) in batches.items():
+        hidden, attentions = hidden_states_and_attentions(model, ids.to(device), attention_mask.to(device))
+        probes[name] = Probe(ids, attention_mask, hidden, attentions)
+    return probes
 
 
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
@@ -355,6 +393,37 @@ def generation_statistics(scored: list[dict], generate_s: float, problems: int) 
 
 
 def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
+    """Spectral analysis (and, when configured, representational drift) of the tuned model against the base."""
+    summary = spectral_stage(run, run_dir, context, model)
+    if context.probes:
+        summary = {**summary, "representations": representations_stage(run_dir, context, model)}
+    return summary
+
+
+def representations_stage(run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
+    """Per probe set and layer: linear CKA between base and tuned hidden states, the tuned model's and the
+    base's mean attention entropy, and the mean Jensen–Shannon distance between their attention maps."""
+    if run_dir.has("representations.json"):
+        return read_json(run_dir.file("representations.json"))["summary"]
+    device = next(model.parameters()).device
+    result = {}
+    for name, probe in context.probes.items():
+        hidden, attentions = hidden_states_and_attentions(model, probe.input_ids.to(device), probe.attention_mask.to(device))
+        mask = probe.attention_mask
+        result[name] = {
+            "cka": layerwise_cka(probe.base_hidden, hidden, mask),
+            "attention_entropy": [float(attention_entropy(a, mask).mean()) for a in attentions],
+            "base_attention_entropy": [float(attention_entropy(a, mask).mean()) for a in probe.base_attentions],
+            "attention_js": [float(attention_distance(b, a, mask).mean()) for b, a in zip(probe.base_attentions, attentions)],
+        }
+    # mean over the transformer layers' outputs (hidden_states[1:]); [0] is the embedding output
+    summary = {f"{name}_mean_cka": sum(v["cka"][1:]) / len(v["cka"][1:]) for name, v in result.items()}
+    write_json(run_dir.file("representations.json"), {"summary": summary, "probes": result})
+    console.print("  representations: mean CKA to the base " + ", ".join(f"{k.removesuffix('_mean_cka')} {v:.3f}" for k, v in summary.items()))
+    return summary
+
+
+def spectral_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
     """Spectral analysis of every adapted matrix against the base (the base's SVDs come from the cache)."""
     spectral = context.config.analyses.spectral
     if spectral is None:

@@ -136,3 +136,24 @@ def intervention_curve(result: dict) -> bytes:
         twin.set_ylabel("held-out loss increase over the base", color=COLORS[1])
     ax.set_title(f"Causal test: {result['run_id']} (k={result['k']}, ε={result['epsilon']})")
     return _png(figure)
+
+
+def cka_by_layer(representations: dict[str, dict]) -> bytes:
+    """`representations[run_id][probe]["cka"]`: linear CKA to the base per layer (0 = embeddings), one line
+    per run, solid for task inputs and dashed for held-out pre-training text."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (run, probes) in enumerate(representations.items()):
+        for probe, style in (("task", "-o"), ("pretraining", "--s")):
+            if probe in probes:
+                cka = probes[probe]["cka"]
+                axes[0].plot(range(len(cka)), cka, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})")
+                js = probes[probe]["attention_js"]
+                axes[1].plot(range(1, len(js) + 1), js, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})")
+    axes[0].set_xlabel("layer (0 = embeddings)")
+    axes[0].set_ylabel("linear CKA, tuned vs base")
+    axes[0].set_title("Representational drift")
+    axes[1].set_xlabel("layer")
+    axes[1].set_ylabel("attention JS distance to the base (nats)")
+    axes[1].set_title("Attention change")
+    axes[0].legend(fontsize=6)
+    return _png(figure)

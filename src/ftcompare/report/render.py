@@ -27,7 +27,7 @@ class Figure:
 
 
 def collect(experiment: Path) -> tuple[dict, list[dict], dict[str, dict]]:
-    """(study record, metrics of the base then of each finished run, spectral sweeps by run)."""
+    """(study record, metrics of the base then of each finished run, spectral sweeps by run, probe results by run)."""
     experiment = Path(experiment)
     if not experiment.is_dir():
         raise FileNotFoundError(f"{experiment}: no such experiment folder")
@@ -36,18 +36,20 @@ def collect(experiment: Path) -> tuple[dict, list[dict], dict[str, dict]]:
     base = experiment / BASE_DIR / "metrics.json"
     if base.is_file():
         records.append(read_json(base))
-    sweeps = {}
+    sweeps, representations = {}, {}
     for run in run_dirs(experiment):
         if run.has("metrics.json"):
             records.append(read_json(run.file("metrics.json")))
             if run.has("spectral.json"):
                 sweeps[run.run_id] = read_json(run.file("spectral.json"))["summary"].get("epsilon_sweep", {})
+            if run.has("representations.json"):
+                representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
     if len(records) <= (1 if base.is_file() else 0):
         raise FileNotFoundError(f"{experiment}: no finished runs to report")
-    return study, records, sweeps
+    return study, records, sweeps, representations
 
 
-def figures(rows: list[dict], sweeps: dict[str, dict]) -> list[Figure]:
+def figures(rows: list[dict], sweeps: dict[str, dict], representations: dict[str, dict]) -> list[Figure]:
     result = [
         Figure("accuracy_vs_rank", "Accuracy vs rank", "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.", plots.accuracy_vs_rank(rows)),
         Figure("forgetting_vs_accuracy", "Forgetting vs accuracy", "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.", plots.forgetting_vs_accuracy(rows)),
@@ -56,15 +58,19 @@ def figures(rows: list[dict], sweeps: dict[str, dict]) -> list[Figure]:
     ]
     if sweeps:
         result.append(Figure("epsilon_sweep", "Intruders vs ε", "Total intruder dimensions per run as the similarity threshold ε varies.", plots.epsilon_sweep(sweeps)))
+    if representations:
+        result.append(Figure("representations", "Representational drift and attention change",
+                             "Per layer: linear CKA between base and tuned hidden states (Kornblith et al. 2019) and the Jensen–Shannon distance between their attention maps, on task inputs (solid) and held-out pre-training text (dashed).",
+                             plots.cka_by_layer(representations)))
     return result
 
 
 def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     """Write report.md, report.html and figures/ into the experiment folder; return their paths and the rows."""
     experiment = Path(experiment)
-    study, records, sweeps = collect(experiment)
+    study, records, sweeps, representations = collect(experiment)
     rows = [result_row(record) for record in records]
-    figs = figures(rows, sweeps)
+    figs = figures(rows, sweeps, representations)
     figure_dir = experiment / FIGURES_DIR
     figure_dir.mkdir(exist_ok=True)
     for figure in figs:
