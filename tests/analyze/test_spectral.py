@@ -249,3 +249,16 @@ def test_spectrum_cache_refuses_a_stale_fingerprint(tmp_path):
     SpectrumCache(tmp_path, "base-abc").get("layers.0.q_proj", w0)
     with pytest.raises(ValueError, match="stale"):
         SpectrumCache(tmp_path, "base-abc").get("layers.0.q_proj", 2.0 * w_other)
+
+
+def test_intruders_are_totalled_per_layer_and_module_type():
+    from ftcompare.analyze.spectral import MatrixReport, intruders_by_position
+
+    def report(name, intruders):
+        return MatrixReport(name=name, shape=(2, 2), intruders=intruders, intruders_right=0, intruder_ranks=[],
+                            epsilon_sweep={}, delta_fro_norm=0.0, delta_spectral_norm=0.0, delta_effective_rank=0.0,
+                            delta_stable_rank=0.0, relative_delta_norm=0.0)
+
+    reports = [report("model.layers.0.self_attn.q_proj.weight", 2), report("model.layers.0.mlp.up_proj.weight", 1),
+               report("model.layers.10.self_attn.q_proj.weight", 3), report("model.layers.2.mlp.up_proj.weight", 0)]
+    assert intruders_by_position(reports) == {"by_layer": {"0": 3, "2": 0, "10": 3}, "by_module_type": {"q_proj": 5, "up_proj": 1}}

@@ -278,6 +278,23 @@ def analyze_matrix(
     )
 
 
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def intruders_by_position(reports: Sequence[MatrixReport]) -> dict[str, dict[str, int]]:
+    """Intruder totals per layer index (the first number in a matrix's name, e.g. `layers.3.`) and per
+    module type (the name's last component before `.weight`, e.g. `q_proj`); JSON-friendly keys."""
+    by_layer: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    for report in reports:
+        match = _LAYER_INDEX.search(report.name)
+        layer = match.group(1) if match else "-"
+        module = report.name.removesuffix(".weight").rsplit(".", 1)[-1]
+        by_layer[layer] = by_layer.get(layer, 0) + report.intruders
+        by_type[module] = by_type.get(module, 0) + report.intruders
+    return {"by_layer": dict(sorted(by_layer.items(), key=lambda item: (len(item[0]), item[0]))), "by_module_type": by_type}
+
+
 def summarize(reports: Sequence[MatrixReport]) -> dict:
     """Totals over the matrices of one run; JSON-friendly (means are None when there are no reports)."""
     n = len(reports)
@@ -298,6 +315,7 @@ def summarize(reports: Sequence[MatrixReport]) -> dict:
         "mean_intruders_per_matrix": mean(counts),
         "max_intruders_per_matrix": max(counts) if counts else None,
         "epsilon_sweep": {key: sum(r.epsilon_sweep[key] for r in reports) for key in sweep_keys},
+        **intruders_by_position(reports),
         "mean_delta_fro_norm": mean([r.delta_fro_norm for r in reports]),
         "mean_delta_spectral_norm": mean([r.delta_spectral_norm for r in reports]),
         "mean_delta_effective_rank": mean([r.delta_effective_rank for r in reports]),

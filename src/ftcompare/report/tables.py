@@ -49,6 +49,8 @@ def result_row(record: dict) -> dict:
         "unmerged_tokens_per_s": _get(record, "latency", "unmerged_tokens_per_s"),
         "intruders": _get(record, "spectral", "total_intruders"),
     }
+    id_pass1, ood_pass1 = row["id_pass1"], row["ood_pass1"]
+    row["generalisation_gap"] = id_pass1 - ood_pass1 if id_pass1 is not None and ood_pass1 is not None else None
     for suite, prefix in (("test", "id"), ("ood", "ood")):
         k_name, value = _best_sampled_k(record, suite)
         row[f"{prefix}_passk"] = value
@@ -68,6 +70,7 @@ def columns(rows: Sequence[dict]) -> list[Column]:
         Column("id_passk", f"ID {k_id}", ".3f"),
         Column("ood_pass1", "OOD pass@1", ".3f"),
         Column("ood_passk", f"OOD {k_ood}", ".3f"),
+        Column("generalisation_gap", "ID−OOD gap", "+.3f"),
         Column("forgetting", "forgetting (Δ loss)", "+.3f"),
         Column("train_tokens_per_s", "train tok/s", ",.0f"),
         Column("peak_memory_mb", "peak MB", ",.0f"),
