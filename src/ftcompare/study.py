@@ -36,11 +36,8 @@ from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, ro
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
 from ftcompare.models.methods import ADAPTER_DTYPE_POLICY, adapted_weight_names, apply_method, merge_adapter, save_tuned
-from ftcompare.runs.store import DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
+from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
 from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train
-
-BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
-
 
 @dataclass(frozen=True)
 class Probe:
@@ -189,7 +186,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
     started = time.perf_counter()
     model = train_stage(run, run_dir, context)
     evaluation = evaluate_stage(run, run_dir, context, model)  # merges LoRA after timing it unmerged
-    spectral = analyze_stage(run, run_dir, context, evaluation["model"])
+    spectral = spectral_stage(run, run_dir, context, evaluation["model"])
     metrics = {
         **run.model_dump(mode="json"),
         "label": run.label,
@@ -197,6 +194,8 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
     }
+    if context.probes:
+        metrics["representations"] = representations_stage(run_dir, context, evaluation["model"])
     metrics["stage_s"] = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "analyze": spectral.get("wall_s")}
     write_json(run_dir.file("metrics.json"), metrics)
     if not context.config.save_weights:
@@ -390,14 +389,6 @@ def generation_statistics(scored: list[dict], generate_s: float, problems: int) 
         "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
         "extraction_counts": {m: sum(r["extraction"] == m for r in scored) for m in sorted({r["extraction"] for r in scored})},
     }
-
-
-def analyze_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
-    """Spectral analysis (and, when configured, representational drift) of the tuned model against the base."""
-    summary = spectral_stage(run, run_dir, context, model)
-    if context.probes:
-        summary = {**summary, "representations": representations_stage(run_dir, context, model)}
-    return summary
 
 
 def representations_stage(run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:

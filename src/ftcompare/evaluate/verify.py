@@ -11,11 +11,6 @@ from ftcompare.data import mbpp, quixbugs
 from ftcompare.evaluate.sandbox import SandboxResult, run_programs
 
 BENCHMARKS = ("mbpp", "mbpp-sanitized", "quixbugs")
-DEFAULT_DATA = {
-    "mbpp": "mbpp.jsonl",
-    "mbpp-sanitized": "sanitized-mbpp.json",
-    "quixbugs": "quixbugs.jsonl",
-}
 
 
 @dataclass(frozen=True)

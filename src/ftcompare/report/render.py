@@ -12,9 +12,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots
 from ftcompare.report.tables import markdown_from_cells, markdown_table, result_row, suite_tables, table_cells
-from ftcompare.runs.store import STUDY_FILE, atomic_write_text, read_json, run_dirs
+from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
-BASE_DIR = "_base"
 FIGURES_DIR = "figures"
 
 

@@ -15,6 +15,7 @@ from typing import Iterable
 
 STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
+BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
 
 
 def atomic_write_text(path: Path, text: str) -> None:
