@@ -99,3 +99,65 @@ def test_cli_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "lora-r16-s0" in result.output and "full-s0" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_sweep_axes_expand_and_name_only_the_axes_that_vary():
+    config = parse_config({"experiment": "t", "training": {"data_fraction": [0.5, 1.0]},
+                           "methods": [{"kind": "full"},
+                                       {"kind": "rslora", "rank": 4, "alpha": [4, 16], "alpha_lr_product": 1e-2},
+                                       {"kind": "lora", "rank": 8, "layer_fraction": [0.25, 1.0]}]})
+    ids = [r.run_id for r in expand(config)]
+    assert ids == ["full-d0.5-s0", "full-d1-s0",
+                   "rslora-r4-a4-d0.5-s0", "rslora-r4-a16-d0.5-s0", "rslora-r4-a4-d1-s0", "rslora-r4-a16-d1-s0",
+                   "lora-r8-l25-d0.5-s0", "lora-r8-l100-d0.5-s0", "lora-r8-l25-d1-s0", "lora-r8-l100-d1-s0"]
+    runs = {r.run_id: r for r in expand(config)}
+    rs = runs["rslora-r4-a16-d1-s0"]
+    assert rs.scaling == pytest.approx(16 / 2) and rs.lr == pytest.approx(1e-2 / 16) and rs.data_fraction == 1.0
+    assert runs["lora-r8-l25-d0.5-s0"].scaling == pytest.approx(2.0) and runs["lora-r8-l25-d0.5-s0"].layer_fraction == 0.25
+    assert runs["full-d0.5-s0"].scaling is None and "50% data" in runs["full-d0.5-s0"].label
+
+
+@pytest.mark.parametrize("kind", ["lora", "qlora", "dora", "rslora", "pissa"])
+def test_every_adapter_kind_is_a_method_with_its_own_run_ids(kind):
+    (run,) = expand(parse_config({"experiment": "t", "methods": [{"kind": kind, "rank": 4}]}))
+    assert (run.run_id, run.method, run.is_adapter) == (f"{kind}-r4-s0", kind, True)
+
+
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"experiment": "t", "methods": [{"kind": "lora", "alpha": [8, 0]}]}, "methods.0.alpha: alpha must be positive"),
+        ({"experiment": "t", "methods": [{"kind": "dora", "layer_fraction": 1.5}]}, "methods.0.layer_fraction"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"data_fraction": [0.5, 0]}}, "training.data_fraction"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "task": {"kind": "generated", "families": ["add", "nope"]}},
+         "task.families: unknown families ['nope']"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "sequence": [{"name": "a", "task": {"kind": "generated"}}]},
+         "sequence: a sequential study needs at least two tasks"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "task": {"kind": "generated"},
+          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}]},
+         "give either task or sequence"),
+        ({"experiment": "t", "methods": [{"kind": "full"}],
+          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "a", "task": {"kind": "generated"}}]},
+         "task names must be distinct"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["test"]}},
+          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}]},
+         "evaluation.robustness.suites: unknown suites ['test']"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "analyses": {"intervene": {"lambdas": [1, -0.5]}}},
+         "analyses.intervene.lambdas"),
+    ],
+)
+def test_invalid_sweeps_sequences_and_analyses_name_the_field(data, field):
+    with pytest.raises(ConfigError) as error:
+        parse_config(data, source="study.yaml")
+    assert field in str(error.value)
+
+
+def test_a_sequence_names_its_suites_by_task_and_trains_on_the_last_task_last():
+    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}],
+                           "sequence": [{"name": "ints", "task": {"kind": "generated", "families": ["add", "sub"]}},
+                                        {"name": "strings", "task": {"kind": "generated", "families": ["str_upper"], "n_ood": 10}}]})
+    assert [s.name for s in config.stages] == ["ints", "strings"]
+    assert config.suite_names == ["ints/test", "ints/ood", "strings/test", "strings/ood"]
+    assert config.primary_suite == "strings/test"
+    single = parse_config(MINIMAL)
+    assert [s.name for s in single.stages] == ["task"] and single.primary_suite == "test"

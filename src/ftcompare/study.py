@@ -21,21 +21,24 @@ from accelerate import Accelerator
 from peft import PeftModel
 
 from ftcompare import __version__
-from ftcompare.analyze.intervene import scale_model_intruders
-from ftcompare.analyze.similarity import attention_distance, attention_entropy, hidden_states_and_attentions, layerwise_cka
+from ftcompare.analyze.intervene import scale_model_intruders, select_layers
+from ftcompare.analyze.similarity import (attention_distance, attention_entropy, hidden_states_and_attentions, layer_io_cka,
+                                          layerwise_cka)
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
-from ftcompare.config import RunSpec, SpectralConfig, StudyConfig, expand, fingerprint
+from ftcompare.config import (BaseModelConfig, EvaluationConfig, FullMethod, RepresentationsConfig, RunSpec, SpectralConfig,
+                              StudyConfig, expand, fingerprint, task_suite_names)
 from ftcompare.console import console, step_progress
 from ftcompare.data.perturb import perturbed_variants
 from ftcompare.data.problems import Problem, TaskSplits
-from ftcompare.data.tasks import finetune_examples, load_task
-from ftcompare.evaluate.forgetting import heldout_chunks, mean_token_loss
+from ftcompare.data.tasks import finetune_examples, load_benchmark, load_study_tasks, training_subset
+from ftcompare.evaluate.forgetting import forgetting_matrix, heldout_chunks, mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
 from ftcompare.evaluate.repair import diff_f1
 from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, robust_relative_at_k
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
-from ftcompare.models.methods import ADAPTER_DTYPE_POLICY, adapted_weight_names, apply_method, merge_adapter, save_tuned
+from ftcompare.models.methods import (adapted_weight_names, apply_method, load_tuned, merge_adapter, method_record,
+                                      quantize_4bit, quantized_base_weights, save_tuned)
 from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
 from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train
 
@@ -61,12 +64,18 @@ class StudyContext:
     device: torch.device
     base: BaseSource
     tokenizer: object
-    task: TaskSplits
+    stages: list[tuple[str, TaskSplits]]  # the tasks trained in order (one unless the study is a sequence)
+    task: TaskSplits  # every evaluation suite
     heldout: torch.Tensor | None
     base_weights: dict[str, torch.Tensor]
     spectra: SpectrumCache
     experiment: Path
     probes: dict[str, "Probe"]
+    layer_scores: list[float] | None  # per decoder layer, the base's input-output CKA (layer-wise LoRA)
+
+    @property
+    def primary_problems(self) -> tuple[Problem, ...]:
+        return self.task.suites[self.config.primary_suite]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,24 +143,39 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
     parameters = dict(model.named_parameters())
     base_weights = {name: parameters[name].detach().clone() for name in names}
     spectra = SpectrumCache(experiment / BASE_DIR / "svd", base.fingerprint)
-    task = load_task(config.task, config.extra_suites, tokenizer)
-    probes = {}
-    if config.analyses.representations:
-        probes = base_probes(config.analyses.representations, load_model(base, device), tokenizer, task, heldout)
-    return StudyContext(config, device, base, tokenizer, task, heldout, base_weights, spectra, experiment, probes)
+    stages, task = load_study_tasks(config, tokenizer)
+    probes, layer_scores = {}, None
+    wants_layer_scores = any(run.layer_fraction is not None for run in expand(config))
+    if config.analyses.representations or wants_layer_scores:
+        model = load_model(base, device)
+        if config.analyses.representations:
+            probes = base_probes(config.analyses.representations, model, tokenizer, task.suites[config.primary_suite], heldout)
+        if wants_layer_scores:
+            layer_scores = layer_similarity_scores(model, tokenizer, stages[0][1].train,
+                                                   config.analyses.representations or RepresentationsConfig())
+            write_json(experiment / BASE_DIR / "layer_scores.json", {
+                "rule": "CKA(input, output) of each decoder layer of the base on the first training examples; "
+                        "layer-wise LoRA adapts the ceil(f·L) layers with the lowest score",
+                "scores": layer_scores})
+    return StudyContext(config, device, base, tokenizer, stages, task, heldout, base_weights, spectra, experiment, probes, layer_scores)
 
 
-def base_probes(settings, model, tokenizer, task: TaskSplits, heldout: torch.Tensor | None) -> dict[str, Probe]:
-    """The probe sets, each with the base's hidden states and attentions (computed once per study)."""
-    size, length = settings.probe_size, settings.probe_tokens
-    texts = [p.prompt + p.completion for p in task.suites["test"][:size]]
-    encoded = [ids[:length] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+def probe_batch(tokenizer, texts: Sequence[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids (batch, tokens) of `texts` cut to `length` tokens, and their attention mask."""
+    encoded = [ids[:length] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(input_ids)
     for row, ids in enumerate(encoded):
         input_ids[row, : len(ids)], mask[row, : len(ids)] = torch.tensor(ids), 1
-    batches = {"task": (input_ids, mask)}
+    return input_ids, mask
+
+
+def base_probes(settings: RepresentationsConfig, model, tokenizer, problems: Sequence[Problem],
+                heldout: torch.Tensor | None) -> dict[str, Probe]:
+    """The probe sets, each with the base's hidden states and attentions (computed once per study)."""
+    size, length = settings.probe_size, settings.probe_tokens
+    batches = {"task": probe_batch(tokenizer, [p.prompt + p.completion for p in problems[:size]], length)}
     if heldout is not None:
         chunk = heldout[:size, :length]
         batches["pretraining"] = (chunk, torch.ones_like(chunk))
@@ -161,6 +185,16 @@ def base_probes(settings, model, tokenizer, task: TaskSplits, heldout: torch.Ten
         hidden, attentions = hidden_states_and_attentions(model, ids.to(device), attention_mask.to(device))
         probes[name] = Probe(ids, attention_mask, hidden, attentions)
     return probes
+
+
+def layer_similarity_scores(model, tokenizer, train: Sequence[Problem], settings: RepresentationsConfig) -> list[float]:
+    """Per decoder layer, linear CKA between its input and output hidden states on the first `probe_size`
+    training examples (prompt and reference completion, cut to `probe_tokens`), with the base model.
+    Training inputs, not test ones: the choice of layers must not see the evaluation."""
+    ids, mask = probe_batch(tokenizer, [p.prompt + p.completion for p in train[: settings.probe_size]], settings.probe_tokens)
+    device = next(model.parameters()).device
+    hidden, _ = hidden_states_and_attentions(model, ids.to(device), mask.to(device))
+    return layer_io_cka(hidden, mask)
 
 
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
@@ -185,43 +219,116 @@ def claim_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> 
 def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
     started = time.perf_counter()
     model = train_stage(run, run_dir, context)
-    evaluation = evaluate_stage(run, run_dir, context, model)  # merges LoRA after timing it unmerged
-    spectral = spectral_stage(run, run_dir, context, evaluation["model"])
+    reference = reference_for(run, model, context)
+    evaluation = evaluate_stage(run, run_dir, context, model)  # merges an adapter after timing it unmerged
+    spectral = spectral_stage(run, run_dir, context, evaluation["model"], reference)
     metrics = {
         **run.model_dump(mode="json"),
         "label": run.label,
+        "primary_suite": context.config.primary_suite,
+        "selection_suite": context.config.training.select_lr_on,
         "train": read_json(run_dir.file("train.json")),
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
     }
+    if context.config.sequence:
+        metrics["sequence"] = sequence_matrix(run_dir, context, evaluation)
     if context.probes:
         metrics["representations"] = representations_stage(run_dir, context, evaluation["model"])
+    if context.config.intervenes_on(run):
+        result = read_json(run_dir.file("intervene.json")) if run_dir.has("intervene.json") else \
+            intervention_stage(run, run_dir, context, evaluation["model"], reference, context.config.analyses.intervene.lambdas)
+        metrics["intervene"] = result["rows"]
     metrics["stage_s"] = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "analyze": spectral.get("wall_s")}
     write_json(run_dir.file("metrics.json"), metrics)
     if not context.config.save_weights:
         shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
+        for index, (name, _) in enumerate(context.stages[:-1]):
+            shutil.rmtree(stage_dir(run_dir, index, name) / "weights", ignore_errors=True)
     write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(),
                                          "wall_s_this_session": time.perf_counter() - started})
 
 
-def load_trained(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
-    """The model a finished training stage saved: the full model, or the base with its PEFT adapter (unmerged)."""
-    weights = run_dir.file("weights")
+def adapted_layers(run: RunSpec, context: StudyContext) -> list[int] | None:
+    """Layer-wise LoRA: the decoder layers this run adapts (None: all of them)."""
+    if run.layer_fraction is None:
+        return None
+    return select_layers(context.layer_scores, run.layer_fraction)
+
+
+def load_trained(run: RunSpec, weights: Path, context: StudyContext, trainable: bool = False) -> torch.nn.Module:
+    """What a training stage saved: the full model, or the base with its PEFT adapter (unmerged)."""
     if run.method == "full":
-        return load_model(replace(context.base, path=str(weights), revision=None), context.device)
-    return PeftModel.from_pretrained(load_model(context.base, context.device), weights, autocast_adapter_dtype=False)
+        model = load_model(replace(context.base, path=str(weights), revision=None), context.device)
+        model.requires_grad_(trainable)
+        return model
+    return load_tuned(load_model(context.base, context.device), run, weights, trainable=trainable)
+
+
+def stage_dir(run_dir: RunDir, index: int, name: str) -> Path:
+    """Where a sequence's stage `index` (0-based) keeps its weights, training log, evaluation and record."""
+    return run_dir.file(f"stage{index + 1}-{name}")
 
 
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
-    """Train the run (or reload what an earlier session trained) and return the model, unmerged."""
+    """Train the run on each task in order (one task unless the study is a sequence) and return the model,
+    unmerged; or reload what an earlier session trained.
+
+    In a sequence the same model (the same adapter, for LoRA) keeps training on the next task. After each
+    stage but the last, every task's test suite is scored greedily and the held-out loss measured (the
+    last stage's scores are the run's own evaluation); each stage leaves its folder with a record, so an
+    interrupted sequence resumes at its first unrecorded stage."""
     if run_dir.has("train.json") and run_dir.file("weights").is_dir():
         console.print("  train: finished earlier, reloading the saved weights")
-        return load_trained(run, run_dir, context)
+        return load_trained(run, run_dir.file("weights"), context)
+    layers = adapted_layers(run, context)
+    sequence = len(context.stages) > 1
+    records = []
+    for index, (name, _) in enumerate(context.stages[:-1]):
+        record_file = stage_dir(run_dir, index, name) / "stage.json"
+        if not record_file.is_file():
+            break
+        records.append(read_json(record_file))
+    if records:
+        console.print(f"  train: resuming the sequence after {records[-1]['task']}")
+        model = load_trained(run, stage_dir(run_dir, len(records) - 1, records[-1]["task"]) / "weights", context, trainable=True)
+    else:
+        seed_everything(run.seed)
+        model = apply_method(load_model(context.base, context.device), run, layers)
+    for index, (name, splits) in enumerate(context.stages):
+        if index < len(records):
+            continue
+        last = index == len(context.stages) - 1
+        folder = stage_dir(run_dir, index, name) if sequence and not last else run_dir.path
+        log_name = f"train_log.{name}.jsonl" if sequence and last else "train_log.jsonl"
+        if sequence:
+            console.print(f"  stage {index + 1}/{len(context.stages)}: {name}")
+        result, model = fit(model, splits.train, run, context, Path(folder) / log_name)
+        save_tuned(model, Path(folder) / "weights", run)
+        record = {"task": name, **result}
+        if not last:
+            record["evaluation"] = stage_evaluation(model, run, context, Path(folder))
+            write_json(Path(folder) / "stage.json", record)
+        records.append(record)
+    total = sum(p.numel() for p in model.parameters())
+    write_json(run_dir.file("train.json"), {
+        **training_totals(records),
+        "lr": run.lr,
+        "total_params": total,
+        "trainable_fraction": records[-1]["trainable_params"] / total,
+        "layers": layers,
+        "method": method_record(run, context.base.dtype),
+        "dtype": str(context.base.dtype),
+        "device": str(context.device),
+        **({"stages": [{k: v for k, v in r.items() if k != "evaluation"} for r in records]} if sequence else {}),
+    })
+    return model
 
-    seed_everything(run.seed)
-    model = apply_method(load_model(context.base, context.device), run)
+
+def fit(model: torch.nn.Module, problems: Sequence[Problem], run: RunSpec, context: StudyContext, log_path: Path) -> tuple[dict, torch.nn.Module]:
+    """Fine-tune `model` in place on the run's fraction of `problems`; the training record and the model."""
     training = context.config.training
-    examples = finetune_examples(context.task.train, context.tokenizer, training.max_length)
+    examples = finetune_examples(training_subset(problems, run.data_fraction), context.tokenizer, training.max_length)
     steps = math.ceil(training.epochs * len(examples) / training.batch_size)
     if training.max_steps:
         steps = min(steps, training.max_steps)
@@ -232,30 +339,70 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     batches = epoch_batches(examples, batch_size=training.batch_size, pad_id=context.tokenizer.pad_token_id,
                             max_length=training.max_length, seed=run.seed)
     accelerator = Accelerator(cpu=context.device.type == "cpu")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with step_progress(console, "  train", steps) as advance:
-        result = train(model, batches, settings, accelerator=accelerator, log_path=run_dir.file("train_log.jsonl"),
+        result = train(model, batches, settings, accelerator=accelerator, log_path=log_path,
                        on_step=lambda step, loss: advance(step, loss))
-    model = accelerator.unwrap_model(model)
-    save_tuned(model, run_dir.file("weights"))
-    total = sum(p.numel() for p in model.parameters())
-    write_json(run_dir.file("train.json"), {
-        **asdict(result),
-        "lr": run.lr,
-        "total_params": total,
-        "trainable_fraction": result.trainable_params / total,
-        "examples": len(examples),
-        "epochs": steps * training.batch_size / len(examples),
-        "dtype": str(context.base.dtype),
-        "adapter_dtype": ADAPTER_DTYPE_POLICY if run.method == "lora" else None,
-        "device": str(context.device),
-    })
     console.print(f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.tokens_per_s:,.0f} tokens/s, "
                   f"peak {result.peak_memory_mb:,.0f} MB")
-    return model
+    record = {**asdict(result), "examples": len(examples), "epochs": steps * training.batch_size / len(examples)}
+    return record, accelerator.unwrap_model(model)
+
+
+def training_totals(records: Sequence[dict]) -> dict:
+    """One training record from a sequence's stages (a single stage's record is itself): sums of steps,
+    tokens and time, throughput over the whole, the highest peak memory, the last stage's final loss."""
+    if len(records) == 1:
+        return dict(records[0])
+    tokens, wall_s = sum(r["tokens"] for r in records), sum(r["wall_s"] for r in records)
+    return {
+        "task": "+".join(r["task"] for r in records),
+        "steps": sum(r["steps"] for r in records), "tokens": tokens, "loss_tokens": sum(r["loss_tokens"] for r in records),
+        "wall_s": wall_s, "tokens_per_s": tokens / wall_s if wall_s else 0.0,
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in records), "memory_measure": records[-1]["memory_measure"],
+        "final_loss": records[-1]["final_loss"], "trainable_params": records[-1]["trainable_params"],
+        "examples": sum(r["examples"] for r in records), "epochs": None,
+    }
+
+
+def stage_evaluation(model: torch.nn.Module, run: RunSpec, context: StudyContext, folder: Path) -> dict:
+    """After a sequence stage: greedy pass@1 on every task's test suite and the held-out loss (the model
+    stays unmerged: it keeps training)."""
+    limit = context.config.evaluation.limit
+    model.eval()
+    scores, records = {}, []
+    for name, _ in context.stages:
+        suite = f"{name}/test"
+        problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
+        suite_records, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
+        scores[name] = metrics["greedy"]["pass@1"]
+        records.extend(suite_records)
+    write_jsonl(folder / "samples.jsonl", records)
+    result = {"pass@1": scores}
+    if context.heldout is not None:
+        result["heldout_loss"] = mean_token_loss(model, context.heldout)
+    console.print("  after this stage: greedy pass@1 " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    return result
+
+
+def sequence_matrix(run_dir: RunDir, context: StudyContext, evaluation: dict) -> dict:
+    """The forgetting matrix of a sequential run: pass@1 on task j (columns) after stage i (rows), the base
+    first and the run's own final evaluation last, with the held-out loss after each stage."""
+    names = [name for name, _ in context.stages]
+    base = read_json(context.experiment / BASE_DIR / "eval.json")
+
+    def row(suites: dict, forgetting: dict) -> dict:
+        return {"pass@1": {n: suites[f"{n}/test"]["greedy"]["pass@1"] for n in names}, "heldout_loss": forgetting.get("heldout_loss")}
+
+    rows = [row(base["suites"], base["forgetting"])]
+    for index, name in enumerate(names[:-1]):
+        rows.append(read_json(stage_dir(run_dir, index, name) / "stage.json")["evaluation"])
+    rows.append(row(evaluation["suites"], evaluation["forgetting"]))
+    return forgetting_matrix(names, rows)
 
 
 def latency_prompts(context: StudyContext) -> list[str]:
-    suite = context.task.suites["test"]
+    suite = context.primary_problems
     return [suite[i % len(suite)].prompt for i in range(context.config.evaluation.latency.batch_size)]
 
 
@@ -299,8 +446,11 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
         tuned_loss = mean_token_loss(model, context.heldout)
         base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"] if run else tuned_loss
         forgetting = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
+        if run is not None and run.method == "qlora":
+            quantized = quantized_base_loss(context)
+            forgetting.update(quantized_base_heldout_loss=quantized, increase_over_quantized_base=tuned_loss - quantized)
     result = {"suites": suites, "forgetting": forgetting, "latency": latency,
-              "merged_for_evaluation": run is not None and run.method == "lora", "wall_s": time.perf_counter() - started}
+              "merged_for_evaluation": run is not None and run.is_adapter, "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("eval.json"), result)
     summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
     console.print(f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss +{forgetting['increase']:.3f}" if forgetting and run else ""))
@@ -414,21 +564,48 @@ def representations_stage(run_dir: RunDir, context: StudyContext, model: torch.n
     return summary
 
 
-def spectral_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> dict:
-    """Spectral analysis of every adapted matrix against the base (the base's SVDs come from the cache)."""
+@dataclass(frozen=True)
+class Reference:
+    """The base weights a run is compared against, and their cached SVDs."""
+
+    weights: dict[str, torch.Tensor]
+    spectra: SpectrumCache
+
+
+def reference_for(run: RunSpec, model: torch.nn.Module, context: StudyContext) -> Reference:
+    """The base a run actually trained on: the base, or for QLoRA its dequantized 4-bit version (quantization
+    alone moves the weights, and those moves are not the adapter's). `model` is the unmerged tuned model."""
+    if run.method != "qlora":
+        return Reference(context.base_weights, context.spectra)
+    return Reference(quantized_base_weights(model),
+                     SpectrumCache(context.experiment / BASE_DIR / "svd-nf4", context.base.fingerprint + "-nf4"))
+
+
+def quantized_base_loss(context: StudyContext) -> float:
+    """Held-out loss of the base quantized to 4-bit NF4 as QLoRA quantizes it (computed once per study)."""
+    path = context.experiment / BASE_DIR / "quantized_base.json"
+    if path.is_file():
+        return read_json(path)["heldout_loss"]
+    loss = mean_token_loss(quantize_4bit(load_model(context.base, context.device)), context.heldout)
+    write_json(path, {"quantization": "bitsandbytes NF4, double quantization", "heldout_loss": loss})
+    return loss
+
+
+def spectral_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference) -> dict:
+    """Spectral analysis of every adapted matrix against the run's base (its SVDs come from the cache)."""
     spectral = context.config.analyses.spectral
     if spectral is None:
         return {}
     if run_dir.has("spectral.json"):
         return read_json(run_dir.file("spectral.json"))["summary"]
     started = time.perf_counter()
-    names = adapted_weight_names(model, run.target_modules if run.method == "lora" else None)
+    names = adapted_weight_names(model, run.target_modules if run.is_adapter else None)
     parameters = dict(model.named_parameters())
     reports = []
     for name in names:
-        w_base = context.base_weights[name]
+        w_base = reference.weights[name]
         w_tuned = parameters[name].detach().to("cpu")
-        reports.append(analyze_matrix(name, context.spectra.get(name, w_base), w_base, w_tuned,
+        reports.append(analyze_matrix(name, reference.spectra.get(name, w_base), w_base, w_tuned,
                                       k=spectral.k, epsilon=spectral.epsilon, epsilons=spectral.epsilons))
     summary = {**summarize(reports), "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("spectral.json"), {"summary": summary, "matrices": [asdict(r) for r in reports],
@@ -445,42 +622,80 @@ def evaluate_base(context: StudyContext) -> None:
     console.print("[bold]base model[/]: evaluating before any fine-tuning")
     model = load_model(context.base, context.device)
     evaluation = evaluate_stage(None, base_dir, context, model)
-    metrics = {"run_id": "base", "method": "base", "label": "base", **{k: v for k, v in evaluation.items() if k != "model"},
+    metrics = {"run_id": "base", "method": "base", "label": "base", "primary_suite": context.config.primary_suite, **{k: v for k, v in evaluation.items() if k != "model"},
                "params": sum(p.numel() for p in model.parameters())}
     write_json(base_dir.file("metrics.json"), metrics)
+
+
+def evaluate_benchmark(model: str, benchmark: str, output: Path, *, data: Path | None, prompt_format: str,
+                       evaluation: EvaluationConfig, device_name: str = "auto") -> dict:
+    """Score a base model on a benchmark, no fine-tuning (`ftcompare eval`): `output/metrics.json` with
+    pass@k and the generation cost, `output/samples.jsonl` with every sample's prompt, output and verdict."""
+    device = resolve_device(device_name)
+    check_compile(evaluation.compile, device)
+    config = StudyConfig(experiment="eval", base=BaseModelConfig(model=model), methods=[FullMethod()], evaluation=evaluation)
+    base = resolve_base(config.base, device, console)
+    tokenizer = load_tokenizer(base)
+    problems, info = load_benchmark(benchmark, data, prompt_format, tokenizer)
+    problems = problems[: evaluation.limit] if evaluation.limit else problems
+    splits = TaskSplits(name=benchmark, train=(), suites={benchmark: problems}, info={benchmark: info})
+    context = StudyContext(config, device, base, tokenizer, [], splits, None, {}, None, output, {}, None)
+    started = time.perf_counter()
+    records, metrics = evaluate_suite(load_model(base, device).eval(), problems, benchmark, context, seed=0)
+    output.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output / "samples.jsonl", records)
+    result = {
+        "model": model, "benchmark": benchmark, "format": prompt_format, "problems": len(problems),
+        **{key: value for key, value in metrics.get("greedy", {}).items() if key.startswith("pass@")},
+        "modes": metrics, "wall_s": time.perf_counter() - started,
+        "base": {"path": base.path, "dtype": str(base.dtype), "provenance": base.provenance},
+        "evaluation": evaluation.model_dump(mode="json"), "device": str(device), "environment": environment(),
+    }
+    write_json(output / "metrics.json", result)
+    return result
 
 
 def estimate_cost(config: StudyConfig) -> dict:
     """What a study will do, counted without a model (works offline): training steps and examples per run,
     sequences and tokens generated, programs executed. Unknown counts (hub data offline) are None."""
-    from ftcompare.data import mbpp, quixbugs
+    from ftcompare.data import humaneval, mbpp, quixbugs
     from ftcompare.data.problems import load_jsonl_problems
 
-    task = config.task
-    if task.kind == "generated":
-        n_train, suites = task.n_train, {"test": task.n_test, "ood": task.n_ood}
-    elif task.kind == "jsonl":
-        n_train = len(load_jsonl_problems(task.train, "train"))
-        suites = {"test": len(load_jsonl_problems(task.test, "test"))}
-        if task.ood:
-            suites["ood"] = len(load_jsonl_problems(task.ood, "ood"))
-    elif task.data is None:
-        n_train, suites = None, {"test": None}
-    else:
+    def task_counts(task) -> tuple[int | None, dict[str, int | None]]:
+        if task.kind == "generated":
+            return task.n_train, {name: task.n_test if name == "test" else task.n_ood for name in task_suite_names(task)}
+        if task.kind == "jsonl":
+            counts = {"test": len(load_jsonl_problems(task.test, "test"))}
+            if task.ood:
+                counts["ood"] = len(load_jsonl_problems(task.ood, "ood"))
+            return len(load_jsonl_problems(task.train, "train")), counts
+        if task.data is None:
+            return None, {"test": None}
         records = mbpp.load_mbpp(task.data, sanitized=task.sanitized)
-        n_train, suites = len(mbpp.split(records, task.train_split)), {"test": len(mbpp.split(records, task.eval_split))}
+        return len(mbpp.split(records, task.train_split)), {"test": len(mbpp.split(records, task.eval_split))}
+
+    train_sizes, suites = [], {}
+    for stage in config.stages:
+        n_train, counts = task_counts(stage.task)
+        train_sizes.append(n_train)
+        suites.update({f"{stage.name}/{name}" if config.sequence else name: n for name, n in counts.items()})
     for suite in config.extra_suites:
-        suites[suite.name] = sum(p.excluded is None for p in quixbugs.load_quixbugs(suite.data, suite.support))
+        if suite.kind == "humaneval":
+            suites[suite.name] = len(humaneval.load_humaneval(suite.data))
+        else:
+            suites[suite.name] = sum(p.excluded is None for p in quixbugs.load_quixbugs(suite.data, suite.support))
     evaluation, training = config.evaluation, config.training
     per_problem = int(evaluation.greedy) + evaluation.n_samples
     problems = {name: (min(n, evaluation.limit) if evaluation.limit and n is not None else n) for name, n in suites.items()}
     known = all(n is not None for n in problems.values())
     sequences = sum(problems.values()) * per_problem if known else None
     steps = None
-    if n_train is not None:
-        steps = math.ceil(training.epochs * n_train / training.batch_size)
-        steps = min(steps, training.max_steps) if training.max_steps else steps
+    if all(n is not None for n in train_sizes):
+        # at the largest data fraction
+        per_stage = [math.ceil(training.epochs * math.ceil(n * max(training.data_fractions)) / training.batch_size) for n in train_sizes]
+        steps = sum(min(s, training.max_steps) if training.max_steps else s for s in per_stage)
     runs = len(expand(config))
+    n_train = sum(train_sizes) if all(n is not None for n in train_sizes) else None
     return {
         "runs": runs,
         "train_examples": n_train,
@@ -494,11 +709,7 @@ def estimate_cost(config: StudyConfig) -> dict:
 
 
 def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
-    """The causal test of Shuttleworth et al. 2024: scale the singular values of every adapted matrix's
-    intruder dimensions by each λ, and measure the in-domain greedy pass@1 and the held-out loss.
-
-    λ = 1 is the tuned model itself, λ = 0 removes the intruder directions. Writes `<run>/intervene.json`.
-    """
+    """`ftcompare intervene`: the causal test on a finished run of an experiment (see `intervention_stage`)."""
     study = read_json(experiment / STUDY_FILE)
     config = StudyConfig.model_validate(study["config"])
     runs = {r["run_id"]: RunSpec.model_validate(r) for r in study["runs"]}
@@ -507,29 +718,46 @@ def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
     run, run_dir = runs[run_id], RunDir(experiment / run_id)
     if not (run_dir.has("train.json") and run_dir.file("weights").is_dir()):
         raise ValueError(f"{run_dir.path}: no trained weights (was it run with save_weights: false, or not finished?)")
-    spectral = config.analyses.spectral or SpectralConfig()
     context = prepare(config, resolve_device(config.device), experiment)
-    model = merge_adapter(load_trained(run, run_dir, context)).eval()
-    names = adapted_weight_names(model, run.target_modules if run.method == "lora" else None)
+    model = load_trained(run, run_dir.file("weights"), context)
+    reference = reference_for(run, model, context)
+    return intervention_stage(run, run_dir, context, merge_adapter(model).eval(), reference, lambdas)
+
+
+def intervention_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module,
+                       reference: Reference, lambdas: Sequence[float]) -> dict:
+    """The causal test of Shuttleworth et al. 2024: scale the singular values of every adapted matrix's
+    intruder dimensions by each λ, and measure the in-domain greedy pass@1 and the held-out loss.
+
+    λ = 1 is the tuned model itself, λ = 0 removes the intruder directions. `model` is the merged tuned
+    model; its weights are restored afterwards. Writes `<run>/intervene.json`.
+    """
+    config = context.config
+    spectral = config.analyses.spectral or SpectralConfig()
+    names = adapted_weight_names(model, run.target_modules if run.is_adapter else None)
     parameters = dict(model.named_parameters())
     tuned = {name: parameters[name].detach().clone() for name in names}
-    base_weights = {name: context.base_weights[name] for name in names}
-    spectra = {name: context.spectra.get(name, w) for name, w in base_weights.items()}
-    problems = context.task.suites["test"][: config.evaluation.limit] if config.evaluation.limit else context.task.suites["test"]
+    base_weights = {name: reference.weights[name] for name in names}
+    spectra = {name: reference.spectra.get(name, w) for name, w in base_weights.items()}
+    suite = config.primary_suite
+    problems = context.primary_problems[: config.evaluation.limit] if config.evaluation.limit else context.primary_problems
+    base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"].get("heldout_loss")
     rows = []
     for lam in lambdas:
         with torch.no_grad():
             for name in names:
                 parameters[name].copy_(tuned[name])
         intruders = scale_model_intruders(model, base_weights, spectra, lam, k=spectral.k, epsilon=spectral.epsilon)
-        _, metrics = evaluate_suite(model, problems, "test", context, seed=run.seed, greedy_only=True)
+        _, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
         row = {"lambda": lam, "pass@1": metrics["greedy"]["pass@1"], "intruders": sum(len(v) for v in intruders.values())}
         if context.heldout is not None:
             row["heldout_loss"] = mean_token_loss(model, context.heldout)
-            base_loss = read_json(experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"]
             row["forgetting"] = row["heldout_loss"] - base_loss
         console.print(f"  λ={lam:g}: pass@1 {row['pass@1']:.3f}" + (f", forgetting {row['forgetting']:+.3f}" if "forgetting" in row else ""))
         rows.append(row)
-    result = {"run_id": run_id, "k": spectral.k, "epsilon": spectral.epsilon, "suite": "test", "problems": len(problems), "rows": rows}
+    with torch.no_grad():
+        for name in names:
+            parameters[name].copy_(tuned[name])
+    result = {"run_id": run.run_id, "k": spectral.k, "epsilon": spectral.epsilon, "suite": suite, "problems": len(problems), "rows": rows}
     write_json(run_dir.file("intervene.json"), result)
     return result

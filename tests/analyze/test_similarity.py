@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ftcompare.analyze.similarity import (
+    layer_io_cka,
     attention_distance,
     attention_entropy,
     hidden_states_and_attentions,
@@ -76,6 +77,18 @@ def test_layerwise_cka_uses_only_unmasked_tokens():
     assert layerwise_cka([a], [b], None)[0] < 0.999
     with pytest.raises(ValueError):
         layerwise_cka([a, a], [b], mask)
+
+
+def test_layer_io_cka_scores_each_layer_by_its_input_and_output():
+    g = torch.Generator().manual_seed(9)
+    h0 = torch.randn(2, 8, 4, generator=g)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g))
+    h1 = 3 * h0 @ q  # an orthogonal map and a scale: the layer keeps the representation (CKA 1)
+    h2 = torch.randn(2, 8, 4, generator=g)  # a layer that replaces it
+    scores = layer_io_cka([h0, h1, h2])
+    assert len(scores) == 2
+    assert scores[0] == pytest.approx(1.0, abs=1e-9)
+    assert scores[1] < 0.9
 
 
 # --- attention structure -------------------------------------------------------------------------

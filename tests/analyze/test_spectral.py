@@ -262,3 +262,136 @@ def test_intruders_are_totalled_per_layer_and_module_type():
     reports = [report("model.layers.0.self_attn.q_proj.weight", 2), report("model.layers.0.mlp.up_proj.weight", 1),
                report("model.layers.10.self_attn.q_proj.weight", 3), report("model.layers.2.mlp.up_proj.weight", 0)]
     assert intruders_by_position(reports) == {"by_layer": {"0": 3, "2": 0, "10": 3}, "by_module_type": {"q_proj": 5, "up_proj": 1}}
+
+
+# ---------------------------------------------------------------- spectral features (rank trade-offs)
+
+
+def _features_of(w):
+    return {"effective_rank": effective_rank(w), "sv_entropy": singular_value_entropy(w),
+            "stable_rank": stable_rank(w), "spectral_norm": spectral_norm(w)}
+
+
+def test_spectral_norm_of_a_diagonal():
+    assert spectral_norm(torch.diag(torch.tensor([3.0, 2.0, 1.0]))) == pytest.approx(3.0)
+    assert spectral_norm(torch.diag(torch.tensor([1.0, -3.0, 2.0]))) == pytest.approx(3.0)
+
+
+def test_ranks_of_orthogonal_matrix():
+    q = _orthonormal(9, 9, torch.Generator().manual_seed(4))
+    assert stable_rank(q) == pytest.approx(9.0, rel=1e-9)
+    assert effective_rank(q) == pytest.approx(9.0, rel=1e-9)
+    assert spectral_norm(q) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_rank_one_matrix_has_zero_entropy():
+    w = torch.outer(torch.arange(1.0, 6.0, dtype=torch.float64), torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    assert singular_value_entropy(w) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_analyze_matrix_tuned_base_and_delta_features_by_construction():
+    # W0 = I_4 (effective rank 4, entropy log 4, stable rank 4, norm 1); W = diag(3, 2, 1, 1):
+    # ΔW = diag(2, 1, 0, 0) (effective rank exp(H(2/3, 1/3)), stable rank 5/4, norm 2).
+    w0 = torch.eye(4, dtype=torch.float64)
+    w = torch.diag(torch.tensor([3.0, 2.0, 1.0, 1.0], dtype=torch.float64))
+    report = analyze_matrix("model.layers.0.mlp.up_proj.weight", base_spectrum(w0), w0, w)
+    assert report.base_effective_rank == pytest.approx(4.0)
+    assert report.base_sv_entropy == pytest.approx(math.log(4))
+    assert report.base_stable_rank == pytest.approx(4.0)
+    assert report.base_spectral_norm == pytest.approx(1.0)
+    assert report.tuned_spectral_norm == pytest.approx(3.0)
+    assert report.tuned_stable_rank == pytest.approx(15.0 / 9.0)
+    p = torch.tensor([3.0, 2.0, 1.0, 1.0], dtype=torch.float64) / 7
+    assert report.tuned_sv_entropy == pytest.approx(-float((p * p.log()).sum()))
+    assert report.tuned_effective_rank == pytest.approx(math.exp(report.tuned_sv_entropy))
+    h = -(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3))
+    assert report.delta_sv_entropy == pytest.approx(h)
+    assert report.delta_effective_rank == pytest.approx(math.exp(h))
+    assert report.delta_stable_rank == pytest.approx(5.0 / 4.0)
+    assert report.delta_spectral_norm == pytest.approx(2.0)
+
+
+def test_analyze_matrix_features_match_direct_computation():
+    w0, w = _planted((30.0, 25.0, 20.0))
+    report = analyze_matrix("layers.0.q_proj", base_spectrum(w0), w0, w)
+    for prefix, matrix in (("base", w0), ("tuned", w), ("delta", w - w0)):
+        for feature, value in _features_of(matrix).items():
+            assert getattr(report, f"{prefix}_{feature}") == pytest.approx(value, rel=1e-9), (prefix, feature)
+    # The base features come from the cached spectrum: a float32 cache gives the same answer.
+    report32 = analyze_matrix("layers.0.q_proj", base_spectrum(w0.float()), w0, w)
+    assert report32.base_effective_rank == pytest.approx(report.base_effective_rank, rel=1e-5)
+
+
+def test_unchanged_matrix_has_zero_delta_features_and_no_nan():
+    w0, _, _ = _base()
+    report = analyze_matrix("layers.0.q_proj", base_spectrum(w0), w0, w0.clone())
+    values = dataclasses.asdict(report)
+    for field in ("delta_fro_norm", "delta_spectral_norm", "delta_effective_rank", "delta_stable_rank",
+                  "delta_sv_entropy", "relative_delta_norm"):
+        assert values[field] == 0.0, field
+    assert report.tuned_effective_rank == pytest.approx(report.base_effective_rank, rel=1e-9)
+    assert report.intruders == 0 and report.intruder_ranks == []
+    assert all(not (isinstance(v, float) and math.isnan(v)) for v in values.values())
+    json.dumps(values, allow_nan=False)
+
+
+def test_features_by_layer_and_module_type_average_hand_made_records():
+    from ftcompare.analyze.spectral import features_by_layer, features_by_module_type
+
+    records = [
+        {"name": "model.layers.10.self_attn.q_proj.weight", "delta_effective_rank": 4.0, "tuned_stable_rank": 1.0},
+        {"name": "model.layers.2.self_attn.q_proj.weight", "delta_effective_rank": 1.0, "tuned_stable_rank": 3.0},
+        {"name": "model.layers.2.mlp.up_proj.weight", "delta_effective_rank": 3.0, "tuned_stable_rank": None},
+        {"name": "model.layers.10.mlp.up_proj.weight", "delta_effective_rank": 8.0},  # an older record
+        {"name": "lm_head.weight", "delta_effective_rank": 5.0},
+    ]
+    by_layer = features_by_layer(records)
+    assert list(by_layer) == ["2", "10", "-"]
+    assert by_layer["2"] == {"delta_effective_rank": 2.0, "tuned_stable_rank": 3.0}
+    assert by_layer["10"] == {"delta_effective_rank": 6.0, "tuned_stable_rank": 1.0}
+    assert by_layer["-"] == {"delta_effective_rank": 5.0}
+    by_type = features_by_module_type(records)
+    assert list(by_type) == ["q_proj", "up_proj", "lm_head"]
+    assert by_type["q_proj"] == {"delta_effective_rank": 2.5, "tuned_stable_rank": 2.0}
+    assert by_type["up_proj"] == {"delta_effective_rank": 5.5}
+    assert features_by_layer([]) == {} and features_by_module_type([]) == {}
+    assert features_by_layer(records, features=("delta_effective_rank",))["2"] == {"delta_effective_rank": 2.0}
+
+
+def test_features_by_layer_reads_spectral_json_records():
+    from ftcompare.analyze.spectral import SPECTRAL_FEATURES, features_by_layer
+
+    w0, w = _planted((30.0,))
+    base = base_spectrum(w0)
+    reports = [analyze_matrix(f"model.layers.{i}.self_attn.{m}.weight", base, w0, w if m == "q_proj" else w0)
+               for i in (0, 1) for m in ("q_proj", "v_proj")]
+    records = json.loads(json.dumps([dataclasses.asdict(r) for r in reports]))
+    by_layer = features_by_layer(records)
+    assert list(by_layer) == ["0", "1"] and set(by_layer["0"]) == set(SPECTRAL_FEATURES)
+    assert by_layer["1"]["delta_spectral_norm"] == pytest.approx(30.0 / 2, rel=1e-9)  # v_proj unchanged: 0
+
+
+def test_summary_histogram_of_intruder_positions():
+    w0, w3 = _planted((30.0, 25.0, 20.0))  # intruders at positions 0, 1, 2
+    _, w4th = _planted((7.5,))  # the tuned matrix's 4th singular vector: position 3
+    base = base_spectrum(w0)
+    reports = [analyze_matrix(f"model.layers.{i}.q_proj.weight", base, w0, w) for i, w in enumerate((w3, w4th, w3, w0))]
+    assert [r.intruder_ranks for r in reports] == [[0, 1, 2], [3], [0, 1, 2], []]
+    summary = summarize(reports)
+    assert summary["intruder_positions"] == {"0": 2, "1": 2, "2": 2, "3": 1}
+    assert sum(summary["intruder_positions"].values()) == summary["total_intruders"]
+    assert summary["mean_delta_sv_entropy"] == pytest.approx(sum(r.delta_sv_entropy for r in reports) / 4)
+    assert summary["mean_base_effective_rank"] == pytest.approx(effective_rank(w0), rel=1e-9)
+    assert summarize([])["intruder_positions"] == {}
+    assert summarize([])["mean_tuned_effective_rank"] is None
+
+
+def test_intruder_positions_are_ordered_numerically():
+    from ftcompare.analyze.spectral import MatrixReport
+
+    report = MatrixReport(name="m", shape=(2, 2), intruders=3, intruders_right=0, intruder_ranks=[10, 2, 9],
+                          epsilon_sweep={}, delta_fro_norm=0.0, delta_spectral_norm=0.0, delta_effective_rank=0.0,
+                          delta_stable_rank=0.0, relative_delta_norm=0.0)
+    summary = summarize([report, report])
+    assert list(summary["intruder_positions"].items()) == [("2", 2), ("9", 2), ("10", 2)]
+    assert summary["mean_delta_sv_entropy"] is None  # a report made without the new features

@@ -1,5 +1,5 @@
 from ftcompare.data.codegen import IN_DOMAIN, OUT_OF_DOMAIN, generate_task
-from ftcompare.data.tasks import finetune_examples
+from ftcompare.data.tasks import finetune_examples, training_subset
 from ftcompare.train.loop import IGNORE_INDEX
 
 
@@ -56,3 +56,23 @@ def test_finetune_examples_mask_the_prompt():
         n_prompt = len(problem.prompt)
         assert labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
         assert labels[n_prompt:] == ids[n_prompt:] == [ord(c) for c in problem.completion] + [0]
+
+
+def test_a_family_subset_trains_and_tests_on_those_families_and_keeps_the_rest_out_of_domain():
+    task = generate_task(seed=1, n_train=60, n_test=20, n_ood=16, families=["add", "str_upper"])
+    assert {p.family for p in task.train} == {"add", "str_upper"}
+    assert {p.family for p in task.suites["test"]} == {"add", "str_upper"}
+    assert "str_upper" not in {p.family for p in task.suites["ood"]} and len(task.suites["ood"]) == 16
+    every_string_family = [f.name for f in OUT_OF_DOMAIN]
+    assert "ood" not in generate_task(seed=1, n_train=10, n_test=5, n_ood=5, families=every_string_family).suites
+
+
+def test_training_subsets_are_nested_fixed_and_sized_by_the_fraction():
+    train = generate_task(seed=0, n_train=40, n_test=1, n_ood=0).train
+    quarter, half = training_subset(train, 0.25), training_subset(train, 0.5)
+    assert (len(quarter), len(half), len(training_subset(train, 0.01))) == (10, 20, 1)
+    ids = [p.task_id for p in train]
+    assert {p.task_id for p in quarter} <= {p.task_id for p in half} and training_subset(train, 0.5) == half
+    assert training_subset(train, 1.0) == tuple(train)
+    positions = [ids.index(p.task_id) for p in half]
+    assert positions == sorted(positions)  # the original order is kept

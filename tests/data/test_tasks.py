@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from ftcompare.cli import app
 from ftcompare.config import parse_config
-from ftcompare.data.tasks import finetune_examples, load_task
+from ftcompare.data.tasks import finetune_examples, load_study_tasks, load_task
 from ftcompare.study import run_study
 from ftcompare.train.loop import IGNORE_INDEX
 from tests.conftest import TINY_BUILTIN
@@ -23,7 +23,7 @@ def _config(**overrides):
 
 def test_mbpp_task_trains_on_train_and_evaluates_on_test_with_quixbugs_out_of_domain():
     config = _config()
-    task = load_task(config.task, config.extra_suites)
+    _, task = load_study_tasks(config)
     assert len(task.train) == 374 and len(task.suites["test"]) == 500 and len(task.suites["quixbugs"]) == 40
     assert all(p.completion.endswith("\n[DONE]") for p in task.train)
     assert task.suite_info("test").in_domain and task.suite_info("test").stop_strings == ("[DONE]",)

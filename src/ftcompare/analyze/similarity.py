@@ -50,6 +50,13 @@ def layerwise_cka(hidden_a: Sequence[Tensor], hidden_b: Sequence[Tensor], mask: 
     return [linear_cka(_valid_tokens(a, mask), _valid_tokens(b, mask)) for a, b in zip(hidden_a, hidden_b)]
 
 
+def layer_io_cka(hidden: Sequence[Tensor], mask: Tensor | None = None) -> list[float]:
+    """Per decoder layer i, linear CKA between its input hidden_states[i] and output hidden_states[i+1]
+    of one model (len(hidden) - 1 scores): near 1, the layer changes the representation little.
+    The score layer-wise LoRA ranks layers by (see ftcompare.analyze.intervene.select_layers)."""
+    return layerwise_cka(hidden[:-1], hidden[1:], mask)
+
+
 def attention_entropy(attn: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean Shannon entropy (nats) of each head's attention rows: attn (batch, heads, q, k) -> (heads,).
 

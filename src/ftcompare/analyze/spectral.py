@@ -69,6 +69,27 @@ class MatrixReport:
     delta_effective_rank: float  # effective_rank(W - W0)
     delta_stable_rank: float  # stable_rank(W - W0)
     relative_delta_norm: float  # ||W - W0||_F / ||W0||_F
+    # Rank trade-offs: the same spectral features of ΔW, of the tuned W and of the base W0, all from
+    # singular values analyze_matrix has anyway (no extra SVD). None = not computed (records written
+    # before these fields existed). A zero ΔW gives 0 for every delta feature (rank 0, not exp(0) = 1).
+    delta_sv_entropy: float | None = None  # singular_value_entropy(W - W0), nats
+    tuned_effective_rank: float | None = None
+    tuned_sv_entropy: float | None = None
+    tuned_stable_rank: float | None = None
+    tuned_spectral_norm: float | None = None  # ||W||_2
+    base_effective_rank: float | None = None
+    base_sv_entropy: float | None = None
+    base_stable_rank: float | None = None
+    base_spectral_norm: float | None = None  # ||W0||_2
+
+
+# Per-matrix float features that features_by_layer / features_by_module_type average.
+SPECTRAL_FEATURES: tuple[str, ...] = (
+    "tuned_effective_rank", "tuned_sv_entropy", "tuned_stable_rank", "tuned_spectral_norm",
+    "base_effective_rank", "base_sv_entropy", "base_stable_rank", "base_spectral_norm",
+    "delta_effective_rank", "delta_sv_entropy", "delta_stable_rank", "delta_spectral_norm",
+    "delta_fro_norm", "relative_delta_norm",
+)
 
 
 # ---------------------------------------------------------------- helpers
@@ -141,6 +162,17 @@ def _effective_rank(s: torch.Tensor) -> float:
 def _stable_rank(s: torch.Tensor) -> float:
     top = float(s.max()) if s.numel() else 0.0
     return 0.0 if top <= 0 else float((s**2).sum()) / top**2
+
+
+def _spectral_norm(s: torch.Tensor) -> float:
+    return float(s.max()) if s.numel() else 0.0
+
+
+def _features(s: torch.Tensor, prefix: str) -> dict[str, float]:
+    """{prefix_effective_rank, prefix_sv_entropy, prefix_stable_rank, prefix_spectral_norm} from singular values."""
+    s = s.double()
+    return {f"{prefix}_effective_rank": _effective_rank(s), f"{prefix}_sv_entropy": _entropy(s),
+            f"{prefix}_stable_rank": _stable_rank(s), f"{prefix}_spectral_norm": _spectral_norm(s)}
 
 
 # ---------------------------------------------------------------- intruder dimensions
@@ -222,8 +254,7 @@ def stable_rank(w: torch.Tensor) -> float:
 
 def spectral_norm(w: torch.Tensor) -> float:
     """Largest singular value ||W||_2."""
-    s = _singular_values(w)
-    return float(s.max()) if s.numel() else 0.0
+    return _spectral_norm(_singular_values(w))
 
 
 # ---------------------------------------------------------------- per-matrix report and summary
@@ -239,16 +270,18 @@ def analyze_matrix(
     epsilon: float = PAPER_EPSILON,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
 ) -> MatrixReport:
-    """Intruders (both sides, plus the epsilon sweep) and ΔW = w_tuned - w_base statistics.
+    """Intruders (both sides, plus the epsilon sweep), ΔW = w_tuned - w_base statistics, and the spectral
+    features (effective rank, SV entropy, stable rank, spectral norm) of w_tuned, w_base and ΔW.
 
-    `base` must be the spectrum of `w_base` (m, n); the tuned matrix's SVD is computed once here.
+    `base` must be the spectrum of `w_base` (m, n); its singular values give the base features. The tuned
+    matrix's SVD is computed once here and gives both the intruders and the tuned features.
     """
     _check_epsilon(epsilon)
     w0 = _as_matrix(w_base, "w_base")
     w = _as_matrix(w_tuned, "w_tuned")
     _check_shape(base, w0)
     _check_shape(base, w)
-    u_t, _, vh_t = _svd(w)
+    u_t, s_t, vh_t = _svd(w)
     left = _similarity_from_svd(base, u_t, vh_t, k, "left")
     right = _similarity_from_svd(base, u_t, vh_t, k, "right")
     is_intruder = left < epsilon
@@ -271,14 +304,34 @@ def analyze_matrix(
         intruder_ranks=[int(j) for j in torch.nonzero(is_intruder).flatten()],
         epsilon_sweep={str(e): c for e, c in zip(epsilons, epsilon_sweep(left, epsilons))},
         delta_fro_norm=delta_fro,
-        delta_spectral_norm=float(s_delta.max()) if s_delta.numel() else 0.0,
+        delta_spectral_norm=_spectral_norm(s_delta),
         delta_effective_rank=_effective_rank(s_delta),
         delta_stable_rank=_stable_rank(s_delta),
         relative_delta_norm=relative,
+        delta_sv_entropy=_entropy(s_delta),
+        **_features(s_t, "tuned"),
+        **_features(base.s, "base"),
     )
 
 
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The layer index of a matrix name as a string: its first `.N.` number (`model.layers.3.mlp...` → "3"),
+    or "-" when it has none."""
+    match = _LAYER_INDEX.search(name)
+    return match.group(1) if match else "-"
+
+
+def module_type_of(name: str) -> str:
+    """The name's last component before `.weight`: `model.layers.3.self_attn.q_proj.weight` → "q_proj"."""
+    return name.removesuffix(".weight").rsplit(".", 1)[-1]
+
+
+def layer_sort_key(layer: str) -> tuple[int, int, str]:
+    """Numeric order for layer keys ("2" before "10"), with "-" (no layer) last."""
+    return (0, int(layer), "") if layer.isdigit() else (1, 0, layer)
 
 
 def intruders_by_position(reports: Sequence[MatrixReport]) -> dict[str, dict[str, int]]:
@@ -287,12 +340,48 @@ def intruders_by_position(reports: Sequence[MatrixReport]) -> dict[str, dict[str
     by_layer: dict[str, int] = {}
     by_type: dict[str, int] = {}
     for report in reports:
-        match = _LAYER_INDEX.search(report.name)
-        layer = match.group(1) if match else "-"
-        module = report.name.removesuffix(".weight").rsplit(".", 1)[-1]
+        layer, module = layer_of(report.name), module_type_of(report.name)
         by_layer[layer] = by_layer.get(layer, 0) + report.intruders
         by_type[module] = by_type.get(module, 0) + report.intruders
-    return {"by_layer": dict(sorted(by_layer.items(), key=lambda item: (len(item[0]), item[0]))), "by_module_type": by_type}
+    return {"by_layer": dict(sorted(by_layer.items(), key=lambda item: layer_sort_key(item[0]))), "by_module_type": by_type}
+
+
+def _feature_means(matrices: Sequence[dict], group_of, features: Sequence[str]) -> dict[str, dict[str, float]]:
+    sums: dict[str, dict[str, list[float]]] = {}
+    for record in matrices:
+        group = sums.setdefault(group_of(record["name"]), {})
+        for feature in features:
+            value = record.get(feature)
+            if value is not None:  # None / absent: not computed for this record
+                group.setdefault(feature, []).append(float(value))
+    return {key: {f: sum(v) / len(v) for f, v in group.items()} for key, group in sums.items()}
+
+
+def features_by_layer(matrices: Sequence[dict],
+                      features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
+    """Mean of each spectral feature per layer index, from the `matrices` records of spectral.json
+    (dicts of MatrixReport fields): {layer: {feature: mean}}, layers in numeric order ("-" = no layer
+    number, last). A feature that is absent or None in a record is left out of that mean (and out of
+    the layer's dict when no record of the layer has it); non-finite values are kept."""
+    means = _feature_means(matrices, layer_of, features)
+    return dict(sorted(means.items(), key=lambda item: layer_sort_key(item[0])))
+
+
+def features_by_module_type(matrices: Sequence[dict],
+                            features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
+    """Like features_by_layer, grouped by module type (`q_proj`, `up_proj`, ...) in order of first appearance."""
+    return _feature_means(matrices, module_type_of, features)
+
+
+def intruder_position_histogram(reports: Sequence[MatrixReport]) -> dict[str, int]:
+    """{str(position): count} of intruders over all matrices, position 0-based among the tuned top-k
+    (0 = the top singular vector, as in MatrixReport.intruder_ranks); only positions that occur, in
+    numeric order."""
+    counts: dict[int, int] = {}
+    for report in reports:
+        for position in report.intruder_ranks:
+            counts[position] = counts.get(position, 0) + 1
+    return {str(position): counts[position] for position in sorted(counts)}
 
 
 def summarize(reports: Sequence[MatrixReport]) -> dict:
@@ -306,6 +395,10 @@ def summarize(reports: Sequence[MatrixReport]) -> dict:
     def mean(values: list[float]) -> float | None:
         return sum(values) / n if n else None
 
+    def mean_known(field: str) -> float | None:  # skips None (reports made without the new features)
+        values = [getattr(r, field) for r in reports if getattr(r, field) is not None]
+        return sum(values) / len(values) if values else None
+
     counts = [r.intruders for r in reports]
     return {
         "matrices": n,
@@ -316,11 +409,15 @@ def summarize(reports: Sequence[MatrixReport]) -> dict:
         "max_intruders_per_matrix": max(counts) if counts else None,
         "epsilon_sweep": {key: sum(r.epsilon_sweep[key] for r in reports) for key in sweep_keys},
         **intruders_by_position(reports),
+        "intruder_positions": intruder_position_histogram(reports),
         "mean_delta_fro_norm": mean([r.delta_fro_norm for r in reports]),
         "mean_delta_spectral_norm": mean([r.delta_spectral_norm for r in reports]),
         "mean_delta_effective_rank": mean([r.delta_effective_rank for r in reports]),
         "mean_delta_stable_rank": mean([r.delta_stable_rank for r in reports]),
         "mean_relative_delta_norm": mean([r.relative_delta_norm for r in reports]),
+        "mean_delta_sv_entropy": mean_known("delta_sv_entropy"),
+        "mean_tuned_effective_rank": mean_known("tuned_effective_rank"),
+        "mean_base_effective_rank": mean_known("base_effective_rank"),
     }
 
 

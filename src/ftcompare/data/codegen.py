@@ -73,6 +73,14 @@ OUT_OF_DOMAIN = (
 )
 
 _ARGS_BY_KIND = {"int": INT_ARGS, "list": LIST_ARGS, "str": STR_ARGS}
+FAMILIES = {family.name: family for family in IN_DOMAIN + OUT_OF_DOMAIN}
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def ood_families(families: list[str] | None) -> tuple[Family, ...]:
+    """The out-of-domain (string) families a task leaves out of its training families."""
+    chosen = set(families or ())
+    return tuple(family for family in OUT_OF_DOMAIN if family.name not in chosen)
 
 
 def _constants(family: Family) -> list[tuple]:
@@ -125,8 +133,12 @@ def make_problem(key: tuple[Family, str, tuple], rng: random.Random, task_id: st
     )
 
 
-def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, test_key_fraction: float = 0.2) -> TaskSplits:
+def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, families: list[str] | None = None,
+                  test_key_fraction: float = 0.2) -> TaskSplits:
     """Train / in-domain test / out-of-domain test splits, deterministic from `seed`.
+
+    `families` picks the in-domain families by name (default: the 15 integer and list families); the
+    string families not picked form the out-of-domain suite, which is left out when none remain.
 
     Within each in-domain family a fraction of the keys (at least one) is reserved for the test split.
     Problems draw a family uniformly, then a key of that family from their split's pool, with a fresh
@@ -135,12 +147,13 @@ def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, test_key_
     rng = random.Random(seed)
     train_pool: dict[str, list] = {}
     test_pool: dict[str, list] = {}
-    for family in IN_DOMAIN:
+    in_domain = tuple(FAMILIES[name] for name in families) if families else IN_DOMAIN
+    for family in in_domain:
         keys = problem_keys((family,))
         rng.shuffle(keys)
         n_held = max(1, round(len(keys) * test_key_fraction))
         test_pool[family.name], train_pool[family.name] = keys[:n_held], keys[n_held:]
-    ood_pool = {family.name: problem_keys((family,)) for family in OUT_OF_DOMAIN}
+    ood_pool = {family.name: problem_keys((family,)) for family in ood_families(families)}
 
     def draw(pool: dict[str, list], count: int, prefix: str) -> tuple[Problem, ...]:
         names = sorted(pool)
@@ -148,8 +161,8 @@ def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, test_key_
         chosen = [pool[names[i % len(names)] if prefix != "train" else rng.choice(names)] for i in range(count)]
         return tuple(make_problem(rng.choice(keys), rng, f"{prefix}/{i}") for i, keys in enumerate(chosen))
 
-    return TaskSplits(
-        name="generated",
-        train=draw(train_pool, n_train, "train"),
-        suites={"test": draw(test_pool, n_test, "test"), "ood": draw(ood_pool, n_ood, "ood")},
-    )
+    train = draw(train_pool, n_train, "train")  # drawn in this order so that a seed keeps its task
+    suites = {"test": draw(test_pool, n_test, "test")}
+    if n_ood and ood_pool:
+        suites["ood"] = draw(ood_pool, n_ood, "ood")
+    return TaskSplits(name="generated", train=train, suites=suites)

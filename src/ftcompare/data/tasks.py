@@ -2,33 +2,87 @@
 
 from __future__ import annotations
 
+import math
+import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Sequence
 
-from ftcompare.config import GeneratedTask, JsonlTask, MbppTask, QuixBugsSuite
-from ftcompare.data import mbpp, quixbugs
+from ftcompare.config import GeneratedTask, HumanEvalSuite, JsonlTask, MbppTask, QuixBugsSuite, StudyConfig
+from ftcompare.data import humaneval, mbpp, quixbugs
 from ftcompare.data.codegen import generate_task
 from ftcompare.data.problems import Problem, SuiteInfo, TaskSplits, load_jsonl_problems
 from ftcompare.train.loop import IGNORE_INDEX
 
 
-def load_task(task: GeneratedTask | JsonlTask | MbppTask, extra_suites: Sequence[QuixBugsSuite] = (), tokenizer=None) -> TaskSplits:
-    """The task's train split and evaluation suites, plus any extra suites (e.g. QuixBugs out of domain)."""
+def load_task(task: GeneratedTask | JsonlTask | MbppTask, tokenizer=None) -> TaskSplits:
+    """A task's train split and its own evaluation suites ("test", and "ood" where it has one)."""
     if isinstance(task, GeneratedTask):
-        splits = generate_task(seed=task.seed, n_train=task.n_train, n_test=task.n_test, n_ood=task.n_ood)
-    elif isinstance(task, MbppTask):
-        splits = load_mbpp_task(task, tokenizer)
+        return generate_task(seed=task.seed, n_train=task.n_train, n_test=task.n_test, n_ood=task.n_ood, families=task.families)
+    if isinstance(task, MbppTask):
+        return load_mbpp_task(task, tokenizer)
+    suites = {"test": load_jsonl_problems(task.test, "test")}
+    if task.ood is not None:
+        suites["ood"] = load_jsonl_problems(task.ood, "ood")
+    return TaskSplits(name="jsonl", train=load_jsonl_problems(task.train, "train"), suites=suites)
+
+
+def load_extra_suite(suite: QuixBugsSuite | HumanEvalSuite, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
+    """An evaluation-only suite: its problems and how they are generated and scored."""
+    if isinstance(suite, HumanEvalSuite):
+        records = humaneval.load_humaneval(suite.data)
+        problems = tuple(humaneval.to_problem(r, suite.format, tokenizer=tokenizer) for r in records)
+        return problems, humaneval.suite_info(suite.format, in_domain=suite.in_domain)
+    programs = [p for p in quixbugs.load_quixbugs(suite.data, suite.support) if p.excluded is None]
+    problems = tuple(quixbugs.to_problem(p, include_failing_test=suite.include_failing_test) for p in programs)
+    return problems, SuiteInfo(in_domain=suite.in_domain, extraction="auto", scoring="repair")
+
+
+BENCHMARKS = ("mbpp", "mbpp-sanitized", "humaneval")
+
+
+def load_benchmark(name: str, data: Path | None, fmt: str, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
+    """A benchmark's evaluation problems on their own, for scoring a model without fine-tuning: MBPP's test
+    split (task ids 11–510), or HumanEval's 164 problems."""
+    if name == "humaneval":
+        return load_extra_suite(HumanEvalSuite(data=data, format=fmt), tokenizer)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    task = load_mbpp_task(MbppTask(data=data, sanitized=name == "mbpp-sanitized", format=fmt), tokenizer)
+    return task.suites["test"], task.suite_info("test")
+
+
+def load_study_tasks(config: StudyConfig, tokenizer=None) -> tuple[list[tuple[str, TaskSplits]], TaskSplits]:
+    """(the tasks trained in order, by name; every evaluation suite of the study).
+
+    One task keeps its suite names ("test", "ood"); in a sequence they become "<task>/test", ..., and
+    every task's test suite is in domain (each is trained on at some stage)."""
+    stages = [(stage.name, load_task(stage.task, tokenizer)) for stage in config.stages]
+    if config.sequence:
+        suites, info = {}, {}
+        for name, splits in stages:
+            for suite, problems in splits.suites.items():
+                suites[f"{name}/{suite}"] = problems
+                info[f"{name}/{suite}"] = splits.suite_info(suite)
+        evaluation = TaskSplits(name="sequence", train=(), suites=suites, info=info)
     else:
-        suites = {"test": load_jsonl_problems(task.test, "test")}
-        if task.ood is not None:
-            suites["ood"] = load_jsonl_problems(task.ood, "ood")
-        splits = TaskSplits(name="jsonl", train=load_jsonl_problems(task.train, "train"), suites=suites)
-    for suite in extra_suites:
-        programs = [p for p in quixbugs.load_quixbugs(suite.data, suite.support) if p.excluded is None]
-        problems = tuple(quixbugs.to_problem(p, include_failing_test=suite.include_failing_test) for p in programs)
-        info = SuiteInfo(in_domain=suite.in_domain, extraction="auto", scoring="repair")
-        splits = replace(splits, suites={**splits.suites, suite.name: problems}, info={**splits.info, suite.name: info})
-    return splits
+        evaluation = stages[0][1]
+    for suite in config.extra_suites:
+        problems, suite_info = load_extra_suite(suite, tokenizer)
+        evaluation = replace(evaluation, suites={**evaluation.suites, suite.name: problems},
+                             info={**evaluation.info, suite.name: suite_info})
+    return stages, evaluation
+
+
+def training_subset(problems: Sequence[Problem], fraction: float) -> tuple[Problem, ...]:
+    """The first ⌈fraction·n⌉ problems of a fixed shuffle (seed 0): subsets are nested, and every run
+    and seed at one fraction trains on the same examples, so the data-size axis varies only the size."""
+    if fraction == 1:
+        return tuple(problems)
+    order = list(range(len(problems)))
+    random.Random(0).shuffle(order)
+    keep = max(1, math.ceil(round(fraction * len(problems), 9)))
+    return tuple(problems[i] for i in sorted(order[:keep]))
 
 
 def load_mbpp_task(task: MbppTask, tokenizer) -> TaskSplits:
@@ -48,7 +102,10 @@ def load_mbpp_task(task: MbppTask, tokenizer) -> TaskSplits:
     if task.extra_train is not None:
         train += load_jsonl_problems(task.extra_train, "extra_train")
     info = SuiteInfo(in_domain=True, extraction="auto", stop_strings=mbpp.stop_sequences(task.format))
-    return TaskSplits(name="mbpp", train=train, suites={"test": evaluation}, info={"test": info})
+    suites, infos = {"test": evaluation}, {"test": info}
+    if task.validation_split is not None:
+        suites["validation"], infos["validation"] = problems(task.validation_split), info
+    return TaskSplits(name="mbpp", train=train, suites=suites, info=infos)
 
 
 def finetune_examples(problems: Sequence[Problem], tokenizer, max_length: int | None = None) -> list[tuple[list[int], list[int]]]:

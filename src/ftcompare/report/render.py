@@ -5,13 +5,13 @@ self-contained `report.html` (figures embedded), both rendered from the runs' re
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ftcompare.report import plots
-from ftcompare.report.tables import markdown_from_cells, markdown_table, result_row, suite_tables, table_cells
+from ftcompare.report import plots, spectral_plots
+from ftcompare.report.tables import markdown_from_cells, mark_selected, markdown_table, result_row, sequence_tables, suite_tables, table_cells
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -25,51 +25,97 @@ class Figure:
     png: bytes
 
 
-def collect(experiment: Path) -> tuple[dict, list[dict], dict[str, dict]]:
-    """(study record, metrics of the base then of each finished run, spectral sweeps by run, probe results by run)."""
+@dataclass
+class Collected:
+    """What the report reads from an experiment folder: the study record, the metrics of the base then of
+    each finished run, and per run the spectral record and the probe results."""
+
+    study: dict
+    records: list[dict]
+    spectral: dict[str, dict] = field(default_factory=dict)  # run id -> spectral.json
+    representations: dict[str, dict] = field(default_factory=dict)  # run id -> probes
+
+
+def collect(experiment: Path) -> Collected:
     experiment = Path(experiment)
     if not experiment.is_dir():
         raise FileNotFoundError(f"{experiment}: no such experiment folder")
     study = read_json(experiment / STUDY_FILE) if (experiment / STUDY_FILE).is_file() else {}
-    records = []
+    collected = Collected(study, [])
     base = experiment / BASE_DIR / "metrics.json"
     if base.is_file():
-        records.append(read_json(base))
-    sweeps, representations = {}, {}
+        collected.records.append(read_json(base))
     for run in run_dirs(experiment):
         if run.has("metrics.json"):
-            records.append(read_json(run.file("metrics.json")))
+            collected.records.append(read_json(run.file("metrics.json")))
             if run.has("spectral.json"):
-                sweeps[run.run_id] = read_json(run.file("spectral.json"))["summary"].get("epsilon_sweep", {})
+                collected.spectral[run.run_id] = read_json(run.file("spectral.json"))
             if run.has("representations.json"):
-                representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
-    if len(records) <= (1 if base.is_file() else 0):
+                collected.representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
+    if len(collected.records) <= (1 if base.is_file() else 0):
         raise FileNotFoundError(f"{experiment}: no finished runs to report")
-    return study, records, sweeps, representations
+    return collected
 
 
-def figures(rows: list[dict], sweeps: dict[str, dict], representations: dict[str, dict]) -> list[Figure]:
+def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
+    """The report's figures. With learning-rate selection, every figure but the learning-rate sweep shows
+    only each method's selected rate (and the base)."""
+    rows = [r for r in all_rows if r.get("selected", True)]
     result = [
         Figure("accuracy_vs_rank", "Accuracy vs rank", "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.", plots.accuracy_vs_rank(rows)),
         Figure("forgetting_vs_accuracy", "Forgetting vs accuracy", "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.", plots.forgetting_vs_accuracy(rows)),
         Figure("intruders_vs_rank", "Intruder dimensions vs rank", "Total intruder dimensions over every adapted matrix (Algorithm 1 of Shuttleworth et al. 2024 at the configured k and ε).", plots.intruders_vs_rank(rows)),
-        Figure("latency", "Latency and memory", "Training and generation throughput, and peak training memory, per run.", plots.latency_bars(rows)),
     ]
-    if sweeps:
-        result.append(Figure("epsilon_sweep", "Intruders vs ε", "Total intruder dimensions per run as the similarity threshold ε varies.", plots.epsilon_sweep(sweeps)))
-    if representations:
+    for axis in plots.sweep_axes(all_rows):
+        if axis != "rank":
+            name = plots.AXIS_LABELS[axis].split(" (")[0]
+            swept = all_rows if axis == "lr_multiplier" else rows
+            result.append(Figure(f"sweep_{axis}", f"Sweep over the {name}",
+                                 f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (mean ± sd over seeds); runs without this axis as horizontal lines.",
+                                 plots.sweep(swept, axis)))
+    result.append(Figure("latency", "Latency and memory", "Training and generation throughput, and peak training memory, per run.", plots.latency_bars(rows)))
+    summaries = {run: record["summary"] for run, record in collected.spectral.items()}
+    if summaries:
+        k = max((record.get("k") or 0 for record in collected.spectral.values()), default=0) or None
+        result += [
+            Figure("epsilon_sweep", "Intruders vs ε", "Total intruder dimensions per run as the similarity threshold ε varies.",
+                   plots.epsilon_sweep({run: s.get("epsilon_sweep", {}) for run, s in summaries.items()})),
+            Figure("intruders_by_layer", "Intruders by layer and module type",
+                   "Intruder dimensions per layer (left) and per module type (right), per run; full fine-tuning in black.",
+                   spectral_plots.intruders_by_layer(summaries)),
+            Figure("intruder_positions", "Where intruders sit in the spectrum",
+                   "Intruder dimensions at each position among the tuned matrix's top-k singular vectors (1 = largest), summed over matrices.",
+                   spectral_plots.intruder_positions(summaries, k=k)),
+        ]
+        matrices = {run: record.get("matrices", []) for run, record in collected.spectral.items()}
+        if any(matrices.values()):
+            result.append(Figure("spectral_features_by_layer", "Spectral features per layer",
+                                 "Per layer, mean over adapted matrices: effective rank (Roy & Vetterli 2007) of W and ΔW = W − W0, singular-value entropy, stable rank and spectral norm of ΔW, and ‖ΔW‖_F/‖W0‖_F; the base W0's effective rank dotted.",
+                                 spectral_plots.spectral_features_by_layer(matrices)))
+    interventions = {r["run_id"]: r["intervene"] for r in collected.records if r.get("intervene")}
+    if interventions:
+        result.append(Figure("intervene", "Causal test: scaling the intruder dimensions",
+                             "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (Shuttleworth et al. 2024, §6); λ = 1 is the tuned model, λ = 0 removes those directions.",
+                             plots.interventions(interventions)))
+    sequences = {r["run_id"]: r["sequence"] for r in collected.records if r.get("sequence")}
+    if sequences:
+        result.append(Figure("sequence", "Sequential fine-tuning: interference",
+                             "Greedy pass@1 on each task (panel) after each training stage, per run; the dotted line marks the stage that trains that task.",
+                             plots.sequence_curves(sequences)))
+    if collected.representations:
         result.append(Figure("representations", "Representational drift and attention change",
                              "Per layer: linear CKA between base and tuned hidden states (Kornblith et al. 2019) and the Jensen–Shannon distance between their attention maps, on task inputs (solid) and held-out pre-training text (dashed).",
-                             plots.cka_by_layer(representations)))
+                             plots.cka_by_layer(collected.representations)))
     return result
 
 
 def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     """Write report.md, report.html and figures/ into the experiment folder; return their paths and the rows."""
     experiment = Path(experiment)
-    study, records, sweeps, representations = collect(experiment)
-    rows = [result_row(record) for record in records]
-    figs = figures(rows, sweeps, representations)
+    collected = collect(experiment)
+    study, records = collected.study, collected.records
+    rows = mark_selected([result_row(record) for record in records], lambda row: plots.series_name(row, "lr_multiplier"))
+    figs = figures(rows, collected)
     figure_dir = experiment / FIGURES_DIR
     figure_dir.mkdir(exist_ok=True)
     for figure in figs:
@@ -88,6 +134,8 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "suite_header": suite_header, "suite_body": suite_body, "suite_markdown": markdown_from_cells(suite_header, suite_body),
         "robust_header": robust_header, "robust_body": robust_body,
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
+        "sequences": sequence_tables(records),
+        "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "figures": [{"slug": f.slug, "title": f.title, "caption": f.caption,
                      "data": base64.b64encode(f.png).decode(), "file": f"{FIGURES_DIR}/{f.slug}.png"} for f in figs],
         "experiment": study.get("config", {}).get("experiment", experiment.name),

@@ -31,15 +31,25 @@ def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
 
 def result_row(record: dict) -> dict:
     """The table's values for one metrics record (None where the run has no such number)."""
+    primary = record.get("primary_suite", "test")
+    ood = "ood" if primary == "test" else primary.rsplit("/", 1)[0] + "/ood"
+    is_adapter = record.get("rank") is not None
     row = {
         "run": record.get("run_id"),
         "method": record.get("label", record.get("method")),
+        "kind": record.get("method"),
         "rank": record.get("rank"),
+        "alpha": record.get("alpha"),
+        # the sweep axes; an adapter on every layer sits at layer fraction 1
+        "layer_fraction": (record.get("layer_fraction") or 1.0) if is_adapter else None,
+        "data_fraction": record.get("data_fraction"),
+        "lr_multiplier": record.get("lr_multiplier"),
+        "selection_pass1": _get(record, "suites", record.get("selection_suite") or "", "greedy", "pass@1"),
         "seed": record.get("seed"),
         "lr": record.get("lr"),
         "trainable_params": _get(record, "train", "trainable_params"),
-        "id_pass1": _get(record, "suites", "test", "greedy", "pass@1"),
-        "ood_pass1": _get(record, "suites", "ood", "greedy", "pass@1"),
+        "id_pass1": _get(record, "suites", primary, "greedy", "pass@1"),
+        "ood_pass1": _get(record, "suites", ood, "greedy", "pass@1"),
         "forgetting": _get(record, "forgetting", "increase") if record.get("method") != "base" else 0.0,
         "heldout_loss": _get(record, "forgetting", "heldout_loss"),
         "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
@@ -51,20 +61,36 @@ def result_row(record: dict) -> dict:
     }
     id_pass1, ood_pass1 = row["id_pass1"], row["ood_pass1"]
     row["generalisation_gap"] = id_pass1 - ood_pass1 if id_pass1 is not None and ood_pass1 is not None else None
-    for suite, prefix in (("test", "id"), ("ood", "ood")):
+    for suite, prefix in ((primary, "id"), (ood, "ood")):
         k_name, value = _best_sampled_k(record, suite)
         row[f"{prefix}_passk"] = value
         row[f"{prefix}_k_name"] = k_name
     return row
 
 
+def mark_selected(rows: Sequence[dict], series: Callable[[dict], str]) -> list[dict]:
+    """Per series of runs that differ only in their learning-rate multiplier (and seed), mark the
+    multiplier with the best mean `selection_pass1` (ties: the smaller rate) as `selected`. Rows without
+    a selection score (the base, studies without selection) are left unmarked."""
+    scores: dict[str, dict[float, list[float]]] = {}
+    for row in rows:
+        if row.get("selection_pass1") is not None:
+            scores.setdefault(series(row), {}).setdefault(row["lr_multiplier"], []).append(row["selection_pass1"])
+    best = {name: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for name, by_lr in scores.items()}
+    return [{**row, "selected": best.get(series(row)) == row["lr_multiplier"]} if row.get("selection_pass1") is not None
+            else row for row in rows]
+
+
 def columns(rows: Sequence[dict]) -> list[Column]:
     k_id = next((r["id_k_name"] for r in rows if r.get("id_passk") is not None), "pass@k")
     k_ood = next((r["ood_k_name"] for r in rows if r.get("ood_passk") is not None), "pass@k")
+    selection = [Column("selection_pass1", "selection pass@1", ".3f"), Column("selected", "selected", "s")] \
+        if any(r.get("selection_pass1") is not None for r in rows) else []
     return [
         Column("method", "method", "s"),
         Column("seed", "seed", "d"),
         Column("lr", "lr", ".1e"),
+        *selection,
         Column("trainable_params", "trainable params", ",d"),
         Column("id_pass1", "ID pass@1", ".3f"),
         Column("id_passk", f"ID {k_id}", ".3f"),
@@ -83,6 +109,8 @@ def columns(rows: Sequence[dict]) -> list[Column]:
 def format_cell(value: object, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, bool):
+        return "✓" if value else ""
     if isinstance(value, (int, float)) and fmt != "s":
         if fmt.endswith("d"):
             value = int(value)
@@ -141,6 +169,23 @@ def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], l
                     (robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"), (robust["robust_drop@1"], "+.3f"),
                     (robust["robust_relative@1"], ".3f")])])
     return suite_header, suite_body, robust_header, robust_body
+
+
+def sequence_tables(records: Sequence[dict]) -> list[dict]:
+    """Per sequential run, its forgetting matrix as cells: rows after each stage, columns the tasks'
+    greedy pass@1 then the held-out loss; with mean forgetting and backward transfer."""
+    tables = []
+    for record in records:
+        sequence = record.get("sequence")
+        if not sequence:
+            continue
+        header = ["after"] + [f"{task} pass@1" for task in sequence["tasks"]] + ["held-out loss"]
+        body = [[label, *_cells([(v, ".3f") for v in scores]), format_cell(loss, ".3f")]
+                for label, scores, loss in zip(sequence["rows"], sequence["pass@1"], sequence["heldout_loss"])]
+        tables.append({"run": record["run_id"], "label": record.get("label"), "header": header, "body": body,
+                       "markdown": markdown_from_cells(header, body),
+                       "mean_forgetting": sequence["mean_forgetting"], "mean_backward_transfer": sequence["mean_backward_transfer"]})
+    return tables
 
 
 def markdown_from_cells(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:

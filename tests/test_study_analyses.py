@@ -1,0 +1,128 @@
+"""End to end on the tiny built-in base: a sequential study with the method variants, layer-wise LoRA,
+a data fraction and the causal test as an analysis."""
+
+import json
+import os
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ftcompare.cli import app
+from ftcompare.runs.store import read_jsonl
+from tests.conftest import TINY_BUILTIN
+
+pytestmark = pytest.mark.slow
+
+TASK = {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 0}
+STUDY = {
+    "experiment": "sequential",
+    "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+    "sequence": [{"name": "ints", "task": {**TASK, "seed": 0, "families": ["add", "mul"]}},
+                 {"name": "lists", "task": {**TASK, "seed": 1, "families": ["list_sum", "list_len"]}}],
+    "methods": [{"kind": "full", "lr": 1e-3, "data_fraction": 0.5},
+                {"kind": "qlora", "rank": 2, "alpha_lr_product": 0.02},
+                {"kind": "dora", "rank": 2, "alpha_lr_product": 0.02, "layer_fraction": 0.5}],
+    "training": {"max_steps": 3, "batch_size": 8, "log_every": 1},
+    "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "timeout_s": 3,
+                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": None},
+    "analyses": {"spectral": {"k": 4}, "representations": {"probe_size": 3, "probe_tokens": 24},
+                 "intervene": {"lambdas": [0.0, 1.0], "runs": ["qlora-r2-s0", "full-d0.5-s0"]}},
+}
+RUNS = ("full-d0.5-s0", "qlora-r2-s0", "dora-r2-l50-s0")
+
+
+def _run(output):
+    config_path = output / "study.yaml"
+    config_path.write_text(yaml.safe_dump(STUDY))
+    return CliRunner().invoke(app, ["run", str(config_path), "--output", str(output)], env={"FTCOMPARE_CACHE": os.environ["FTCOMPARE_CACHE"]})
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_base, cache_dir):
+    output = tmp_path_factory.mktemp("runs")
+    os.environ["FTCOMPARE_CACHE"] = str(cache_dir)
+    result = _run(output)
+    assert result.exit_code == 0, result.output
+    return output / "sequential"
+
+
+def _metrics(experiment, run_id):
+    return json.loads((experiment / run_id / "metrics.json").read_text())
+
+
+def test_each_stage_but_the_last_leaves_weights_scores_and_samples(experiment):
+    for run_id in RUNS:
+        stage = experiment / run_id / "stage1-ints"
+        record = json.loads((stage / "stage.json").read_text())
+        assert record["task"] == "ints" and set(record["evaluation"]["pass@1"]) == {"ints", "lists"}
+        assert (stage / "weights").is_dir() and (stage / "train_log.jsonl").is_file()
+        assert {r["suite"] for r in read_jsonl(stage / "samples.jsonl")} == {"ints/test", "lists/test"}
+        assert not (experiment / run_id / "stage2-lists").exists()  # the last stage is the run's own record
+        train = json.loads((experiment / run_id / "train.json").read_text())
+        assert [s["task"] for s in train["stages"]] == ["ints", "lists"] and train["steps"] == 6
+
+
+def test_the_forgetting_matrix_has_the_base_then_one_row_per_stage(experiment):
+    for run_id in RUNS:
+        metrics = _metrics(experiment, run_id)
+        sequence = metrics["sequence"]
+        assert sequence["rows"] == ["base", "after ints", "after lists"] and sequence["tasks"] == ["ints", "lists"]
+        stage1 = json.loads((experiment / run_id / "stage1-ints" / "stage.json").read_text())["evaluation"]
+        assert sequence["pass@1"][1] == [stage1["pass@1"]["ints"], stage1["pass@1"]["lists"]]
+        assert sequence["pass@1"][2] == [metrics["suites"]["ints/test"]["greedy"]["pass@1"],
+                                         metrics["suites"]["lists/test"]["greedy"]["pass@1"]]
+        assert sequence["forgetting"]["ints"] == pytest.approx(sequence["pass@1"][1][0] - sequence["pass@1"][2][0])
+        assert metrics["primary_suite"] == "lists/test"
+
+
+def test_a_data_fraction_trains_on_that_share_of_each_task(experiment):
+    train = json.loads((experiment / "full-d0.5-s0" / "train.json").read_text())
+    assert [s["examples"] for s in train["stages"]] == [16, 16]
+
+
+def test_layer_wise_dora_adapts_the_layers_least_like_their_input(experiment):
+    scores = json.loads((experiment / "_base" / "layer_scores.json").read_text())["scores"]
+    train = json.loads((experiment / "dora-r2-l50-s0" / "train.json").read_text())
+    expected = sorted(sorted(range(len(scores)), key=lambda i: (scores[i], i))[: (len(scores) + 1) // 2])
+    assert train["layers"] == expected and train["method"]["dora"] is True
+    adapter = json.loads((experiment / "dora-r2-l50-s0" / "weights" / "adapter_config.json").read_text())
+    assert adapter["layers_to_transform"] == expected and adapter["use_dora"] is True
+
+
+def test_qlora_is_compared_with_the_quantized_base_it_trained_on(experiment):
+    metrics = _metrics(experiment, "qlora-r2-s0")
+    forgetting = metrics["forgetting"]
+    assert forgetting["increase_over_quantized_base"] == pytest.approx(forgetting["heldout_loss"] - forgetting["quantized_base_heldout_loss"])
+    assert forgetting["quantized_base_heldout_loss"] != forgetting["base_heldout_loss"]
+    assert (experiment / "_base" / "svd-nf4").is_dir()
+    assert metrics["train"]["method"]["quantization"]["quant_type"] == "nf4"
+
+
+def test_the_causal_test_runs_as_an_analysis_on_the_runs_named(experiment):
+    for run_id in ("qlora-r2-s0", "full-d0.5-s0"):
+        rows = {row["lambda"]: row for row in _metrics(experiment, run_id)["intervene"]}
+        metrics = _metrics(experiment, run_id)
+        assert rows[1.0]["pass@1"] == metrics["suites"]["lists/test"]["greedy"]["pass@1"]
+        assert rows[1.0]["heldout_loss"] == pytest.approx(metrics["forgetting"]["heldout_loss"], abs=1e-4)
+    assert "intervene" not in _metrics(experiment, "dora-r2-l50-s0")
+
+
+def test_the_report_shows_the_matrix_and_the_new_figures(experiment):
+    report = (experiment / "report.md").read_text()
+    assert "the forgetting matrix" in report and "| after ints |" in report
+    for figure in ("sequence", "intervene", "intruders_by_layer", "intruder_positions", "spectral_features_by_layer"):
+        assert (experiment / "figures" / f"{figure}.png").is_file(), figure
+
+
+def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experiment):
+    run = experiment / "qlora-r2-s0"
+    stage_record = (run / "stage1-ints" / "stage.json").read_text()
+    for name in ("done.json", "metrics.json", "eval.json", "train.json", "spectral.json", "intervene.json",
+                 "representations.json", "samples.jsonl"):
+        (run / name).unlink()
+    result = _run(experiment.parent)
+    assert result.exit_code == 0, result.output
+    assert "resuming the sequence after ints" in result.output
+    assert (run / "stage1-ints" / "stage.json").read_text() == stage_record
+    assert (run / "done.json").is_file()
