@@ -3,7 +3,7 @@
     ftcompare run examples/quickstart.yaml --output runs   # on the machine to measure
     python benchmarks/stage_times.py runs/quickstart
 
-Reads only the run records (train.json, eval.json, spectral.json, the base's provenance), so it can be
+Reads only the run records (metrics.json with its stage timings, the base's provenance), so it can be
 run again on a copied folder.
 """
 
@@ -24,19 +24,22 @@ def main(experiment: Path) -> None:
               f"{provenance['parameters']:,} parameters, held-out loss {provenance['heldout_loss']:.3f}")
     base_eval = read_json(experiment / "_base" / "eval.json")
     print(f"base evaluation: {base_eval['wall_s']:.1f} s")
-    header = ("run", "train s", "evaluate s", "analyse s", "train tok/s", "peak MB", "gen tok/s merged", "gen tok/s unmerged")
+    stages = ("train", "evaluate", "spectral", "representations", "intervene")
+    header = ("run", *(f"{stage} s" for stage in stages), "train tok/s", "peak MB", "gen tok/s merged", "gen tok/s unmerged")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for run in run_dirs(experiment):
         if not run.has("metrics.json"):
             continue
         metrics = read_json(run.file("metrics.json"))
-        latency = metrics.get("latency", {})
+        latency = metrics.get("latency") or {}
+        # a run not kept by learning-rate selection was trained and scored on the selection suite only
+        stage_s = metrics.get("stage_s") or {"train": metrics["train"]["wall_s"]}
+        timings = (f"{stage_s[stage]:.1f}" if stage_s.get(stage) is not None else "–" for stage in stages)
         unmerged = latency.get("unmerged_tokens_per_s")
-        cells = (run.run_id, f"{metrics['train']['wall_s']:.1f}", f"{metrics['stage_s']['evaluate']:.1f}",
-                 f"{metrics['stage_s']['analyze']:.2f}", f"{metrics['train']['tokens_per_s']:,.0f}",
-                 f"{metrics['train']['peak_memory_mb']:,.0f}", f"{latency.get('merged_tokens_per_s', 0):,.0f}",
-                 f"{unmerged:,.0f}" if unmerged else "–")
+        merged = latency.get("merged_tokens_per_s")
+        cells = (run.run_id, *timings, f"{metrics['train']['tokens_per_s']:,.0f}", f"{metrics['train']['peak_memory_mb']:,.0f}",
+                 f"{merged:,.0f}" if merged else "–", f"{unmerged:,.0f}" if unmerged else "–")
         print("| " + " | ".join(cells) + " |")
 
 

@@ -1,7 +1,8 @@
 """Small builders shared by tests."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ftcompare.train.loop import IGNORE_INDEX
 
@@ -21,3 +22,15 @@ def copy_examples(n: int = 32) -> list[tuple[list[int], list[int]]]:
         ids = [1, token, token, token, token]
         examples.append((ids, [IGNORE_INDEX, IGNORE_INDEX] + ids[2:]))
     return examples
+
+
+def chat_tokenizer():
+    """A word-level tokenizer built in memory, with a simple chat template: no download."""
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
+    )
+    tokenizer.chat_template = (
+        "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    return tokenizer

@@ -31,8 +31,10 @@ def _load(config_path: Path) -> StudyConfig:
 def _print_matrix(config: StudyConfig) -> None:
     table = Table(title=f"run matrix: {config.experiment}")
     table.add_column("run", no_wrap=True)
-    for column in ("method", "rank", "alpha", "scaling", "layers", "data", "lr", "seed"):
+    for column in ("method", "rank", "alpha", "scaling", "layers", "data"):
         table.add_column(column)
+    table.add_column("lr", no_wrap=True)
+    table.add_column("seed")
     for run in expand(config):
         table.add_row(run.run_id, run.method, str(run.rank or "–"), f"{run.alpha:g}" if run.alpha else "–",
                       f"{run.scaling:.3g}" if run.scaling else "–", f"{run.layer_fraction:.0%}" if run.layer_fraction else "all",

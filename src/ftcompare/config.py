@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -303,8 +304,12 @@ class TrainingConfig(Strict):
 
 
 class ForgettingConfig(Strict):
+    """Held-out loss before and after fine-tuning on fixed text windows; the first corpus is the headline
+    number ("stdlib": held-out standard-library source; "prose": the English documentation in pydoc_data)."""
+
     n_chunks: int = Field(default=64, gt=0)
     chunk_tokens: int = Field(default=256, gt=8)
+    corpora: list[Literal["stdlib", "prose"]] = Field(default=["stdlib"], min_length=1)
 
 
 class LatencyConfig(Strict):
@@ -328,6 +333,8 @@ class EvaluationConfig(Strict):
     cache: Literal["dynamic", "static"] = "dynamic"  # KV cache layout for generation
     compile: bool = False  # torch.compile the forward pass for generation (pays off on a GPU with a static cache)
     n_samples: int = Field(default=10, ge=0)  # sampled completions per problem (0: greedy only)
+    sampled_suites: list[str] | None = None  # sample only on these suites (None: every suite)
+    sampled_limit: int | None = Field(default=None, gt=0)  # sample only on the first N problems of a suite
     k: list[int] = [1, 5, 10]
     temperature: float = Field(default=0.8, gt=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -454,6 +461,14 @@ class StudyConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _sample_known_suites(self) -> "StudyConfig":
+        sampled = self.evaluation.sampled_suites
+        if sampled is not None and set(sampled) - set(self.suite_names):
+            raise ValueError(f"evaluation.sampled_suites: unknown suites {sorted(set(sampled) - set(self.suite_names))}; "
+                             f"this study has {self.suite_names}")
+        return self
+
+    @model_validator(mode="after")
     def _select_on_a_known_suite(self) -> "StudyConfig":
         suite = self.training.select_lr_on
         if suite is not None and suite not in self.suite_names:
@@ -531,6 +546,11 @@ class RunSpec(Strict):
 
 
 DEFAULT_LORA_LR = 1e-3
+
+
+def selection_group(run_id: str) -> str:
+    """The runs a learning rate is chosen among: the run id without its lr-multiplier tag and its seed."""
+    return re.sub(r"-s\d+$", "", re.sub(r"-x[0-9.e+]+(?=-s\d+$)", "", run_id))
 
 
 def expand(config: StudyConfig) -> list[RunSpec]:

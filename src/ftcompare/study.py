@@ -26,7 +26,7 @@ from ftcompare.analyze.similarity import (attention_distance, attention_entropy,
                                           layerwise_cka)
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
 from ftcompare.config import (BaseModelConfig, EvaluationConfig, FullMethod, RepresentationsConfig, RunSpec, SpectralConfig,
-                              StudyConfig, expand, fingerprint, task_suite_names)
+                              StudyConfig, expand, fingerprint, selection_group, task_suite_names)
 from ftcompare.console import console, step_progress
 from ftcompare.data.perturb import perturbed_variants
 from ftcompare.data.problems import Problem, TaskSplits
@@ -66,7 +66,7 @@ class StudyContext:
     tokenizer: object
     stages: list[tuple[str, TaskSplits]]  # the tasks trained in order (one unless the study is a sequence)
     task: TaskSplits  # every evaluation suite
-    heldout: torch.Tensor | None
+    heldout: dict[str, torch.Tensor]  # forgetting corpora by name, the headline one first (empty: no forgetting)
     base_weights: dict[str, torch.Tensor]
     spectra: SpectrumCache
     experiment: Path
@@ -123,6 +123,8 @@ def run_study(config: StudyConfig, output: Path) -> Path:
         "updated_at": datetime.now(timezone.utc).isoformat(),
     })
     evaluate_base(context)
+    if config.training.select_lr_on:
+        runs = select_learning_rates(runs, context)
     for index, run in enumerate(runs, start=1):
         run_dir = RunDir(experiment / run.run_id)
         if run_dir.done:
@@ -133,11 +135,50 @@ def run_study(config: StudyConfig, output: Path) -> Path:
     return experiment
 
 
+def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[RunSpec]:
+    """Learning-rate selection before any test suite is touched: train every run and score it greedily on
+    the selection suite; per group of runs that differ only in the lr multiplier (and seed), keep the
+    multiplier with the best mean pass@1 (ties: the smaller rate). Returns the selected runs, which go on
+    to the full evaluation; the others are recorded as finished with their selection score only."""
+    suite = context.config.training.select_lr_on
+    scores: dict[str, dict[float, list[float]]] = {}
+    for index, run in enumerate(runs, start=1):
+        run_dir = RunDir(context.experiment / run.run_id)
+        if not run_dir.has("selection.json"):
+            console.print(f"[bold]select ({index}/{len(runs)}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})")
+            model = merge_adapter(train_stage(run, run_dir, context)).eval()
+            limit = context.config.evaluation.limit
+            problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
+            records, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
+            write_jsonl(run_dir.file("selection_samples.jsonl"), records)
+            write_json(run_dir.file("selection.json"), {"suite": suite, **metrics})
+            del model
+        pass1 = read_json(run_dir.file("selection.json"))["greedy"]["pass@1"]
+        scores.setdefault(selection_group(run.run_id), {}).setdefault(run.lr_multiplier, []).append(pass1)
+    best = {group: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for group, by_lr in scores.items()}
+    selected = [run for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier]
+    for run in runs:
+        run_dir = RunDir(context.experiment / run.run_id)
+        if run in selected or run_dir.done:
+            continue
+        selection = read_json(run_dir.file("selection.json"))
+        write_json(run_dir.file("metrics.json"), {
+            **run.model_dump(mode="json"), "label": run.label, "primary_suite": context.config.primary_suite,
+            "selection_suite": suite, "selected": False, "train": read_json(run_dir.file("train.json")),
+            "suites": {suite: {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}}})
+        if not context.config.save_weights:
+            shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
+        write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(), "selected": False})
+    console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
+    return selected
+
+
 def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> StudyContext:
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
     forgetting = config.evaluation.forgetting
-    heldout = heldout_chunks(tokenizer, n_chunks=forgetting.n_chunks, chunk_tokens=forgetting.chunk_tokens) if forgetting else None
+    heldout = {corpus: heldout_chunks(tokenizer, n_chunks=forgetting.n_chunks, chunk_tokens=forgetting.chunk_tokens, corpus=corpus)
+               for corpus in (forgetting.corpora if forgetting else ())}
     model = load_model(base, torch.device("cpu"))
     names = adapted_weight_names(model, None)
     parameters = dict(model.named_parameters())
@@ -149,7 +190,8 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
     if config.analyses.representations or wants_layer_scores:
         model = load_model(base, device)
         if config.analyses.representations:
-            probes = base_probes(config.analyses.representations, model, tokenizer, task.suites[config.primary_suite], heldout)
+            probes = base_probes(config.analyses.representations, model, tokenizer, task.suites[config.primary_suite],
+                                 heldout.get("stdlib"))
         if wants_layer_scores:
             layer_scores = layer_similarity_scores(model, tokenizer, stages[0][1].train,
                                                    config.analyses.representations or RepresentationsConfig())
@@ -227,19 +269,23 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         "label": run.label,
         "primary_suite": context.config.primary_suite,
         "selection_suite": context.config.training.select_lr_on,
+        **({"selected": True} if context.config.training.select_lr_on else {}),
         "train": read_json(run_dir.file("train.json")),
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
     }
     if context.config.sequence:
         metrics["sequence"] = sequence_matrix(run_dir, context, evaluation)
+    stage_s = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "spectral": spectral.get("wall_s")}
     if context.probes:
         metrics["representations"] = representations_stage(run_dir, context, evaluation["model"])
+        stage_s["representations"] = metrics["representations"]["wall_s"]
     if context.config.intervenes_on(run):
         result = read_json(run_dir.file("intervene.json")) if run_dir.has("intervene.json") else \
             intervention_stage(run, run_dir, context, evaluation["model"], reference, context.config.analyses.intervene.lambdas)
         metrics["intervene"] = result["rows"]
-    metrics["stage_s"] = {"train": metrics["train"]["wall_s"], "evaluate": evaluation["wall_s"], "analyze": spectral.get("wall_s")}
+        stage_s["intervene"] = result.get("wall_s")
+    metrics["stage_s"] = stage_s
     write_json(run_dir.file("metrics.json"), metrics)
     if not context.config.save_weights:
         shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
@@ -379,8 +425,8 @@ def stage_evaluation(model: torch.nn.Module, run: RunSpec, context: StudyContext
         records.extend(suite_records)
     write_jsonl(folder / "samples.jsonl", records)
     result = {"pass@1": scores}
-    if context.heldout is not None:
-        result["heldout_loss"] = mean_token_loss(model, context.heldout)
+    if context.heldout:
+        result["heldout_loss"] = mean_token_loss(model, headline_heldout(context))
     console.print("  after this stage: greedy pass@1 " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     return result
 
@@ -429,9 +475,14 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
     model = merge_adapter(model)  # no-op when latency already merged it
     model.eval()
     suites, records = {}, []
+    selection_suite = context.config.training.select_lr_on
     for suite_name, problems in context.task.suites.items():
         problems = problems[: evaluation.limit] if evaluation.limit else problems
         if not problems:
+            continue
+        if run is not None and suite_name == selection_suite:  # scored greedily when the rate was chosen
+            selection = read_json(run_dir.file("selection.json"))
+            suites[suite_name] = {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}
             continue
         seed = run.seed if run else 0
         suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=seed)
@@ -442,18 +493,22 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
             records.extend(robust_records)
     write_jsonl(run_dir.file("samples.jsonl"), records)
     forgetting = {}
-    if context.heldout is not None:
-        tuned_loss = mean_token_loss(model, context.heldout)
-        base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"]["heldout_loss"] if run else tuned_loss
-        forgetting = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
-        if run is not None and run.method == "qlora":
-            quantized = quantized_base_loss(context)
-            forgetting.update(quantized_base_heldout_loss=quantized, increase_over_quantized_base=tuned_loss - quantized)
+    if context.heldout:
+        base_forgetting = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"] if run else {}
+        corpora = {}
+        for corpus, chunks in context.heldout.items():
+            tuned_loss = mean_token_loss(model, chunks)
+            base_loss = base_forgetting["corpora"][corpus]["heldout_loss"] if run else tuned_loss
+            corpora[corpus] = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
+            if run is not None and run.method == "qlora":
+                quantized = quantized_base_loss(context)[corpus]
+                corpora[corpus].update(quantized_base_heldout_loss=quantized, increase_over_quantized_base=tuned_loss - quantized)
+        forgetting = {**next(iter(corpora.values())), "corpus": next(iter(corpora)), "corpora": corpora}
     result = {"suites": suites, "forgetting": forgetting, "latency": latency,
               "merged_for_evaluation": run is not None and run.is_adapter, "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("eval.json"), result)
     summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
-    console.print(f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss +{forgetting['increase']:.3f}" if forgetting and run else ""))
+    console.print(f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss {forgetting['increase']:+.3f}" if forgetting and run else ""))
     return {**result, "model": model}
 
 
@@ -468,11 +523,13 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
     modes = []
     if evaluation.greedy:
         modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))
-    if evaluation.n_samples and not greedy_only:
+    sampled = evaluation.sampled_suites is None or suite in evaluation.sampled_suites
+    if evaluation.n_samples and sampled and not greedy_only:
         modes.append(("sampled", SamplingSettings(n=evaluation.n_samples, do_sample=True, temperature=evaluation.temperature,
                                                   top_p=evaluation.top_p, **common)))
-    records, metrics = [], {}
+    all_problems, records, metrics = problems, [], {}
     for mode, settings in modes:
+        problems = all_problems[: evaluation.sampled_limit] if mode == "sampled" and evaluation.sampled_limit else all_problems
         with step_progress(console, f"  {suite} {mode}", len(problems)) as advance:
             generations, generate_s = generate(model, context.tokenizer, [p.prompt for p in problems], settings,
                                                on_batch=lambda count: advance())
@@ -546,6 +603,7 @@ def representations_stage(run_dir: RunDir, context: StudyContext, model: torch.n
     base's mean attention entropy, and the mean Jensen–Shannon distance between their attention maps."""
     if run_dir.has("representations.json"):
         return read_json(run_dir.file("representations.json"))["summary"]
+    started = time.perf_counter()
     device = next(model.parameters()).device
     result = {}
     for name, probe in context.probes.items():
@@ -559,8 +617,10 @@ def representations_stage(run_dir: RunDir, context: StudyContext, model: torch.n
         }
     # mean over the transformer layers' outputs (hidden_states[1:]); [0] is the embedding output
     summary = {f"{name}_mean_cka": sum(v["cka"][1:]) / len(v["cka"][1:]) for name, v in result.items()}
+    summary["wall_s"] = time.perf_counter() - started
     write_json(run_dir.file("representations.json"), {"summary": summary, "probes": result})
-    console.print("  representations: mean CKA to the base " + ", ".join(f"{k.removesuffix('_mean_cka')} {v:.3f}" for k, v in summary.items()))
+    console.print("  representations: mean CKA to the base " + ", ".join(
+        f"{k.removesuffix('_mean_cka')} {v:.3f}" for k, v in summary.items() if k.endswith("_mean_cka")))
     return summary
 
 
@@ -581,14 +641,20 @@ def reference_for(run: RunSpec, model: torch.nn.Module, context: StudyContext) -
                      SpectrumCache(context.experiment / BASE_DIR / "svd-nf4", context.base.fingerprint + "-nf4"))
 
 
-def quantized_base_loss(context: StudyContext) -> float:
-    """Held-out loss of the base quantized to 4-bit NF4 as QLoRA quantizes it (computed once per study)."""
+def headline_heldout(context: StudyContext) -> torch.Tensor:
+    """The first forgetting corpus: the one the tables' forgetting column and the causal test report."""
+    return next(iter(context.heldout.values()))
+
+
+def quantized_base_loss(context: StudyContext) -> dict[str, float]:
+    """Held-out loss per corpus of the base quantized to 4-bit NF4 as QLoRA quantizes it (once per study)."""
     path = context.experiment / BASE_DIR / "quantized_base.json"
     if path.is_file():
         return read_json(path)["heldout_loss"]
-    loss = mean_token_loss(quantize_4bit(load_model(context.base, context.device)), context.heldout)
-    write_json(path, {"quantization": "bitsandbytes NF4, double quantization", "heldout_loss": loss})
-    return loss
+    model = quantize_4bit(load_model(context.base, context.device))
+    losses = {corpus: mean_token_loss(model, chunks) for corpus, chunks in context.heldout.items()}
+    write_json(path, {"quantization": "bitsandbytes NF4, double quantization", "heldout_loss": losses})
+    return losses
 
 
 def spectral_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference) -> dict:
@@ -639,7 +705,7 @@ def evaluate_benchmark(model: str, benchmark: str, output: Path, *, data: Path |
     problems, info = load_benchmark(benchmark, data, prompt_format, tokenizer)
     problems = problems[: evaluation.limit] if evaluation.limit else problems
     splits = TaskSplits(name=benchmark, train=(), suites={benchmark: problems}, info={benchmark: info})
-    context = StudyContext(config, device, base, tokenizer, [], splits, None, {}, None, output, {}, None)
+    context = StudyContext(config, device, base, tokenizer, [], splits, {}, {}, None, output, {}, None)
     started = time.perf_counter()
     records, metrics = evaluate_suite(load_model(base, device).eval(), problems, benchmark, context, seed=0)
     output.mkdir(parents=True, exist_ok=True)
@@ -672,7 +738,10 @@ def estimate_cost(config: StudyConfig) -> dict:
         if task.data is None:
             return None, {"test": None}
         records = mbpp.load_mbpp(task.data, sanitized=task.sanitized)
-        return len(mbpp.split(records, task.train_split)), {"test": len(mbpp.split(records, task.eval_split))}
+        counts = {"test": len(mbpp.split(records, task.eval_split))}
+        if task.validation_split:
+            counts["validation"] = len(mbpp.split(records, task.validation_split))
+        return len(mbpp.split(records, task.train_split)), counts
 
     train_sizes, suites = [], {}
     for stage in config.stages:
@@ -685,10 +754,13 @@ def estimate_cost(config: StudyConfig) -> dict:
         else:
             suites[suite.name] = sum(p.excluded is None for p in quixbugs.load_quixbugs(suite.data, suite.support))
     evaluation, training = config.evaluation, config.training
-    per_problem = int(evaluation.greedy) + evaluation.n_samples
     problems = {name: (min(n, evaluation.limit) if evaluation.limit and n is not None else n) for name, n in suites.items()}
     known = all(n is not None for n in problems.values())
-    sequences = sum(problems.values()) * per_problem if known else None
+    sequences = None
+    if known:
+        sampled = [name for name in problems if evaluation.sampled_suites is None or name in evaluation.sampled_suites]
+        sequences = sum(problems.values()) * int(evaluation.greedy) + evaluation.n_samples * sum(
+            min(problems[name], evaluation.sampled_limit or problems[name]) for name in sampled)
     steps = None
     if all(n is not None for n in train_sizes):
         # at the largest data fraction
@@ -732,6 +804,7 @@ def intervention_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, mod
     λ = 1 is the tuned model itself, λ = 0 removes the intruder directions. `model` is the merged tuned
     model; its weights are restored afterwards. Writes `<run>/intervene.json`.
     """
+    started = time.perf_counter()
     config = context.config
     spectral = config.analyses.spectral or SpectralConfig()
     names = adapted_weight_names(model, run.target_modules if run.is_adapter else None)
@@ -750,14 +823,15 @@ def intervention_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, mod
         intruders = scale_model_intruders(model, base_weights, spectra, lam, k=spectral.k, epsilon=spectral.epsilon)
         _, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
         row = {"lambda": lam, "pass@1": metrics["greedy"]["pass@1"], "intruders": sum(len(v) for v in intruders.values())}
-        if context.heldout is not None:
-            row["heldout_loss"] = mean_token_loss(model, context.heldout)
+        if context.heldout:
+            row["heldout_loss"] = mean_token_loss(model, headline_heldout(context))
             row["forgetting"] = row["heldout_loss"] - base_loss
         console.print(f"  λ={lam:g}: pass@1 {row['pass@1']:.3f}" + (f", forgetting {row['forgetting']:+.3f}" if "forgetting" in row else ""))
         rows.append(row)
     with torch.no_grad():
         for name in names:
             parameters[name].copy_(tuned[name])
-    result = {"run_id": run.run_id, "k": spectral.k, "epsilon": spectral.epsilon, "suite": suite, "problems": len(problems), "rows": rows}
+    result = {"run_id": run.run_id, "k": spectral.k, "epsilon": spectral.epsilon, "suite": suite, "problems": len(problems), "rows": rows,
+              "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("intervene.json"), result)
     return result

@@ -3,8 +3,6 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
@@ -20,6 +18,7 @@ from ftcompare.data.humaneval import (
 )
 from ftcompare.evaluate.extraction import extract_code
 from ftcompare.evaluate.sandbox import run_programs
+from tests.helpers import chat_tokenizer
 from ftcompare.evaluate.verify import verify_benchmark
 
 LIMITS = {"timeout_s": 5, "memory_mb": 512, "workers": 2}
@@ -55,18 +54,6 @@ FIXTURE = [
         "entry_point": "quadruple",
     },
 ]
-
-
-def chat_tokenizer():
-    """A word-level tokenizer built in memory, with a simple chat template: no download."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
-    )
-    tokenizer.chat_template = (
-        "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
-    return tokenizer
 
 
 def write_fixture(path: Path, rows=FIXTURE) -> Path:

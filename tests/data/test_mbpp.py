@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models
-from transformers import PreTrainedTokenizerFast
 
 from ftcompare.data.mbpp import (
     AUSTIN_FEW_SHOT_IDS,
@@ -33,6 +31,7 @@ from ftcompare.data.mbpp import (
     with_extra_tests,
 )
 from ftcompare.evaluate.sandbox import run_programs
+from tests.helpers import chat_tokenizer
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
 FULL_PATH = DATA / "mbpp.jsonl"
@@ -65,18 +64,6 @@ def record(task_id=7, text="Write a function to add two numbers.", tests=None, s
            code="def add(a, b):\n    return a + b"):
     tests = tests or ("assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0")
     return MbppRecord(task_id, text, code, tuple(tests), setup, (), source)
-
-
-def chat_tokenizer():
-    """A word-level tokenizer built in memory, with a simple chat template: no download."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")), unk_token="<unk>"
-    )
-    tokenizer.chat_template = (
-        "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
-    return tokenizer
 
 
 # ---- loading and splits -----------------------------------------------------------------------------------

@@ -14,17 +14,17 @@ def test_result_row_reads_a_metrics_record_and_computes_the_gap():
     assert "| LoRA r=4 | 0 | 1.0e-03 | 10 | 0.500 | 0.750 | 0.125 | – | +0.375 | +0.250 |" in table
 
 
-def test_learning_rate_selection_marks_the_best_multiplier_per_method():
-    from ftcompare.report.plots import series_name
-    from ftcompare.report.tables import mark_selected
+def test_selection_group_drops_the_lr_multiplier_and_the_seed():
+    from ftcompare.config import selection_group
 
-    def row(run, multiplier, score):
-        return {"run": run, "lr_multiplier": multiplier, "selection_pass1": score}
+    assert selection_group("lora-r4-x10-s0") == selection_group("lora-r4-x1-s3") == "lora-r4"
+    assert selection_group("full-d0.5-x0.1-s2") == "full-d0.5" and selection_group("lora-r4-s0") == "lora-r4"
 
-    rows = [{"run": "base", "selection_pass1": None},
-            row("full-x1-s0", 1, 0.2), row("full-x10-s0", 10, 0.3),
-            row("lora-r4-x1-s0", 1, 0.4), row("lora-r4-x10-s0", 10, 0.1),
-            row("lora-r16-x1-s0", 1, 0.3), row("lora-r16-x10-s0", 10, 0.3)]  # a tie: the smaller rate
-    marked = {r["run"]: r.get("selected") for r in mark_selected(rows, lambda r: series_name(r, "lr_multiplier"))}
-    assert marked == {"base": None, "full-x1-s0": False, "full-x10-s0": True, "lora-r4-x1-s0": True,
-                      "lora-r4-x10-s0": False, "lora-r16-x1-s0": True, "lora-r16-x10-s0": False}
+
+def test_result_row_shows_the_study_s_selection_and_the_first_out_of_domain_suite():
+    record = {"run_id": "lora-r4-x10-s0", "method": "lora", "rank": 4, "selection_suite": "validation", "selected": False,
+              "suites": {"test": {"in_domain": True, "greedy": {"pass@1": 0.2}},
+                         "validation": {"in_domain": True, "greedy": {"pass@1": 0.3}},
+                         "humaneval": {"in_domain": False, "greedy": {"pass@1": 0.1}}}}
+    row = result_row(record)
+    assert (row["selected"], row["selection_pass1"], row["ood_suite"], row["ood_pass1"]) == (False, 0.3, "humaneval", 0.1)

@@ -49,6 +49,16 @@ def stdlib_corpus(root: Path | None = None) -> Corpus:
     return Corpus(train_files=train, held_out_files=held, root=root, python_version=sys.version.split()[0])
 
 
+def prose_text() -> str:
+    """English prose that ships with Python: the language reference topics behind `help()`
+    (`pydoc_data.topics`), in sorted topic order. Technical English, not code; for the built-in base it
+    is not held out (pydoc_data/topics.py is a standard-library file), so it measures forgetting of text
+    the base saw, for a hub model of text it most likely saw."""
+    from pydoc_data.topics import topics
+
+    return FILE_SEPARATOR.join(topics[name] for name in sorted(topics))
+
+
 def read_files(files: tuple[Path, ...], max_chars: int | None = None) -> list[str]:
     """The files' texts (undecodable bytes replaced), stopping once `max_chars` have been read."""
     texts: list[str] = []

@@ -15,18 +15,25 @@ from typing import Sequence
 
 import torch
 
-from ftcompare.data.corpus import read_text, stdlib_corpus
+from ftcompare.data.corpus import prose_text, read_text, stdlib_corpus
+
+CORPORA = ("stdlib", "prose")
 
 
-def heldout_chunks(tokenizer, *, n_chunks: int, chunk_tokens: int) -> torch.Tensor:
-    """(n_chunks, chunk_tokens) token ids: consecutive windows of the standard library's held-out files."""
+def heldout_chunks(tokenizer, *, n_chunks: int, chunk_tokens: int, corpus: str = "stdlib") -> torch.Tensor:
+    """(n_chunks, chunk_tokens) token ids: consecutive windows of the standard library's held-out files
+    ("stdlib") or of the prose shipped with Python ("prose", see `corpus.prose_text`)."""
     needed = n_chunks * chunk_tokens
-    corpus = stdlib_corpus()
     # ~3 characters per token for code under a small BPE: read generously, then trim
-    text = read_text(corpus.held_out_files, max_chars=needed * 8)
+    if corpus == "stdlib":
+        text = read_text(stdlib_corpus().held_out_files, max_chars=needed * 8)
+    elif corpus == "prose":
+        text = prose_text()[: needed * 8]
+    else:
+        raise ValueError(f"unknown corpus {corpus!r}; known: {', '.join(CORPORA)}")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < needed:
-        raise ValueError(f"held-out corpus has {len(ids)} tokens, fewer than the {needed} asked for")
+        raise ValueError(f"held-out {corpus} corpus has {len(ids)} tokens, fewer than the {needed} asked for")
     return torch.tensor(ids[:needed], dtype=torch.long).view(n_chunks, chunk_tokens)
 
 

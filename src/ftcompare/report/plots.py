@@ -119,6 +119,16 @@ def sweep(rows: Sequence[dict], axis: str) -> bytes:
     return _png(figure)
 
 
+def learning_rate_selection(rows: Sequence[dict]) -> bytes:
+    """The selection score (greedy pass@1 on the selection suite) per learning-rate multiplier, per method."""
+    figure, ax = plt.subplots(figsize=(6, 4))
+    versus_axis(ax, [r for r in rows if r.get("selection_pass1") is not None], "selection_pass1", "lr_multiplier")
+    ax.set_ylabel("greedy pass@1 on the selection suite")
+    ax.set_title("Learning-rate selection")
+    ax.legend(fontsize=6)
+    return _png(figure)
+
+
 def forgetting_vs_accuracy(rows: Sequence[dict]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
     for index, row in enumerate(r for r in rows if r.get("forgetting") is not None and r.get("id_pass1") is not None):

@@ -11,7 +11,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
-from ftcompare.report.tables import markdown_from_cells, mark_selected, markdown_table, result_row, sequence_tables, suite_tables, table_cells
+from ftcompare.report.tables import markdown_from_cells, markdown_table, result_row, sequence_tables, suite_tables, table_cells
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -67,12 +67,15 @@ def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
         Figure("intruders_vs_rank", "Intruder dimensions vs rank", "Total intruder dimensions over every adapted matrix (Algorithm 1 of Shuttleworth et al. 2024 at the configured k and ε).", plots.intruders_vs_rank(rows)),
     ]
     for axis in plots.sweep_axes(all_rows):
-        if axis != "rank":
+        if axis == "lr_multiplier" and any(r.get("selection_pass1") is not None for r in all_rows):
+            result.append(Figure("learning_rate_selection", "Learning-rate selection",
+                                 "Greedy pass@1 on the selection suite per learning-rate multiplier, per method; each method's best multiplier is the one reported everywhere else.",
+                                 plots.learning_rate_selection(all_rows)))
+        elif axis != "rank":
             name = plots.AXIS_LABELS[axis].split(" (")[0]
-            swept = all_rows if axis == "lr_multiplier" else rows
             result.append(Figure(f"sweep_{axis}", f"Sweep over the {name}",
                                  f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (mean ± sd over seeds); runs without this axis as horizontal lines.",
-                                 plots.sweep(swept, axis)))
+                                 plots.sweep(rows, axis)))
     result.append(Figure("latency", "Latency and memory", "Training and generation throughput, and peak training memory, per run.", plots.latency_bars(rows)))
     summaries = {run: record["summary"] for run, record in collected.spectral.items()}
     if summaries:
@@ -114,7 +117,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     experiment = Path(experiment)
     collected = collect(experiment)
     study, records = collected.study, collected.records
-    rows = mark_selected([result_row(record) for record in records], lambda row: plots.series_name(row, "lr_multiplier"))
+    rows = [result_row(record) for record in records]
     figs = figures(rows, collected)
     figure_dir = experiment / FIGURES_DIR
     figure_dir.mkdir(exist_ok=True)

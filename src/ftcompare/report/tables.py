@@ -29,10 +29,20 @@ def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
     return (keys[-1], sampled[keys[-1]]) if keys else ("pass@k", None)
 
 
+def out_of_domain_suite(record: dict, primary: str) -> str | None:
+    """The suite the table's OOD column shows: the task's own "ood" suite, else the first suite tagged out
+    of domain (e.g. HumanEval for an MBPP study)."""
+    suites = record.get("suites") or {}
+    own = "ood" if primary == "test" else primary.rsplit("/", 1)[0] + "/ood"
+    if own in suites:
+        return own
+    return next((name for name, metrics in suites.items() if metrics.get("in_domain") is False), None)
+
+
 def result_row(record: dict) -> dict:
     """The table's values for one metrics record (None where the run has no such number)."""
     primary = record.get("primary_suite", "test")
-    ood = "ood" if primary == "test" else primary.rsplit("/", 1)[0] + "/ood"
+    ood = out_of_domain_suite(record, primary)
     is_adapter = record.get("rank") is not None
     row = {
         "run": record.get("run_id"),
@@ -45,13 +55,16 @@ def result_row(record: dict) -> dict:
         "data_fraction": record.get("data_fraction"),
         "lr_multiplier": record.get("lr_multiplier"),
         "selection_pass1": _get(record, "suites", record.get("selection_suite") or "", "greedy", "pass@1"),
+        "selected": record.get("selected"),  # learning-rate selection, decided by the study
         "seed": record.get("seed"),
         "lr": record.get("lr"),
         "trainable_params": _get(record, "train", "trainable_params"),
         "id_pass1": _get(record, "suites", primary, "greedy", "pass@1"),
-        "ood_pass1": _get(record, "suites", ood, "greedy", "pass@1"),
+        "ood_suite": ood,
+        "ood_pass1": _get(record, "suites", ood, "greedy", "pass@1") if ood else None,
         "forgetting": _get(record, "forgetting", "increase") if record.get("method") != "base" else 0.0,
         "heldout_loss": _get(record, "forgetting", "heldout_loss"),
+        "forgetting_prose": _get(record, "forgetting", "corpora", "prose", "increase") if record.get("method") != "base" else None,
         "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
         "peak_memory_mb": _get(record, "train", "peak_memory_mb"),
         "memory_measure": _get(record, "train", "memory_measure"),
@@ -61,28 +74,17 @@ def result_row(record: dict) -> dict:
     }
     id_pass1, ood_pass1 = row["id_pass1"], row["ood_pass1"]
     row["generalisation_gap"] = id_pass1 - ood_pass1 if id_pass1 is not None and ood_pass1 is not None else None
-    for suite, prefix in ((primary, "id"), (ood, "ood")):
+    for suite, prefix in ((primary, "id"), (ood or "", "ood")):
         k_name, value = _best_sampled_k(record, suite)
         row[f"{prefix}_passk"] = value
         row[f"{prefix}_k_name"] = k_name
     return row
 
 
-def mark_selected(rows: Sequence[dict], series: Callable[[dict], str]) -> list[dict]:
-    """Per series of runs that differ only in their learning-rate multiplier (and seed), mark the
-    multiplier with the best mean `selection_pass1` (ties: the smaller rate) as `selected`. Rows without
-    a selection score (the base, studies without selection) are left unmarked."""
-    scores: dict[str, dict[float, list[float]]] = {}
-    for row in rows:
-        if row.get("selection_pass1") is not None:
-            scores.setdefault(series(row), {}).setdefault(row["lr_multiplier"], []).append(row["selection_pass1"])
-    best = {name: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for name, by_lr in scores.items()}
-    return [{**row, "selected": best.get(series(row)) == row["lr_multiplier"]} if row.get("selection_pass1") is not None
-            else row for row in rows]
-
-
 def columns(rows: Sequence[dict]) -> list[Column]:
     k_id = next((r["id_k_name"] for r in rows if r.get("id_passk") is not None), "pass@k")
+    ood_name = next((r["ood_suite"] for r in rows if r.get("ood_suite")), "ood")
+    ood_title = "OOD" if ood_name.endswith("ood") else f"OOD ({ood_name})"
     k_ood = next((r["ood_k_name"] for r in rows if r.get("ood_passk") is not None), "pass@k")
     selection = [Column("selection_pass1", "selection pass@1", ".3f"), Column("selected", "selected", "s")] \
         if any(r.get("selection_pass1") is not None for r in rows) else []
@@ -94,10 +96,11 @@ def columns(rows: Sequence[dict]) -> list[Column]:
         Column("trainable_params", "trainable params", ",d"),
         Column("id_pass1", "ID pass@1", ".3f"),
         Column("id_passk", f"ID {k_id}", ".3f"),
-        Column("ood_pass1", "OOD pass@1", ".3f"),
-        Column("ood_passk", f"OOD {k_ood}", ".3f"),
+        Column("ood_pass1", f"{ood_title} pass@1", ".3f"),
+        Column("ood_passk", f"{ood_title} {k_ood}", ".3f"),
         Column("generalisation_gap", "ID−OOD gap", "+.3f"),
         Column("forgetting", "forgetting (Δ loss)", "+.3f"),
+        *([Column("forgetting_prose", "forgetting, prose", "+.3f")] if any(r.get("forgetting_prose") is not None for r in rows) else []),
         Column("train_tokens_per_s", "train tok/s", ",.0f"),
         Column("peak_memory_mb", "peak MB", ",.0f"),
         Column("merged_tokens_per_s", "infer tok/s merged", ",.0f"),
