@@ -96,7 +96,8 @@ def test_representational_drift_per_layer(experiment):
     assert lora["task"]["cka"][0] == pytest.approx(1.0, abs=1e-6)
     assert full["task"]["cka"][0] < 1 - 1e-6
     metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
-    assert set(metrics["representations"]) == {"task_mean_cka", "pretraining_mean_cka"}
+    assert set(metrics["representations"]) == {"task_mean_cka", "pretraining_mean_cka", "wall_s"}
+    assert set(metrics["stage_s"]) == {"train", "evaluate", "spectral", "representations"}
 
 
 def test_samples_are_auditable(experiment):

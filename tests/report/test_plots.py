@@ -40,3 +40,12 @@ def test_sweep_intervention_and_sequence_figures_are_pngs():
     assert plots.interventions(causal).startswith(b"\x89PNG")
     sequence = {"tasks": ["a", "b"], "pass@1": [[0, 0], [0.5, 0.1], [0.2, 0.6]]}
     assert plots.sequence_curves({"full-s0": sequence, "lora-r4-s0": sequence}).startswith(b"\x89PNG")
+
+
+def test_a_sweep_figure_draws_only_the_series_that_vary_along_its_axis():
+    rows = [_row("base"), _row("full-d0.5-s0", data_fraction=0.5), _row("full-d1-s0"),
+            _row("lora-r4-s0", 4, 8, 1.0), _row("lora-r16-s0", 16, 32, 1.0),
+            _row("lora-alpha-r16-a4-s0", 16, 4, 1.0), _row("lora-alpha-r16-a64-s0", 16, 64, 1.0)]
+    assert [r["run"] for r in plots.swept_rows(rows, "alpha")] == ["base", "full-d1-s0", "lora-alpha-r16-a4-s0",
+                                                                   "lora-alpha-r16-a64-s0"]
+    assert [r["run"] for r in plots.swept_rows(rows, "data_fraction")] == ["full-d0.5-s0", "full-d1-s0"]

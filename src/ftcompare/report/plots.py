@@ -101,8 +101,20 @@ def intruders_vs_rank(rows: Sequence[dict]) -> bytes:
     return _png(figure)
 
 
+def swept_rows(rows: Sequence[dict], axis: str) -> list[dict]:
+    """The rows a sweep figure draws: the series that take two or more values of `axis`, and as reference
+    lines the runs without that axis at the full training set (the base, full FT)."""
+    values: dict[str, set] = {}
+    for row in rows:
+        if row.get(axis) is not None:
+            values.setdefault(series_name(row, axis), set()).add(row[axis])
+    return [r for r in rows if (len(values.get(series_name(r, axis), ())) > 1 if r.get(axis) is not None
+                                else axis == "data_fraction" or r.get("data_fraction") in (None, 1.0))]
+
+
 def sweep(rows: Sequence[dict], axis: str) -> bytes:
     """Accuracy (in and out of domain), forgetting and intruder dimensions along one sweep axis."""
+    rows = swept_rows(rows, axis)
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     versus_axis(axes[0], rows, "id_pass1", axis, " (ID)")
     if any(r.get("ood_pass1") is not None for r in rows):

@@ -60,7 +60,7 @@ def collect(experiment: Path) -> Collected:
 def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
     """The report's figures. With learning-rate selection, every figure but the learning-rate sweep shows
     only each method's selected rate (and the base)."""
-    rows = [r for r in all_rows if r.get("selected", True)]
+    rows = [r for r in all_rows if r.get("selected") is not False]
     result = [
         Figure("accuracy_vs_rank", "Accuracy vs rank", "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.", plots.accuracy_vs_rank(rows)),
         Figure("forgetting_vs_accuracy", "Forgetting vs accuracy", "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.", plots.forgetting_vs_accuracy(rows)),
