@@ -126,3 +126,46 @@ def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experimen
     assert "resuming the sequence after ints" in result.output
     assert (run / "stage1-ints" / "stage.json").read_text() == stage_record
     assert (run / "done.json").is_file()
+
+
+def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_is_scored(tmp_path, tiny_base, cache_dir):
+    study = {"experiment": "selection", "base": STUDY["base"],
+             "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 4},
+             "methods": [{"kind": "full", "lr": 1e-3}],
+             "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
+             "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "forgetting": None, "latency": None},
+             "analyses": {"spectral": None}}
+    config_path = tmp_path / "study.yaml"
+    config_path.write_text(yaml.safe_dump(study))
+    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    assert result.exit_code == 0, result.output
+    experiment = tmp_path / "selection"
+    scores = {m: json.loads((experiment / f"full-x{m}-s0" / "selection.json").read_text())["greedy"]["pass@1"] for m in (1, 10)}
+    chosen = 10 if scores[10] > scores[1] else 1
+    other = 1 if chosen == 10 else 10
+    winner, loser = _metrics(experiment, f"full-x{chosen}-s0"), _metrics(experiment, f"full-x{other}-s0")
+    assert winner["selected"] is True and set(winner["suites"]) == {"test", "ood"}
+    assert winner["suites"]["ood"]["greedy"]["pass@1"] == scores[chosen]  # the selection score, not re-measured
+    assert loser["selected"] is False and set(loser["suites"]) == {"ood"}
+    assert not (experiment / f"full-x{other}-s0" / "eval.json").exists()
+    assert (experiment / f"full-x{other}-s0" / "done.json").is_file()
+
+
+def test_eval_scores_a_model_without_fine_tuning_and_keeps_every_sample(tmp_path, tiny_base):
+    model_dir = tiny_base[0]
+    output = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(model_dir), "--benchmark", "humaneval", "--format", "completion",
+                                      "--limit", "3", "--max-new-tokens", "8", "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (metrics["benchmark"], metrics["problems"], metrics["format"]) == ("humaneval", 3, "completion")
+    records = read_jsonl(output / "samples.jsonl")
+    assert len(records) == 3 and metrics["pass@1"] == sum(r["passed"] for r in records) / 3
+    assert {r["task_id"] for r in records} == {"HumanEval/0", "HumanEval/1", "HumanEval/2"}
+
+
+def test_models_lists_the_registry_and_refuses_an_unknown_name():
+    listing = CliRunner().invoke(app, ["models"])
+    assert listing.exit_code == 0 and "smollm2-135m-instruct" in listing.output and "Apache-2.0" in listing.output
+    unknown = CliRunner().invoke(app, ["models", "pull", "nope"])
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
