@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from ftcompare.analyze.intervene import (
-    layer_target_modules,
     scale_intruders,
     scale_model_intruders,
     select_layers,
@@ -122,17 +121,6 @@ def test_select_layers_errors(scores, fraction):
         select_layers(scores, fraction)
 
 
-def test_layer_target_modules_names():
-    assert layer_target_modules([3, 1, 3], ("q_proj", "up_proj")) == [
-        "model.layers.1.self_attn.q_proj", "model.layers.1.mlp.up_proj",
-        "model.layers.3.self_attn.q_proj", "model.layers.3.mlp.up_proj",
-    ]
-    with pytest.raises(ValueError):
-        layer_target_modules([0], ("c_attn",))
-    with pytest.raises(ValueError):
-        layer_target_modules([-1])
-
-
 def test_peft_adapts_only_selected_layers():
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
@@ -143,8 +131,12 @@ def test_peft_adapts_only_selected_layers():
     model = transformers.LlamaForCausalLM(config)
     layers = select_layers([0.9, 0.2, 0.8, 0.1], 0.5)
     assert layers == [1, 3]
-    targets = layer_target_modules(layers)
-    peft_model = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=targets))
+    from ftcompare.config import RunSpec
+    from ftcompare.models.methods import lora_config
+
+    run = RunSpec(run_id="lora-r2-l50-s0", method="lora", seed=0, lr=1e-3, rank=2, alpha=4, target_modules="all-linear",
+                  layer_fraction=0.5)
+    peft_model = peft.get_peft_model(model, lora_config(run, model, layers))
     adapted = set()
     for name, _ in peft_model.named_parameters():
         if "lora_" in name:

@@ -2,8 +2,8 @@
 
 `scale_intruders` is the causal test of Shuttleworth et al., "LoRA vs Full Fine-tuning: An Illusion
 of Equivalence" (2024, arXiv:2410.21228): scale the singular values of a tuned matrix's intruder
-dimensions by lambda and see what the model gains or forgets. `select_layers` and
-`layer_target_modules` pick the layers that get LoRA adapters from a per-layer similarity score.
+dimensions by lambda and see what the model gains or forgets. `select_layers` picks the layers that get
+LoRA adapters from a per-layer similarity score (applied through PEFT's `layers_to_transform`).
 """
 
 from __future__ import annotations
@@ -23,14 +23,6 @@ from ftcompare.analyze.spectral import (
     base_spectrum,
     intruder_mask,
 )
-
-# Where each projection lives inside a Llama-style decoder layer (`model.layers.<i>.<group>.<name>`).
-LLAMA_MODULE_GROUPS: dict[str, str] = {
-    "q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp",
-}
-LLAMA_MODULES: tuple[str, ...] = tuple(LLAMA_MODULE_GROUPS)
-
 
 # ---------------------------------------------------------------- intruder scaling
 
@@ -124,28 +116,3 @@ def select_layers(scores: Sequence[float], fraction: float) -> list[int]:
     n = math.ceil(round(fraction * len(values), 9))
     ranked = sorted(range(len(values)), key=lambda i: (values[i], i))
     return sorted(ranked[:n])
-
-
-def layer_target_modules(
-    layers: Sequence[int],
-    module_names: Sequence[str] = LLAMA_MODULES,
-    prefix: str = "model.layers",
-) -> list[str]:
-    """PEFT `target_modules` entries that adapt only `layers` of a Llama-style model.
-
-    Gives "<prefix>.<i>.self_attn.<name>" for q/k/v/o_proj and "<prefix>.<i>.mlp.<name>" for
-    gate/up/down_proj, for each layer i (ascending, duplicates dropped) and name in `module_names`.
-    PEFT matches a list entry when a module's name equals it or ends with "." + entry, so these
-    dotted paths pick out exactly one module each (layer 3 never matches layer 13).
-    Raises ValueError for a negative layer index or a module name outside LLAMA_MODULE_GROUPS.
-    """
-    unknown = [name for name in module_names if name not in LLAMA_MODULE_GROUPS]
-    if unknown:
-        raise ValueError(f"unknown module names {unknown}; expected some of {LLAMA_MODULES}")
-    if any(int(i) < 0 for i in layers):
-        raise ValueError(f"layer indices must be >= 0, got {list(layers)}")
-    return [
-        f"{prefix}.{i}.{LLAMA_MODULE_GROUPS[name]}.{name}"
-        for i in sorted({int(i) for i in layers})
-        for name in module_names
-    ]
