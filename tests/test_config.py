@@ -45,6 +45,10 @@ def test_explicit_lr_is_used_as_given():
         ({"experiment": "t", "methods": [{"kind": "lora", "lr": 1e-3, "alpha_lr_product": 1e-2}]}, "either lr or alpha_lr_product"),
         ({"experiment": "a b", "methods": [{"kind": "full"}]}, "experiment"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"compile": True}}, "compile: needs cache: static"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "continuous", "round_tokens": 64}},
+         "backend: continuous schedules"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "vllm"}}, "evaluation.backend"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 0}}, "evaluation.round_tokens"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}}, "unknown suites ['nope']"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}}, "evaluation.robustness.perturbations.0"),
     ],
@@ -161,3 +165,16 @@ def test_a_sequence_names_its_suites_by_task_and_trains_on_the_last_task_last():
     assert config.primary_suite == "strings/test"
     single = parse_config(MINIMAL)
     assert [s.name for s in single.stages] == ["task"] and single.primary_suite == "test"
+
+
+@pytest.mark.parametrize("run_id, axes, group", [
+    ("lora-r4-a16-x10-s0", ("rank",), "lora-a16-x10"),
+    ("lora-r4-a16-x10-s0", ("lr_multiplier",), "lora-r4-a16"),
+    ("lora-r4-l50-d0.25-s3", ("layer_fraction", "data_fraction"), "lora-r4"),
+    ("full-x0.1-s0", ("lr_multiplier",), "full"),
+    ("lora-r16-s12", (), "lora-r16"),
+])
+def test_a_run_id_without_some_axes_names_the_runs_that_differ_only_along_them(run_id, axes, group):
+    from ftcompare.config import run_id_without
+
+    assert run_id_without(run_id, *axes) == group

@@ -154,6 +154,19 @@ def test_rerun_skips_finished_and_resumes_unfinished(experiment):
     assert (experiment / "full-s0" / "metrics.json").read_text() == full_metrics
 
 
+def test_a_run_whose_weights_were_lost_is_trained_again_and_says_so(experiment):
+    import shutil
+
+    lora = experiment / "lora-r2-s0"
+    assert "retrained_without_saved_weights" not in json.loads((lora / "train.json").read_text())
+    for name in ("done.json", "metrics.json", "eval.json", "spectral.json"):  # results moved without the weights
+        (lora / name).unlink()
+    shutil.rmtree(lora / "weights")
+    run_study(parse_config(STUDY), experiment.parent)
+    assert json.loads((lora / "train.json").read_text())["retrained_without_saved_weights"] is True
+    assert (lora / "done.json").is_file()
+
+
 def test_a_changed_config_is_refused_before_training(experiment):
     changed = {**STUDY, "methods": [{"kind": "full", "lr": 5e-4}]}
     before = sorted(p.name for p in experiment.iterdir())

@@ -181,6 +181,8 @@ def eval_command(
     k: list[int] = typer.Option([1], "--k", help="pass@k to report from the samples (repeatable)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens"),
     batch_size: int = typer.Option(32, "--batch-size"),
+    backend: str = typer.Option("generate", "--backend",
+                                help="generate (HF generate in batches) or continuous (HF continuous batching)."),
     cache: str = typer.Option("dynamic", "--cache", help="dynamic or static KV cache."),
     compile_model: bool = typer.Option(False, "--compile", help="torch.compile generation (a GPU with --cache static)."),
     device: str = typer.Option("auto", "--device"),
@@ -195,7 +197,7 @@ def eval_command(
         _fail(f"--data: file not found: {data}")
     try:
         evaluation = EvaluationConfig(n_samples=n_samples, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size, limit=limit,
-                                      cache=cache, compile=compile_model, forgetting=None, latency=None)
+                                      backend=backend, cache=cache, compile=compile_model, forgetting=None, latency=None)
         result = evaluate_benchmark(model, benchmark, output, data=data, prompt_format=prompt_format, evaluation=evaluation,
                                     device_name=device)
     except ValidationError as error:

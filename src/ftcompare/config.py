@@ -330,6 +330,9 @@ class RobustnessConfig(Strict):
 
 class EvaluationConfig(Strict):
     greedy: bool = True
+    # "generate": batches of `batch_size` through HF generate (cache/compile apply); "continuous": HF
+    # continuous batching (generate_batch, paged KV cache), which refills a finished sequence's slot at once
+    backend: Literal["generate", "continuous"] = "generate"
     cache: Literal["dynamic", "static"] = "dynamic"  # KV cache layout for generation
     compile: bool = False  # torch.compile the forward pass for generation (pays off on a GPU with a static cache)
     n_samples: int = Field(default=10, ge=0)  # sampled completions per problem (0: greedy only)
@@ -340,6 +343,9 @@ class EvaluationConfig(Strict):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=64, gt=0)
     batch_size: int = Field(default=64, gt=0)
+    # decode in rounds of this many tokens: finished sequences leave and the rest continue together (None: one
+    # round, each batch decoding until its longest answer ends); see README "Generation speed"
+    round_tokens: int | None = Field(default=None, gt=0)
     timeout_s: float = Field(default=5.0, gt=0)
     memory_mb: int = Field(default=512, ge=64)
     sandbox_workers: int = Field(default=2, gt=0)
@@ -352,6 +358,9 @@ class EvaluationConfig(Strict):
     def _compile_with_static_cache(self) -> "EvaluationConfig":
         if self.compile and self.cache != "static":
             raise ValueError("compile: needs cache: static (transformers compiles generate only with a static cache)")
+        if self.backend == "continuous" and (self.cache != "dynamic" or self.compile or self.round_tokens):
+            raise ValueError("backend: continuous schedules its own paged KV cache; leave cache, compile and "
+                             "round_tokens at their defaults")
         return self
 
     @model_validator(mode="after")
@@ -548,9 +557,23 @@ class RunSpec(Strict):
 DEFAULT_LORA_LR = 1e-3
 
 
+# the run-id tag of each sweep axis, as `expand` writes it
+RUN_ID_TAGS = {"rank": r"-r\d+(?=-|$)", "alpha": r"-a[0-9.e+]+(?=-|$)", "layer_fraction": r"-l[0-9.]+(?=-|$)",
+               "data_fraction": r"-d[0-9.e+]+(?=-|$)", "lr_multiplier": r"-x[0-9.e+]+(?=-|$)"}
+
+
+def run_id_without(run_id: str, *axes: str) -> str:
+    """The run id without its seed and without the tags of `axes`: the runs it names differ only along them
+    (`lora-r4-a16-x10-s0` without rank → `lora-a16-x10`)."""
+    group = re.sub(r"-s\d+$", "", run_id)
+    for axis in axes:
+        group = re.sub(RUN_ID_TAGS[axis], "", group, count=1)
+    return group
+
+
 def selection_group(run_id: str) -> str:
-    """The runs a learning rate is chosen among: the run id without its lr-multiplier tag and its seed."""
-    return re.sub(r"-s\d+$", "", re.sub(r"-x[0-9.e+]+(?=-s\d+$)", "", run_id))
+    """The runs a learning rate is chosen among: those that differ only in the lr multiplier and the seed."""
+    return run_id_without(run_id, "lr_multiplier")
 
 
 def expand(config: StudyConfig) -> list[RunSpec]:

@@ -327,6 +327,9 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     if run_dir.has("train.json") and run_dir.file("weights").is_dir():
         console.print("  train: finished earlier, reloading the saved weights")
         return load_trained(run, run_dir.file("weights"), context)
+    # trained before but its weights are gone (a results folder moved without them): train again, and say so,
+    # since the model evaluated is then a retrained one (same seed and data), not the one first recorded
+    retrained = run_dir.has("train.json")
     layers = adapted_layers(run, context)
     sequence = len(context.stages) > 1
     records = []
@@ -366,6 +369,7 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
         "method": method_record(run, context.base.dtype),
         "dtype": str(context.base.dtype),
         "device": str(context.device),
+        **({"retrained_without_saved_weights": True} if retrained else {}),
         **({"stages": [{k: v for k, v in r.items() if k != "evaluation"} for r in records]} if sequence else {}),
     })
     return model
@@ -519,7 +523,8 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
     info = context.task.suite_info(suite)
     sandbox = SandboxSettings(evaluation.timeout_s, evaluation.memory_mb, evaluation.sandbox_workers)
     common = {"max_new_tokens": evaluation.max_new_tokens, "batch_size": evaluation.batch_size, "seed": seed,
-              "stop_strings": info.stop_strings, "cache": evaluation.cache, "compile": evaluation.compile}
+              "stop_strings": info.stop_strings, "backend": evaluation.backend, "round_tokens": evaluation.round_tokens,
+              "cache": evaluation.cache, "compile": evaluation.compile}
     modes = []
     if evaluation.greedy:
         modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))

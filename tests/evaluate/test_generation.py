@@ -83,3 +83,87 @@ def test_compiled_generation_on_a_cpu_is_refused_not_silently_skipped(model_and_
     model, tokenizer = model_and_tokenizer
     with pytest.raises(ValueError, match="CUDA"):
         generate(model, tokenizer, ["x"], SamplingSettings(n=1, do_sample=False, cache="static", compile=True))
+
+
+def test_batches_are_longest_first_and_the_last_is_filled_only_when_asked():
+    from ftcompare.evaluate.generation import length_batches
+
+    lengths = [1, 9, 4, 12, 1]
+    assert length_batches(lengths, 2, fill=False) == [[3, 1], [2, 0], [4]]
+    assert length_batches(lengths, 2, fill=True) == [[3, 1], [2, 0], [4, 4]]
+    assert length_batches([], 2, fill=True) == []
+
+
+def test_results_come_back_in_prompt_order_whatever_the_batching(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    prompts = ["import os\n", "def longer_name(values):\n    return values\n", "x", "class A:\n    pass\n"]
+    settings = SamplingSettings(n=1, do_sample=False, max_new_tokens=4, batch_size=1)
+    one_at_a_time, _ = generate(model, tokenizer, prompts, settings)
+    for prompt, result in zip(prompts, one_at_a_time):
+        assert generate(model, tokenizer, [prompt], settings)[0][0] == result
+    batched, _ = generate(model, tokenizer, prompts, SamplingSettings(n=1, do_sample=False, max_new_tokens=4, batch_size=3))
+    assert batched == one_at_a_time
+
+
+
+PROMPTS = ["def f(x):\n", 'def longer_name(values):\n    """Return the sum."""\n', "import os\n", "class A:\n"]
+
+
+@pytest.mark.parametrize("round_tokens", [1, 3, 4])
+def test_decoding_in_rounds_gives_the_greedy_answers_of_one_round(model_and_tokenizer, round_tokens):
+    model, tokenizer = model_and_tokenizer
+    whole = SamplingSettings(n=1, do_sample=False, max_new_tokens=7, batch_size=3)
+    one_round, _ = generate(model, tokenizer, PROMPTS, whole)
+    rounds, _ = generate(model, tokenizer, PROMPTS, SamplingSettings(**{**whole.__dict__, "round_tokens": round_tokens}))
+    assert rounds == one_round
+    assert all(g.new_tokens <= 7 for (g,) in rounds)
+    assert max(g.new_tokens for (g,) in rounds) > round_tokens  # some answer did continue into a later round
+
+
+def test_rounds_end_sequences_at_eos_and_at_the_budget():
+    from ftcompare.evaluate.generation import _Sequence, extend
+
+    class Tokenizer:
+        eos_token_id, pad_token_id = 2, 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(96 + t) for t in ids)
+
+    settings = SamplingSettings(n=1, do_sample=False, max_new_tokens=6, stop_strings=("cd",))
+    running = _Sequence(0, [5])
+    extend(running, [5, 6, 7], 3, Tokenizer(), settings)
+    assert (running.new_ids, running.done) == ([5, 6, 7], False)
+    extend(running, [8, 2, 0], 3, Tokenizer(), settings)
+    assert (running.new_ids, running.done) == ([5, 6, 7, 8, 2], True)  # cut after EOS, padding dropped
+    budget = _Sequence(0, [5], new_ids=[5, 6, 7])
+    extend(budget, [5, 6, 7], 3, Tokenizer(), settings)
+    assert budget.done and len(budget.new_ids) == 6
+    stopped = _Sequence(0, [5])
+    extend(stopped, [3, 4, 0], 3, Tokenizer(), settings)  # "cd": generate stopped it and padded the rest
+    assert (stopped.new_ids, stopped.done) == ([3, 4], True)
+
+
+def test_sampling_in_rounds_is_seeded_and_gives_n_per_prompt(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    settings = SamplingSettings(n=3, do_sample=True, max_new_tokens=6, batch_size=4, seed=3, round_tokens=2)
+    first, _ = generate(model, tokenizer, PROMPTS[:2], settings)
+    assert [len(samples) for samples in first] == [3, 3]
+    assert generate(model, tokenizer, PROMPTS[:2], settings)[0] == first
+
+
+def test_progress_counts_each_prompt_once_when_all_its_samples_are_done(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    counted = []
+    settings = SamplingSettings(n=2, do_sample=True, max_new_tokens=5, batch_size=3, round_tokens=2)
+    generate(model, tokenizer, PROMPTS, settings, on_batch=counted.append)
+    assert sum(counted) == len(PROMPTS)
+
+
+def test_continuous_batching_gives_the_greedy_answers_of_generate(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    settings = SamplingSettings(n=1, do_sample=False, max_new_tokens=5, batch_size=4)
+    expected, _ = generate(model, tokenizer, PROMPTS[:3], settings)
+    continuous, _ = generate(model, tokenizer, PROMPTS[:3], SamplingSettings(**{**settings.__dict__, "backend": "continuous"}))
+    assert continuous == expected
+    with pytest.raises(ValueError, match="round_tokens"):
+        generate(model, tokenizer, PROMPTS[:1], SamplingSettings(**{**settings.__dict__, "backend": "continuous", "round_tokens": 2}))

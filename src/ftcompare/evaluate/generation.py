@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -33,8 +33,10 @@ class SamplingSettings:
     top_p: float = 1.0
     max_new_tokens: int = 64
     batch_size: int = 64  # sequences per generate call
+    round_tokens: int | None = None  # decode in rounds of this many tokens, finished sequences leaving (None: one round)
     seed: int = 0
     stop_strings: tuple[str, ...] = ()  # generation of a sequence ends once it has produced one of these
+    backend: str = "generate"  # "generate" (HF generate in batches) or "continuous" (HF continuous batching)
     cache: str = "dynamic"  # "dynamic" (HF default) or "static" (preallocated KV cache)
     compile: bool = False  # torch.compile the forward pass (HF does so with a static cache on a GPU)
 
@@ -63,6 +65,16 @@ def check_compile(compile: bool, device: torch.device) -> None:
         raise ValueError(f"compiled generation needs a CUDA device; this one is {device.type}")
 
 
+@dataclass
+class _Sequence:
+    """One completion being decoded: its prompt's index and ids, and the tokens generated so far."""
+
+    prompt: int
+    prompt_ids: list[int]
+    new_ids: list[int] = field(default_factory=list)
+    done: bool = False
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -73,43 +85,155 @@ def generate(
 ) -> tuple[list[list[Generation]], float]:
     """`settings.n` completions for each prompt, and the wall time spent in `generate` (s).
 
-    Returns generations[i][j]: the j-th completion of prompt i.
+    Returns generations[i][j]: the j-th completion of prompt i. With `round_tokens`, decoding goes in
+    rounds: each round every unfinished sequence (prompt + what it has generated, re-read in one prefill)
+    generates up to `round_tokens` more, and finished ones leave. A batch then no longer decodes for its
+    single longest answer while the rest of its slots hold finished sequences; the distribution of each
+    completion is unchanged (greedy answers are the same up to floating-point batch effects).
     """
+    if settings.backend == "continuous":
+        return generate_continuous(model, tokenizer, prompts, settings, on_batch)
+    if settings.backend != "generate":
+        raise ValueError(f"backend must be 'generate' or 'continuous', got {settings.backend!r}")
     device = next(model.parameters()).device
     check_compile(settings.compile, device)
-    tokenizer.padding_side = "left"
-    eos_id = tokenizer.eos_token_id
-    prompts_per_call = max(1, settings.batch_size // settings.n)
-    results: list[list[Generation]] = []
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    sequences = [_Sequence(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(settings.n)]
+    unfinished = [settings.n] * len(prompts)  # sequences still decoding, per prompt
+    round_tokens = settings.round_tokens or settings.max_new_tokens
     torch.manual_seed(settings.seed)
     wall_s = 0.0
-    for start in range(0, len(prompts), prompts_per_call):
-        chunk = list(prompts[start : start + prompts_per_call])
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        started = time.perf_counter()
-        output = model.generate(
-            **encoded,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature if settings.do_sample else None,
-            top_p=settings.top_p if settings.do_sample else None,
-            top_k=None,
-            num_return_sequences=settings.n,
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos_id,
-            **({"stop_strings": list(settings.stop_strings), "tokenizer": tokenizer} if settings.stop_strings else {}),
-            **cache_kwargs(settings.cache, settings.compile),
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall_s += time.perf_counter() - started
-        new = output[:, encoded["input_ids"].shape[1] :].tolist()
-        for i in range(len(chunk)):
-            results.append([decode_new_tokens(tokenizer, new[i * settings.n + j], eos_id, settings.max_new_tokens,
-                                              settings.stop_strings) for j in range(settings.n)])
-        if on_batch:
-            on_batch(len(chunk))
+    pending = sequences
+    while pending:
+        steps = min(round_tokens, settings.max_new_tokens - len(pending[0].new_ids))  # equal across a round
+        lengths = [len(s.prompt_ids) + len(s.new_ids) for s in pending]
+        for batch in length_batches(lengths, settings.batch_size, fill=settings.compile):
+            rows = [pending[k] for k in batch]
+            input_ids, attention_mask = left_padded([s.prompt_ids + s.new_ids for s in rows], pad_id, device)
+            started = time.perf_counter()
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=settings.do_sample,
+                temperature=settings.temperature if settings.do_sample else None,
+                top_p=settings.top_p if settings.do_sample else None,
+                top_k=None,
+                max_new_tokens=steps,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+                **({"stop_strings": list(settings.stop_strings), "tokenizer": tokenizer} if settings.stop_strings else {}),
+                **cache_kwargs(settings.cache, settings.compile),
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            wall_s += time.perf_counter() - started
+            new = output[:, input_ids.shape[1] :].tolist()
+            completed = 0
+            for position, index in enumerate(dict.fromkeys(batch)):  # a filled batch repeats its last sequence
+                sequence = pending[index]
+                extend(sequence, new[position], steps, tokenizer, settings)
+                if sequence.done:
+                    unfinished[sequence.prompt] -= 1
+                    completed += unfinished[sequence.prompt] == 0
+            if on_batch and completed:
+                on_batch(completed)
+        pending = [s for s in pending if not s.done]
+    results = [[] for _ in prompts]
+    for sequence in sequences:
+        results[sequence.prompt].append(decode_new_tokens(tokenizer, sequence.new_ids, eos_id, settings.max_new_tokens,
+                                                          settings.stop_strings))
     return results, wall_s
+
+
+def extend(sequence: _Sequence, row: list[int], steps: int, tokenizer, settings: SamplingSettings) -> None:
+    """Append one round's tokens to a sequence and mark it done at EOS, at a stop string (`generate` pads a
+    sequence it stopped early) or at the token budget."""
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id in row:
+        sequence.new_ids += row[: row.index(eos_id) + 1]
+        sequence.done = True
+        return
+    tokens = [t for t in row if t != pad_id]
+    sequence.new_ids += tokens
+    stopped = len(tokens) < steps or (
+        bool(settings.stop_strings)
+        and any(stop in tokenizer.decode(sequence.new_ids, skip_special_tokens=True) for stop in settings.stop_strings))
+    sequence.done = stopped or len(sequence.new_ids) >= settings.max_new_tokens
+
+
+def left_padded(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of token rows left-padded to the longest, as decoder-only generation needs."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+@torch.no_grad()
+def generate_continuous(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings,
+                        on_batch: Callable[[int], None] | None = None) -> tuple[list[list[Generation]], float]:
+    """`generate`'s result through transformers' continuous batching (`generate_batch`, paged KV cache).
+
+    A sequence that ends frees its slot for a waiting one at once, so one long answer no longer holds a
+    whole batch of finished ones, which is where batched `generate` spends most of its steps. Stop strings
+    are applied to the decoded text (continuous batching stops at EOS and the token budget only): the text
+    is cut after the first stop string, as `generate` would have stopped there.
+    """
+    from transformers import GenerationConfig
+
+    if settings.cache != "dynamic" or settings.compile or settings.round_tokens:
+        raise ValueError("continuous batching schedules its own paged KV cache: cache, compile and round_tokens do not apply")
+    eos_id = tokenizer.eos_token_id
+    requests = [ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"] for _ in range(settings.n)]
+    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+                              temperature=settings.temperature if settings.do_sample else None,
+                              top_p=settings.top_p if settings.do_sample else None, top_k=None,
+                              eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    outputs = model.generate_batch(requests, generation_config=config, progress_bar=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall_s = time.perf_counter() - started
+    ordered = sorted(outputs.values(), key=lambda output: int(str(output.request_id).rsplit("_", 1)[-1]))
+    if len(ordered) != len(requests) or any(list(o.prompt_ids) != r for o, r in zip(ordered, requests)):
+        raise RuntimeError("continuous batching returned results that do not match the requests one to one")
+    failed = [o for o in ordered if getattr(o, "error", None)]
+    if failed:
+        raise RuntimeError(f"continuous batching failed on {len(failed)} request(s): {failed[0].error}")
+    generations = [cut_at_stop(decode_new_tokens(tokenizer, list(o.generated_tokens), eos_id, settings.max_new_tokens,
+                                                 settings.stop_strings), settings.stop_strings) for o in ordered]
+    if on_batch:
+        on_batch(len(prompts))
+    return [generations[i * settings.n : (i + 1) * settings.n] for i in range(len(prompts))], wall_s
+
+
+def cut_at_stop(generation: Generation, stop_strings: tuple[str, ...]) -> Generation:
+    """The text up to and including its first stop string (the whole text when none occurs)."""
+    ends = [generation.text.index(stop) + len(stop) for stop in stop_strings if stop in generation.text]
+    return replace(generation, text=generation.text[: min(ends)]) if ends else generation
+
+
+def length_batches(lengths: Sequence[int], size: int, fill: bool) -> list[list[int]]:
+    """Indices in batches of `size`, longest first.
+
+    Similar lengths in a batch mean little left padding (decoding cost grows with the padded length).
+    Longest-first also lets one static KV cache, allocated for the first batch, serve every later one;
+    with `fill`, the last batch is padded to full size with its own last index, so that compiled decoding
+    sees one batch shape and compiles once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches = [order[start : start + size] for start in range(0, len(order), size)]
+    if fill and batches and len(batches[-1]) < size:
+        batches[-1] = batches[-1] + [batches[-1][-1]] * (size - len(batches[-1]))
+    return batches
 
 
 def decode_new_tokens(tokenizer, ids: list[int], eos_id: int, budget: int, stop_strings: tuple[str, ...] = ()) -> Generation:

@@ -8,7 +8,6 @@ is a LoRA rank.
 from __future__ import annotations
 
 import io
-import re
 from typing import Sequence
 
 import matplotlib
@@ -16,14 +15,12 @@ import matplotlib
 matplotlib.use("Agg")  # no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ftcompare.config import RUN_ID_TAGS, run_id_without  # noqa: E402
 from ftcompare.report.tables import group_mean  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-# the run-id tag of each sweep axis (see config.expand) and the seed's
-_AXIS_TAGS = {"rank": r"-r\d+(?=-|$)", "alpha": r"-a[0-9.e+]+(?=-|$)", "layer_fraction": r"-l[0-9.]+(?=-|$)",
-              "data_fraction": r"-d[0-9.e+]+(?=-|$)", "lr_multiplier": r"-x[0-9.e+]+(?=-|$)"}
 AXIS_LABELS = {"rank": "LoRA rank", "alpha": "LoRA alpha (the update is scaled by alpha/r, or alpha/√r for rsLoRA)",
                "layer_fraction": "fraction of layers adapted (by lowest input–output CKA)",
                "data_fraction": "fraction of the training set",
@@ -34,7 +31,7 @@ _LOG2_AXES = ("rank", "alpha", "lr_multiplier")
 def series_name(row: dict, axis: str = "rank") -> str:
     """The run id without its seed and without the tag of the plotted axis: `lora-r4-a16-s0` → `lora-a16`
     along rank, `lora-r4` along alpha; the runs of one series differ only along the axis."""
-    return re.sub(_AXIS_TAGS[axis], "", re.sub(r"-s\d+$", "", row["run"]), count=1)
+    return run_id_without(row["run"], axis)
 
 
 def sweep_axes(rows: Sequence[dict]) -> list[str]:
@@ -47,7 +44,7 @@ def sweep_axes(rows: Sequence[dict]) -> list[str]:
                 values.setdefault(series_name(row, axis), set()).add(row[axis])
         return any(len(v) > 1 for v in values.values())
 
-    return [axis for axis in _AXIS_TAGS if swept(axis)]
+    return [axis for axis in RUN_ID_TAGS if swept(axis)]
 
 
 def _png(figure) -> bytes:
