@@ -3,11 +3,11 @@
     python benchmarks/decode_rounds.py RUN_DIR/samples.jsonl --suite test --mode greedy --budget 384 --batch 256
 
 Batched `generate` decodes each batch until its longest answer ends (or the budget), so every sequence
-slot of the batch costs a step until then. With `evaluation.round_tokens: R`, unfinished sequences continue
-in rounds of R tokens and finished ones leave. From the `new_tokens` of each recorded sample this prints,
-per round size, the sequence-steps decoded (batch slots × steps, the work a memory-bound decoder pays
-for), the share of them that are useful tokens, and the number of `generate` calls (each re-reads its
-prompts in one prefill). Measured speed on a GPU: `benchmarks/eval_backends.py`.
+slot of the batch costs a step until then. With `evaluation.round_tokens: R`, a batch decodes in rounds
+of R tokens, and after each round its finished rows leave the batch and the KV cache. From the
+`new_tokens` of each recorded sample this prints, per round size, the sequence-steps decoded (batch
+slots × steps, the work a memory-bound decoder pays for), the share of them that are useful tokens,
+and the number of `generate` calls. Measured speed: `benchmarks/eval_backends.py`.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from pathlib import Path
 
 
 def decode_work(lengths: list[int], budget: int, batch: int, round_tokens: int | None) -> tuple[int, int]:
-    """(sequence-steps, generate calls) to decode answers of these lengths, `batch` sequences per call in
-    recorded order (the prompts' lengths are not in the records), in rounds of `round_tokens` (None: one)."""
+    """(sequence-steps, generate calls) to decode answers of these lengths, `batch` sequences per batch in
+    recorded order (the records do not hold the prompts' lengths), in rounds of `round_tokens` (None: one
+    round): after each round a batch keeps only its unfinished rows."""
     round_tokens = round_tokens or budget
-    slots = calls = done = 0
-    pending = list(lengths)
-    while pending:
-        steps = min(round_tokens, budget - done)
-        for start in range(0, len(pending), batch):
-            chunk = pending[start : start + batch]
-            slots += len(chunk) * min(steps, max(length - done for length in chunk))
+    slots = calls = 0
+    for start in range(0, len(lengths), batch):
+        live, done = lengths[start : start + batch], 0
+        while live:
+            steps = min(round_tokens, budget - done, max(live) - done)  # generate stops once every row has ended
+            slots += len(live) * steps
             calls += 1
-        done += steps
-        pending = [length for length in pending if length > done and done < budget]
+            done += steps
+            live = [length for length in live if length > done and done < budget]
     return slots, calls
 
 

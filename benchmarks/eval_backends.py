@@ -2,7 +2,8 @@
 
     python benchmarks/eval_backends.py smollm2-135m-instruct --data ../shared/data/mbpp.jsonl --limit 256
 
-Each backend scores the same problems greedily (chat template). Columns: seconds spent generating,
+Each backend scores the same problems greedily (chat template); `rounds` is the default backend with
+`evaluation.round_tokens` (finished answers leave the batch every `--round-tokens` tokens). Columns: seconds spent generating,
 useful tokens/s (tokens up to EOS, summed over samples, per second of generation), pass@1, and how many
 completions are identical to the first backend's (bf16 kernels differ between batch shapes, so greedy
 answers can diverge after a near-tie; pass@1 shows whether that matters). Run by hand on a GPU; the
@@ -22,6 +23,7 @@ from ftcompare.study import evaluate_benchmark
 BACKENDS = {  # name: (description, evaluation settings)
     "dynamic": ("generate, dynamic cache (HF default)", dict(backend="generate", cache="dynamic", compile=False)),
     "static-compile": ("generate, static cache + torch.compile", dict(backend="generate", cache="static", compile=True)),
+    "rounds": ("generate, dynamic cache, in rounds of --round-tokens", dict(backend="generate")),
     "continuous": ("continuous batching (generate_batch)", dict(backend="continuous")),
 }
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--round-tokens", type=int, default=64, help="round length of the 'rounds' backend")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated names from: " + ", ".join(BACKENDS))
     args = parser.parse_args()
 
@@ -41,7 +44,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.backends.split(","):
             evaluation = EvaluationConfig(n_samples=0, k=[1], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                          limit=args.limit, forgetting=None, latency=None, **BACKENDS[name][1])
+                                          limit=args.limit, forgetting=None, latency=None, **BACKENDS[name][1],
+                                          **({"round_tokens": args.round_tokens} if name == "rounds" else {}))
             output = Path(scratch) / name
             result = evaluate_benchmark(args.model, args.benchmark, output, data=args.data, prompt_format="chat",
                                         evaluation=evaluation)
@@ -49,7 +53,7 @@ def main() -> None:
             reference = reference or completions
             greedy = result["modes"]["greedy"]
             same = sum(a == b for a, b in zip(completions, reference))
-            rows.append((BACKENDS[name][0], greedy["generate_s"], greedy["generate_tokens_per_s"], result["pass@1"], same, len(completions)))
+            rows.append((BACKENDS[name][0].replace("--round-tokens", str(args.round_tokens)), greedy["generate_s"], greedy["generate_tokens_per_s"], result["pass@1"], same, len(completions)))
     print(f"{args.model} on {args.benchmark}: {args.limit} problems, greedy, ≤{args.max_new_tokens} new tokens, "
           f"batch {args.batch_size} (generate backends)")
     print("| backend | generating (s) | useful tokens/s | pass@1 | completions identical to the first row |")

@@ -49,6 +49,8 @@ def test_explicit_lr_is_used_as_given():
          "backend: continuous schedules"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "vllm"}}, "evaluation.backend"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 0}}, "evaluation.round_tokens"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 8, "cache": "static"}},
+         "round_tokens: decoding in rounds"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}}, "unknown suites ['nope']"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}}, "evaluation.robustness.perturbations.0"),
     ],

@@ -358,6 +358,8 @@ class EvaluationConfig(Strict):
     def _compile_with_static_cache(self) -> "EvaluationConfig":
         if self.compile and self.cache != "static":
             raise ValueError("compile: needs cache: static (transformers compiles generate only with a static cache)")
+        if self.round_tokens and self.cache != "dynamic":
+            raise ValueError("round_tokens: decoding in rounds drops finished rows from the KV cache, which needs cache: dynamic")
         if self.backend == "continuous" and (self.cache != "dynamic" or self.compile or self.round_tokens):
             raise ValueError("backend: continuous schedules its own paged KV cache; leave cache, compile and "
                              "round_tokens at their defaults")

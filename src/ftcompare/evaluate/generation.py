@@ -85,36 +85,39 @@ def generate(
 ) -> tuple[list[list[Generation]], float]:
     """`settings.n` completions for each prompt, and the wall time spent in `generate` (s).
 
-    Returns generations[i][j]: the j-th completion of prompt i. With `round_tokens`, decoding goes in
-    rounds: each round every unfinished sequence (prompt + what it has generated, re-read in one prefill)
-    generates up to `round_tokens` more, and finished ones leave. A batch then no longer decodes for its
-    single longest answer while the rest of its slots hold finished sequences; the distribution of each
-    completion is unchanged (greedy answers are the same up to floating-point batch effects).
+    Returns generations[i][j]: the j-th completion of prompt i. With `round_tokens`, each batch decodes in
+    rounds of that many tokens; after each round the sequences that ended leave the batch (their rows
+    are dropped from the KV cache too) and the rest go on from the cache. Without it a batch decodes
+    until its longest answer ends while the slots of finished ones keep costing steps. Rounds change no
+    completion: greedy answers equal one round's up to floating-point batch effects.
     """
     if settings.backend == "continuous":
         return generate_continuous(model, tokenizer, prompts, settings, on_batch)
     if settings.backend != "generate":
         raise ValueError(f"backend must be 'generate' or 'continuous', got {settings.backend!r}")
+    if settings.round_tokens and settings.cache != "dynamic":
+        raise ValueError("decoding in rounds drops finished rows from the KV cache, which needs cache='dynamic'")
     device = next(model.parameters()).device
     check_compile(settings.compile, device)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     sequences = [_Sequence(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(settings.n)]
-    unfinished = [settings.n] * len(prompts)  # sequences still decoding, per prompt
+    unfinished = [settings.n] * len(prompts)  # sequences still decoding, per prompt (for progress)
     round_tokens = settings.round_tokens or settings.max_new_tokens
     torch.manual_seed(settings.seed)
     wall_s = 0.0
-    pending = sequences
-    while pending:
-        steps = min(round_tokens, settings.max_new_tokens - len(pending[0].new_ids))  # equal across a round
-        lengths = [len(s.prompt_ids) + len(s.new_ids) for s in pending]
-        for batch in length_batches(lengths, settings.batch_size, fill=settings.compile):
-            rows = [pending[k] for k in batch]
-            input_ids, attention_mask = left_padded([s.prompt_ids + s.new_ids for s in rows], pad_id, device)
+    for batch in length_batches([len(s.prompt_ids) for s in sequences], settings.batch_size, fill=settings.compile):
+        live = list(dict.fromkeys(batch))  # sequences still decoding, by row; a filled batch's repeats are ignored
+        input_ids, attention_mask = left_padded([sequences[k].prompt_ids for k in batch], pad_id, device)
+        cache, generated = None, 0
+        while live:
+            steps = min(round_tokens, settings.max_new_tokens - generated)
             started = time.perf_counter()
             output = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                past_key_values=cache,
+                return_dict_in_generate=True,
                 do_sample=settings.do_sample,
                 temperature=settings.temperature if settings.do_sample else None,
                 top_p=settings.top_p if settings.do_sample else None,
@@ -128,17 +131,26 @@ def generate(
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall_s += time.perf_counter() - started
-            new = output[:, input_ids.shape[1] :].tolist()
+            new = output.sequences[:, input_ids.shape[1] :]
             completed = 0
-            for position, index in enumerate(dict.fromkeys(batch)):  # a filled batch repeats its last sequence
-                sequence = pending[index]
-                extend(sequence, new[position], steps, tokenizer, settings)
+            for row, index in enumerate(live):
+                sequence = sequences[index]
+                extend(sequence, new[row].tolist(), steps, tokenizer, settings)
                 if sequence.done:
                     unfinished[sequence.prompt] -= 1
                     completed += unfinished[sequence.prompt] == 0
             if on_batch and completed:
                 on_batch(completed)
-        pending = [s for s in pending if not s.done]
+            generated += steps
+            keep = [row for row, index in enumerate(live) if not sequences[index].done]
+            if not keep:
+                break
+            rows = torch.tensor(keep, device=device)
+            cache = output.past_key_values
+            cache.batch_select_indices(rows)
+            input_ids = output.sequences[rows]  # every kept row generated all `steps` tokens: no padding among them
+            attention_mask = torch.cat([attention_mask[rows], torch.ones_like(new[rows])], dim=1)
+            live = [live[row] for row in keep]
     results = [[] for _ in prompts]
     for sequence in sequences:
         results[sequence.prompt].append(decode_new_tokens(tokenizer, sequence.new_ids, eos_id, settings.max_new_tokens,
