@@ -159,12 +159,15 @@ def test_a_run_whose_weights_were_lost_is_trained_again_and_says_so(experiment):
 
     lora = experiment / "lora-r2-s0"
     assert "retrained_without_saved_weights" not in json.loads((lora / "train.json").read_text())
-    for name in ("done.json", "metrics.json", "eval.json", "spectral.json"):  # results moved without the weights
+    for name in ("done.json", "metrics.json", "spectral.json"):  # interrupted after evaluating, moved without weights
         (lora / name).unlink()
+    stale = {**json.loads((lora / "eval.json").read_text()), "measured_on_the_lost_model": True}
+    (lora / "eval.json").write_text(json.dumps(stale))
     shutil.rmtree(lora / "weights")
     run_study(parse_config(STUDY), experiment.parent)
     assert json.loads((lora / "train.json").read_text())["retrained_without_saved_weights"] is True
-    assert (lora / "done.json").is_file()
+    assert "measured_on_the_lost_model" not in json.loads((lora / "eval.json").read_text())  # evaluated again
+    assert (lora / "done.json").is_file() and (lora / "spectral.json").is_file()
 
 
 def test_a_changed_config_is_refused_before_training(experiment):

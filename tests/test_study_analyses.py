@@ -2,6 +2,7 @@
 a data fraction and the causal test as an analysis."""
 
 import json
+import shutil
 import os
 
 import pytest
@@ -149,6 +150,20 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
     assert loser["selected"] is False and set(loser["suites"]) == {"ood"}
     assert not (experiment / f"full-x{other}-s0" / "eval.json").exists()
     assert (experiment / f"full-x{other}-s0" / "done.json").is_file()
+    # the winner's weights lost before it finished: retrained, and its selection suite scored again on the
+    # retrained model rather than credited with the lost model's score
+    winner_dir = experiment / f"full-x{chosen}-s0"
+    for name in ("done.json", "metrics.json"):
+        (winner_dir / name).unlink()
+    shutil.rmtree(winner_dir / "weights")
+    selection = json.loads((winner_dir / "selection.json").read_text())
+    selection["greedy"]["pass@1"] = 0.987  # a score the retrained model cannot reach on 4 problems
+    (winner_dir / "selection.json").write_text(json.dumps(selection))
+    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    assert result.exit_code == 0, result.output
+    retrained = _metrics(experiment, f"full-x{chosen}-s0")
+    assert retrained["train"]["retrained_without_saved_weights"] is True
+    assert retrained["suites"]["ood"]["greedy"]["pass@1"] != 0.987
 
 
 def test_eval_scores_a_model_without_fine_tuning_and_keeps_every_sample(tmp_path, tiny_base):

@@ -43,8 +43,6 @@ def _print_matrix(config: StudyConfig) -> None:
 
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
-    from ftcompare.report.render import render_report
-    from ftcompare.report.tables import SUMMARY_KEYS, table_cells
     from ftcompare.study import StudyMismatch, run_study
 
     _print_matrix(config)
@@ -52,6 +50,13 @@ def _run_and_report(config: StudyConfig, output: Path) -> None:
         experiment = run_study(config, output)
     except StudyMismatch as error:
         _fail(str(error))
+    _report(experiment, config)
+
+
+def _report(experiment: Path, config: StudyConfig) -> None:
+    from ftcompare.report.render import render_report
+    from ftcompare.report.tables import SUMMARY_KEYS, table_cells
+
     markdown, html, rows = render_report(experiment)
     header, body = table_cells(rows, SUMMARY_KEYS)
     table = Table(title=f"results: {config.experiment} (full table: report.md)")
@@ -63,11 +68,44 @@ def _run_and_report(config: StudyConfig, output: Path) -> None:
     console.print(f"report: {html}\n        {markdown}")
 
 
+def _run_with_workers(config_path: Path, config: StudyConfig, output: Path, workers: int) -> None:
+    """Several worker processes on one experiment folder, one per GPU where there are enough (see
+    runs/workers.py); the report once every worker has finished."""
+    import os
+    import sys
+
+    import torch
+
+    from ftcompare.runs.store import experiment_dir
+    from ftcompare.runs.workers import run_workers, worker_environments
+    from ftcompare.study import StudyMismatch, check_runs_match
+
+    _print_matrix(config)
+    try:  # a clash with an earlier config is refused here, before any worker starts
+        check_runs_match(config, output)
+    except StudyMismatch as error:
+        _fail(str(error))
+    gpus = torch.cuda.device_count() if config.device != "cpu" else 0
+    if config.device == "cuda" and not gpus:
+        _fail("device: cuda was asked for, but no GPU is visible")
+    if workers > max(gpus, 1) or not gpus:
+        console.print(f"[yellow]warning:[/] {workers} workers share {f'{gpus} GPUs' if gpus else 'the CPU'}: "
+                      "training and generation speeds are measured under contention (recorded in each run's metrics)")
+    codes = run_workers([sys.executable, "-m", "ftcompare.cli", "run", str(config_path), "--output", str(output), "--as-worker"],
+                        worker_environments(workers, gpus, os.cpu_count() or 1))
+    failed = [f"worker {index + 1} (exit code {code})" for index, code in enumerate(codes) if code]
+    if failed:
+        _fail(f"{', '.join(failed)} failed; finished runs are kept, and running the same command again resumes")
+    _report(experiment_dir(output, config.experiment), config)
+
+
 @app.command()
 def run(
     config_path: Path = typer.Argument(..., help="Study config (YAML)."),
     output: Path = OUTPUT_OPTION,
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run matrix; train nothing."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes sharing the study's runs, one per GPU (more than the GPUs: they share)."),
+    as_worker: bool = typer.Option(False, "--as-worker", hidden=True, help="Run as one of --workers: the study only, no report."),
 ) -> None:
     """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
     config = _load(config_path)
@@ -81,6 +119,18 @@ def run(
         for key, value in estimate_cost(config).items():
             table.add_row(key.replace("_", " "), "unknown offline" if value is None else str(value))
         console.print(table)
+        return
+    if as_worker:
+        from ftcompare.runs.workers import Worker
+        from ftcompare.study import StudyMismatch, run_study
+
+        try:
+            run_study(config, output, Worker.from_environment())
+        except StudyMismatch as error:
+            _fail(str(error))
+        return
+    if workers > 1:
+        _run_with_workers(config_path, config, output, workers)
         return
     _run_and_report(config, output)
 

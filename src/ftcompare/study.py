@@ -40,6 +40,7 @@ from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolv
 from ftcompare.models.methods import (adapted_weight_names, apply_method, load_tuned, merge_adapter, method_record,
                                       quantize_4bit, quantized_base_weights, save_tuned)
 from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
+from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
 from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class StudyContext:
     experiment: Path
     probes: dict[str, "Probe"]
     layer_scores: list[float] | None  # per decoder layer, the base's input-output CKA (layer-wise LoRA)
+    worker: Worker | None = None  # which of several workers on this experiment folder this process is
 
     @property
     def primary_problems(self) -> tuple[Problem, ...]:
@@ -86,7 +88,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def environment() -> dict:
+def environment(worker: Worker | None = None) -> dict:
     import peft
     import transformers
 
@@ -99,61 +101,90 @@ def environment() -> dict:
         "peft": peft.__version__,
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **({"workers": f"{worker.count} ({worker.sharing} on this device)"} if worker else {}),
     }
 
 
-def run_study(config: StudyConfig, output: Path) -> Path:
-    """Run every cell of the study's matrix that is not finished yet; return the experiment folder."""
+def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -> Path:
+    """Run every cell of the study's matrix that is not finished yet; return the experiment folder.
+    With several workers on one folder, each does the jobs no other has claimed and waits for the rest
+    where a later stage needs them (learning-rate selection needs every selection score)."""
     device = resolve_device(config.device)
     check_compile(config.evaluation.compile, device)  # before anything trains
     runs = expand(config)
-    experiment = experiment_dir(output, config.experiment)
-    experiment.mkdir(parents=True, exist_ok=True)
-    for run in runs:  # before anything trains: a clash with an earlier config must not cost a sweep
-        claim_run_dir(run, RunDir(experiment / run.run_id), config)
-    claim_run_dir(None, RunDir(experiment / BASE_DIR), config)
-    context = prepare(config, device, experiment)
+    experiment = check_runs_match(config, output)
+    context = prepare(config, device, experiment, worker)
     write_json(experiment / STUDY_FILE, {
         "config": config.model_dump(mode="json"),
         "runs": [run.model_dump(mode="json") for run in runs],
         "base": {"name": context.base.name, "path": context.base.path, "dtype": str(context.base.dtype),
                  "provenance": context.base.provenance},
         "device": str(device),
-        "environment": environment(),
+        "environment": environment(worker),
         "updated_at": datetime.now(timezone.utc).isoformat(),
     })
-    evaluate_base(context)
+    base_dir = RunDir(experiment / BASE_DIR)
+    base_job = Job(base_dir.file(CLAIM_FILE), lambda: base_dir.has("metrics.json"), lambda: evaluate_base(context))
     if config.training.select_lr_on:
+        work_through([base_job, *(selection_job(run, context) for run in runs)])
         runs = select_learning_rates(runs, context)
-    for index, run in enumerate(runs, start=1):
-        run_dir = RunDir(experiment / run.run_id)
-        if run_dir.done:
-            console.print(f"[dim]({index}/{len(runs)}) {run.run_id}: finished earlier, skipped[/]")
-            continue
-        console.print(f"[bold]({index}/{len(runs)}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})")
-        execute_run(run, run_dir, context)
+    else:
+        work_through([base_job])  # every run's forgetting is read against the base's
+    work_through([run_job(index, len(runs), run, context) for index, run in enumerate(runs, start=1)])
     return experiment
 
 
+def check_runs_match(config: StudyConfig, output: Path) -> Path:
+    """Claim the experiment folder's run directories for this config (before anything trains: a clash
+    with an earlier config must not cost a sweep); return the experiment folder."""
+    experiment = experiment_dir(output, config.experiment)
+    experiment.mkdir(parents=True, exist_ok=True)
+    for run in expand(config):
+        bind_run_dir(run, RunDir(experiment / run.run_id), config)
+    bind_run_dir(None, RunDir(experiment / BASE_DIR), config)
+    return experiment
+
+
+def worker_tag(context: StudyContext) -> str:
+    return f" [dim]{context.worker.label}[/]" if context.worker else ""
+
+
+def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
+    run_dir = RunDir(context.experiment / run.run_id)
+
+    def do() -> None:
+        console.print(f"[bold]({index}/{total}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context))
+        execute_run(run, run_dir, context)
+
+    return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done, do)
+
+
+def selection_job(run: RunSpec, context: StudyContext) -> Job:
+    """Train a run and score it greedily on the selection suite (no test suite is touched)."""
+    run_dir = RunDir(context.experiment / run.run_id)
+    suite = context.config.training.select_lr_on
+
+    def do() -> None:
+        console.print(f"[bold]select {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context))
+        model = merge_adapter(train_stage(run, run_dir, context)).eval()
+        limit = context.config.evaluation.limit
+        problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
+        records, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
+        write_jsonl(run_dir.file("selection_samples.jsonl"), records)
+        write_json(run_dir.file("selection.json"), {"suite": suite, **metrics})
+
+    return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done or run_dir.has("selection.json"), do)
+
+
 def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[RunSpec]:
-    """Learning-rate selection before any test suite is touched: train every run and score it greedily on
-    the selection suite; per group of runs that differ only in the lr multiplier (and seed), keep the
-    multiplier with the best mean pass@1 (ties: the smaller rate). Returns the selected runs, which go on
-    to the full evaluation; the others are recorded as finished with their selection score only."""
+    """Learning-rate selection, from every run's selection score: per group of runs that differ only in
+    the lr multiplier (and seed), keep the multiplier with the best mean pass@1 (ties: the smaller rate).
+    Returns the selected runs, which go on to the full evaluation; the others are recorded as finished
+    with their selection score only."""
     suite = context.config.training.select_lr_on
     scores: dict[str, dict[float, list[float]]] = {}
-    for index, run in enumerate(runs, start=1):
-        run_dir = RunDir(context.experiment / run.run_id)
-        if not run_dir.has("selection.json"):
-            console.print(f"[bold]select ({index}/{len(runs)}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})")
-            model = merge_adapter(train_stage(run, run_dir, context)).eval()
-            limit = context.config.evaluation.limit
-            problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
-            records, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
-            write_jsonl(run_dir.file("selection_samples.jsonl"), records)
-            write_json(run_dir.file("selection.json"), {"suite": suite, **metrics})
-            del model
-        pass1 = read_json(run_dir.file("selection.json"))["greedy"]["pass@1"]
+    for run in runs:
+        pass1 = read_json(RunDir(context.experiment / run.run_id).file("selection.json"))["greedy"]["pass@1"]
         scores.setdefault(selection_group(run.run_id), {}).setdefault(run.lr_multiplier, []).append(pass1)
     best = {group: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for group, by_lr in scores.items()}
     selected = [run for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier]
@@ -173,7 +204,7 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
     return selected
 
 
-def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> StudyContext:
+def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
     forgetting = config.evaluation.forgetting
@@ -199,7 +230,8 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path) -> Stud
                 "rule": "CKA(input, output) of each decoder layer of the base on the first training examples; "
                         "layer-wise LoRA adapts the ceil(f·L) layers with the lowest score",
                 "scores": layer_scores})
-    return StudyContext(config, device, base, tokenizer, stages, task, heldout, base_weights, spectra, experiment, probes, layer_scores)
+    return StudyContext(config, device, base, tokenizer, stages, task, heldout, base_weights, spectra, experiment, probes,
+                        layer_scores, worker)
 
 
 def probe_batch(tokenizer, texts: Sequence[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +280,7 @@ def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
     return {"run": spec, "fingerprint": fingerprint([spec, shared])}
 
 
-def claim_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
+def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
     """Record which run a directory holds; refuse one that holds a run of a different config."""
     record = run_record(run, config)
     if run_dir.has("run.json"):
@@ -273,6 +305,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         "train": read_json(run_dir.file("train.json")),
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
+        **({"worker": context.worker.record()} if context.worker else {}),
     }
     if context.config.sequence:
         metrics["sequence"] = sequence_matrix(run_dir, context, evaluation)
@@ -316,6 +349,11 @@ def stage_dir(run_dir: RunDir, index: int, name: str) -> Path:
     return run_dir.file(f"stage{index + 1}-{name}")
 
 
+# a run's records measured on its trained model: discarded when the model is trained again
+RECORDS_OF_TRAINED_MODEL = ("eval.json", "samples.jsonl", "spectral.json", "representations.json", "intervene.json",
+                            "metrics.json")
+
+
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
     """Train the run on each task in order (one task unless the study is a sequence) and return the model,
     unmerged; or reload what an earlier session trained.
@@ -330,6 +368,9 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     # trained before but its weights are gone (a results folder moved without them): train again, and say so,
     # since the model evaluated is then a retrained one (same seed and data), not the one first recorded
     retrained = run_dir.has("train.json")
+    if retrained:  # what was measured on the lost model does not describe the retrained one
+        for name in RECORDS_OF_TRAINED_MODEL:
+            run_dir.file(name).unlink(missing_ok=True)
     layers = adapted_layers(run, context)
     sequence = len(context.stages) > 1
     records = []
@@ -479,12 +520,14 @@ def evaluate_stage(run: RunSpec | None, run_dir: RunDir, context: StudyContext, 
     model = merge_adapter(model)  # no-op when latency already merged it
     model.eval()
     suites, records = {}, []
-    selection_suite = context.config.training.select_lr_on
+    # the selection score is reused only if it was measured on this very model
+    selection_suite = context.config.training.select_lr_on if run is not None and not \
+        read_json(run_dir.file("train.json")).get("retrained_without_saved_weights") else None
     for suite_name, problems in context.task.suites.items():
         problems = problems[: evaluation.limit] if evaluation.limit else problems
         if not problems:
             continue
-        if run is not None and suite_name == selection_suite:  # scored greedily when the rate was chosen
+        if suite_name == selection_suite:  # scored greedily when the rate was chosen
             selection = read_json(run_dir.file("selection.json"))
             suites[suite_name] = {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}
             continue

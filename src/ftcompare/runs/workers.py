@@ -1,0 +1,121 @@
+"""Several workers on one experiment folder: each claims a job (a run, the base evaluation) with a lock
+file before doing it, so a study's runs spread over the GPUs of one machine without a coordinator.
+
+A claim is an exclusive `flock` on the job's lock file. The operating system drops it when its holder
+exits, however it exits, so a job whose worker crashed is free for the next worker (or the next sweep);
+`flock` locks are local to one machine, which is the case this serves.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+CLAIM_FILE = ".claim"
+WORKER_ENV = "FTCOMPARE_WORKER"  # "index/count/sharing", set by the parent in each worker's environment
+
+
+@contextmanager
+def claimed(lock: Path) -> Iterator[bool]:
+    """Try to claim `lock` without waiting: yields True while this holder has it, False when another has."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of a study that exactly one worker does: `do` runs it, `done` says whether it has been."""
+
+    lock: Path
+    done: Callable[[], bool]
+    do: Callable[[], None]
+
+
+def work_through(jobs: Sequence[Job], poll_s: float = 2.0, sleep: Callable[[float], None] = time.sleep) -> int:
+    """Do every job not done yet and not claimed by another worker; return once all are done, waiting for
+    the ones others hold (a barrier). A job whose holder let go unfinished is taken over. Returns how many
+    jobs this worker did."""
+    did = 0
+    pending = list(jobs)
+    while pending:
+        held_elsewhere = []
+        for job in pending:
+            if job.done():
+                continue
+            with claimed(job.lock) as mine:
+                if not mine:
+                    held_elsewhere.append(job)
+                elif not job.done():  # another worker may have finished it between the check and the claim
+                    job.do()
+                    did += 1
+        pending = [job for job in held_elsewhere if not job.done()]
+        if pending:
+            sleep(poll_s)
+    return did
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Which of the study's workers this process is, and how many workers share its device (GPU or CPU):
+    above one, its timings were measured under contention."""
+
+    index: int
+    count: int
+    sharing: int
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index + 1}/{self.count}"
+
+    def record(self) -> dict:
+        return {"index": self.index, "count": self.count, "workers_on_this_device": self.sharing}
+
+    @classmethod
+    def from_environment(cls) -> "Worker | None":
+        value = os.environ.get(WORKER_ENV)
+        if not value:
+            return None
+        index, count, sharing = (int(part) for part in value.split("/"))
+        return cls(index, count, sharing)
+
+
+def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[str, str]]:
+    """Each worker's environment: its identity, and its GPU (round robin) or its share of the CPU's threads."""
+    environments = []
+    for index in range(count):
+        if gpus:
+            sharing = len(range(index % gpus, count, gpus))
+            environment = {"CUDA_VISIBLE_DEVICES": str(index % gpus)}
+        else:
+            sharing = count
+            environment = {"OMP_NUM_THREADS": str(max(1, cpu_threads // count))}
+        environments.append({WORKER_ENV: f"{index}/{count}/{sharing}", **environment})
+    return environments
+
+
+def run_workers(command: Sequence[str], environments: Sequence[dict[str, str]]) -> list[int]:
+    """Start one process per environment running `command`, wait for all; their exit codes. Interrupting
+    the parent stops every worker (their claims then lapse, and a re-run resumes)."""
+    processes = [subprocess.Popen(list(command), env={**os.environ, **environment}) for environment in environments]
+    try:
+        return [process.wait() for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
