@@ -141,6 +141,25 @@ def test_report_renders_from_records(experiment):
     assert (experiment / "report.html").is_file()
 
 
+def test_a_partial_report_names_the_unfinished_and_the_retrained_runs(experiment, tmp_path):
+    import shutil
+
+    from ftcompare.report.render import render_report
+
+    copy = tmp_path / "e2e"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("weights", "svd"))
+    for name in ("metrics.json", "done.json"):
+        (copy / "lora-r2-s0" / name).unlink()
+    full = json.loads((copy / "full-s0" / "metrics.json").read_text())
+    full["train"]["retrained_without_saved_weights"] = True
+    (copy / "full-s0" / "metrics.json").write_text(json.dumps(full))
+    markdown, html, _ = render_report(copy)
+    for text in (markdown.read_text(), html.read_text()):
+        assert "Partial report:" in text and "1 of 2 runs have not finished and are not in it: lora-r2-s0" in text
+        assert "Retrained after their saved weights were lost" in text and "model): full-s0" in text
+    assert "Partial report" not in (experiment / "report.md").read_text()
+
+
 def test_rerun_skips_finished_and_resumes_unfinished(experiment):
     output = experiment.parent
     lora = experiment / "lora-r2-s0"

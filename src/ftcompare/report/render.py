@@ -34,6 +34,7 @@ class Collected:
     records: list[dict]
     spectral: dict[str, dict] = field(default_factory=dict)  # run id -> spectral.json
     representations: dict[str, dict] = field(default_factory=dict)  # run id -> probes
+    unfinished: list[str] = field(default_factory=list)  # run ids of the study without a finished record
 
 
 def collect(experiment: Path) -> Collected:
@@ -52,6 +53,8 @@ def collect(experiment: Path) -> Collected:
                 collected.spectral[run.run_id] = read_json(run.file("spectral.json"))
             if run.has("representations.json"):
                 collected.representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
+    collected.unfinished = [run["run_id"] for run in study.get("runs", ())
+                            if not (experiment / run["run_id"] / "metrics.json").is_file()]
     if len(collected.records) <= (1 if base.is_file() else 0):
         raise FileNotFoundError(f"{experiment}: no finished runs to report")
     return collected
@@ -142,6 +145,8 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "figures": [{"slug": f.slug, "title": f.title, "caption": f.caption,
                      "data": base64.b64encode(f.png).decode(), "file": f"{FIGURES_DIR}/{f.slug}.png"} for f in figs],
         "experiment": study.get("config", {}).get("experiment", experiment.name),
+        "unfinished": collected.unfinished,
+        "retrained": [r["run_id"] for r in records if (r.get("train") or {}).get("retrained_without_saved_weights")],
     }
     markdown_path, html_path = experiment / "report.md", experiment / "report.html"
     atomic_write_text(markdown_path, environment.get_template("report.md.j2").render(**context))
