@@ -110,7 +110,7 @@ def run(
     """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
     config = _load(config_path)
     if dry_run:
-        from ftcompare.study import estimate_cost
+        from ftcompare.cost import estimate_cost
 
         _print_matrix(config)
         table = Table(title="estimated cost (counted offline; tokens are upper bounds)")
