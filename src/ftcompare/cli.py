@@ -42,15 +42,18 @@ def _print_matrix(config: StudyConfig) -> None:
     console.print(table)
 
 
-def _run_and_report(config: StudyConfig, output: Path) -> None:
+def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
     from ftcompare.study import StudyMismatch, run_study
 
-    _print_matrix(config)
     try:
-        experiment = run_study(config, output)
+        return run_study(config, output, worker)
     except StudyMismatch as error:
         _fail(str(error))
-    _report(experiment, config)
+
+
+def _run_and_report(config: StudyConfig, output: Path) -> None:
+    _print_matrix(config)
+    _report(_run_study(config, output), config)
 
 
 def _report(experiment: Path, config: StudyConfig) -> None:
@@ -122,12 +125,8 @@ def run(
         return
     if as_worker:
         from ftcompare.runs.workers import Worker
-        from ftcompare.study import StudyMismatch, run_study
 
-        try:
-            run_study(config, output, Worker.from_environment())
-        except StudyMismatch as error:
-            _fail(str(error))
+        _run_study(config, output, Worker.from_environment())
         return
     if workers > 1:
         _run_with_workers(config_path, config, output, workers)

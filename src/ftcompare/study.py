@@ -135,8 +135,8 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
 
 
 def check_runs_match(config: StudyConfig, output: Path) -> Path:
-    """Claim the experiment folder's run directories for this config (before anything trains: a clash
-    with an earlier config must not cost a sweep); return the experiment folder."""
+    """Bind the experiment folder's run directories to this config, refusing ones an earlier, different
+    config made (before anything trains: a clash must not cost a sweep); return the experiment folder."""
     experiment = experiment_dir(output, config.experiment)
     experiment.mkdir(parents=True, exist_ok=True)
     for run in expand(config):
