@@ -205,6 +205,8 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
 
 
 def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
+    if worker:
+        worker.cap_gpu_memory(device)
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
     forgetting = config.evaluation.forgetting
@@ -354,6 +356,11 @@ RECORDS_OF_TRAINED_MODEL = ("eval.json", "samples.jsonl", "spectral.json", "repr
                             "metrics.json")
 
 
+def has_saved_weights(run_dir: RunDir) -> bool:
+    """Whether the run's weights folder holds tensors: a folder copied without them (configs only) does not."""
+    return any(run_dir.file("weights").glob("*.safetensors"))
+
+
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
     """Train the run on each task in order (one task unless the study is a sequence) and return the model,
     unmerged; or reload what an earlier session trained.
@@ -362,7 +369,7 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     stage but the last, every task's test suite is scored greedily and the held-out loss measured (the
     last stage's scores are the run's own evaluation); each stage leaves its folder with a record, so an
     interrupted sequence resumes at its first unrecorded stage."""
-    if run_dir.has("train.json") and run_dir.file("weights").is_dir():
+    if run_dir.has("train.json") and has_saved_weights(run_dir):
         console.print("  train: finished earlier, reloading the saved weights")
         return load_trained(run, run_dir.file("weights"), context)
     # trained before but its weights are gone (a results folder moved without them): train again, and say so,
@@ -737,7 +744,8 @@ def evaluate_base(context: StudyContext) -> None:
     model = load_model(context.base, context.device)
     evaluation = evaluate_stage(None, base_dir, context, model)
     metrics = {"run_id": "base", "method": "base", "label": "base", "primary_suite": context.config.primary_suite, **{k: v for k, v in evaluation.items() if k != "model"},
-               "params": sum(p.numel() for p in model.parameters())}
+               "params": sum(p.numel() for p in model.parameters()),
+               **({"worker": context.worker.record()} if context.worker else {})}
     write_json(base_dir.file("metrics.json"), metrics)
 
 
@@ -777,7 +785,7 @@ def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
     if run_id not in runs:
         raise ValueError(f"{experiment}: no run {run_id!r}; runs: {', '.join(runs)}")
     run, run_dir = runs[run_id], RunDir(experiment / run_id)
-    if not (run_dir.has("train.json") and run_dir.file("weights").is_dir()):
+    if not (run_dir.has("train.json") and has_saved_weights(run_dir)):
         raise ValueError(f"{run_dir.path}: no trained weights (was it run with save_weights: false, or not finished?)")
     context = prepare(config, resolve_device(config.device), experiment)
     model = load_trained(run, run_dir.file("weights"), context)

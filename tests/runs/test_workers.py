@@ -8,11 +8,13 @@ import threading
 import time
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
-from ftcompare.runs.workers import WORKER_ENV, Job, Worker, claimed, work_through, worker_environments
+from ftcompare.runs.workers import (ALLOCATOR_ENV, SHARED_GPU_MEMORY, WORKER_ENV, Job, Worker, _with_user_allocator, claimed,
+                                   work_through, worker_environments)
 from tests.conftest import TINY_BUILTIN
 
 
@@ -105,9 +107,31 @@ def test_workers_get_one_gpu_each_round_robin_or_a_share_of_the_cpu():
     on_gpus = worker_environments(3, gpus=2, cpu_threads=16)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in on_gpus] == ["0", "1", "0"]
     assert [e[WORKER_ENV] for e in on_gpus] == ["0/3/2", "1/3/1", "2/3/2"]
+    # only the workers that share GPU 0 get the allocator setting that suits a memory cap
+    assert [e.get(ALLOCATOR_ENV) for e in on_gpus] == ["expandable_segments:True", None, "expandable_segments:True"]
     on_cpu = worker_environments(2, gpus=0, cpu_threads=5)
     assert [(e["OMP_NUM_THREADS"], e[WORKER_ENV]) for e in on_cpu] == [("2", "0/2/2"), ("2", "1/2/2")]
     assert "CUDA_VISIBLE_DEVICES" not in on_cpu[0]
+
+
+def test_workers_sharing_a_gpu_cap_their_memory_to_their_share(monkeypatch):
+    caps = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device: caps.append(fraction))
+    Worker(0, 3, 3).cap_gpu_memory(torch.device("cuda"))
+    Worker(1, 2, 1).cap_gpu_memory(torch.device("cuda"))  # alone on its GPU: no cap
+    Worker(0, 2, 2).cap_gpu_memory(torch.device("cpu"))
+    assert caps == [pytest.approx(SHARED_GPU_MEMORY / 3)]
+    assert Worker(0, 3, 3).record()["gpu_memory_fraction"] == pytest.approx(SHARED_GPU_MEMORY / 3)
+    assert Worker(1, 2, 1).record()["gpu_memory_fraction"] == 1.0
+
+
+def test_a_users_allocator_setting_wins_over_the_workers_default(monkeypatch):
+    environment = worker_environments(2, gpus=1, cpu_threads=4)[0]
+    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
+    assert _with_user_allocator(environment)[ALLOCATOR_ENV] == "expandable_segments:True"
+    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:128")
+    merged = _with_user_allocator(environment)
+    assert merged[ALLOCATOR_ENV] == "max_split_size_mb:128" and merged["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 def test_a_worker_reads_its_identity_from_the_environment(monkeypatch):
@@ -140,7 +164,8 @@ def test_two_worker_processes_share_a_study_with_learning_rate_selection(tmp_pat
     selected = [run for run in runs if metrics[run]["selected"]]
     assert len(selected) == 2 and {metrics[run]["method"] for run in selected} == {"full", "lora"}
     assert all(metrics[run]["worker"]["count"] == 2 for run in selected)
-    assert (experiment / "_base" / "metrics.json").is_file() and (experiment / "report.md").is_file()
+    assert json.loads((experiment / "_base" / "metrics.json").read_text())["worker"]["count"] == 2
+    assert (experiment / "report.md").is_file()
     environment = json.loads((experiment / "study.json").read_text())["environment"]
     assert environment["workers"] == "2 (2 on this device)"
 

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import torch
+
 CLAIM_FILE = ".claim"
 WORKER_ENV = "FTCOMPARE_WORKER"  # "index/count/sharing", set by the parent in each worker's environment
+ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+# Workers sharing a GPU each cap their allocator at this part of the memory over their count, the rest left
+# for the CUDA contexts: uncapped, one worker's cache of freed blocks starves the others (seen: out of memory
+# with four workers on one H200, one of them holding 50 GiB).
+SHARED_GPU_MEMORY = 0.95
 
 
 @contextmanager
@@ -82,8 +89,18 @@ class Worker:
     def label(self) -> str:
         return f"worker {self.index + 1}/{self.count}"
 
+    @property
+    def gpu_memory_fraction(self) -> float:
+        return 1.0 if self.sharing == 1 else SHARED_GPU_MEMORY / self.sharing
+
     def record(self) -> dict:
-        return {"index": self.index, "count": self.count, "workers_on_this_device": self.sharing}
+        return {"index": self.index, "count": self.count, "workers_on_this_device": self.sharing,
+                "gpu_memory_fraction": self.gpu_memory_fraction}
+
+    def cap_gpu_memory(self, device: torch.device) -> None:
+        """On a GPU shared with other workers, keep this process's allocator to its share of the memory."""
+        if device.type == "cuda" and self.sharing > 1:
+            torch.cuda.set_per_process_memory_fraction(self.gpu_memory_fraction, device.index or 0)
 
     @classmethod
     def from_environment(cls) -> "Worker | None":
@@ -95,12 +112,14 @@ class Worker:
 
 
 def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[str, str]]:
-    """Each worker's environment: its identity, and its GPU (round robin) or its share of the CPU's threads."""
+    """Each worker's environment: its identity, and its GPU (round robin) or its share of the CPU's threads.
+    Workers sharing a GPU get expandable allocator segments, which fragment less under a memory cap."""
     environments = []
     for index in range(count):
         if gpus:
             sharing = len(range(index % gpus, count, gpus))
-            environment = {"CUDA_VISIBLE_DEVICES": str(index % gpus)}
+            environment = {"CUDA_VISIBLE_DEVICES": str(index % gpus),
+                           **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})}
         else:
             sharing = count
             environment = {"OMP_NUM_THREADS": str(max(1, cpu_threads // count))}
@@ -111,7 +130,7 @@ def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[st
 def run_workers(command: Sequence[str], environments: Sequence[dict[str, str]]) -> list[int]:
     """Start one process per environment running `command`, wait for all; their exit codes. Interrupting
     the parent stops every worker (their claims then lapse, and a re-run resumes)."""
-    processes = [subprocess.Popen(list(command), env={**os.environ, **environment}) for environment in environments]
+    processes = [subprocess.Popen(list(command), env=_with_user_allocator(environment)) for environment in environments]
     try:
         return [process.wait() for process in processes]
     finally:
@@ -119,3 +138,8 @@ def run_workers(command: Sequence[str], environments: Sequence[dict[str, str]]) 
             if process.poll() is None:
                 process.terminate()
                 process.wait()
+
+
+def _with_user_allocator(environment: dict[str, str]) -> dict[str, str]:
+    """The parent's environment with the worker's on top, except an allocator setting the user chose."""
+    return {**os.environ, **environment, **({ALLOCATOR_ENV: os.environ[ALLOCATOR_ENV]} if ALLOCATOR_ENV in os.environ else {})}
