@@ -307,7 +307,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         "train": read_json(run_dir.file("train.json")),
         **{k: v for k, v in evaluation.items() if k != "model"},
         "spectral": spectral,
-        **({"worker": context.worker.record()} if context.worker else {}),
+        **({"worker": context.worker.record(context.device)} if context.worker else {}),
     }
     if context.config.sequence:
         metrics["sequence"] = sequence_matrix(run_dir, context, evaluation)
@@ -745,7 +745,7 @@ def evaluate_base(context: StudyContext) -> None:
     evaluation = evaluate_stage(None, base_dir, context, model)
     metrics = {"run_id": "base", "method": "base", "label": "base", "primary_suite": context.config.primary_suite, **{k: v for k, v in evaluation.items() if k != "model"},
                "params": sum(p.numel() for p in model.parameters()),
-               **({"worker": context.worker.record()} if context.worker else {})}
+               **({"worker": context.worker.record(context.device)} if context.worker else {})}
     write_json(base_dir.file("metrics.json"), metrics)
 
 

@@ -116,13 +116,14 @@ def test_workers_get_one_gpu_each_round_robin_or_a_share_of_the_cpu():
 
 def test_workers_sharing_a_gpu_cap_their_memory_to_their_share(monkeypatch):
     caps = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device: caps.append(fraction))
-    Worker(0, 3, 3).cap_gpu_memory(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device: caps.append((fraction, device)))
+    Worker(0, 3, 3).cap_gpu_memory(torch.device("cuda"))  # torch wants the device's index, not an indexless device
     Worker(1, 2, 1).cap_gpu_memory(torch.device("cuda"))  # alone on its GPU: no cap
     Worker(0, 2, 2).cap_gpu_memory(torch.device("cpu"))
-    assert caps == [pytest.approx(SHARED_GPU_MEMORY / 3)]
-    assert Worker(0, 3, 3).record()["gpu_memory_fraction"] == pytest.approx(SHARED_GPU_MEMORY / 3)
-    assert Worker(1, 2, 1).record()["gpu_memory_fraction"] == 1.0
+    assert caps == [(pytest.approx(SHARED_GPU_MEMORY / 3), 0)]
+    assert Worker(0, 3, 3).record(torch.device("cuda"))["gpu_memory_fraction"] == pytest.approx(SHARED_GPU_MEMORY / 3)
+    assert Worker(1, 2, 1).record(torch.device("cuda"))["gpu_memory_fraction"] == 1.0
+    assert "gpu_memory_fraction" not in Worker(0, 2, 2).record(torch.device("cpu"))
 
 
 def test_a_users_allocator_setting_wins_over_the_workers_default(monkeypatch):

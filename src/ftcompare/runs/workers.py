@@ -93,9 +93,9 @@ class Worker:
     def gpu_memory_fraction(self) -> float:
         return 1.0 if self.sharing == 1 else SHARED_GPU_MEMORY / self.sharing
 
-    def record(self) -> dict:
+    def record(self, device: torch.device) -> dict:
         return {"index": self.index, "count": self.count, "workers_on_this_device": self.sharing,
-                "gpu_memory_fraction": self.gpu_memory_fraction}
+                **({"gpu_memory_fraction": self.gpu_memory_fraction} if device.type == "cuda" else {})}
 
     def cap_gpu_memory(self, device: torch.device) -> None:
         """On a GPU shared with other workers, keep this process's allocator to its share of the memory."""
@@ -142,4 +142,5 @@ def run_workers(command: Sequence[str], environments: Sequence[dict[str, str]]) 
 
 def _with_user_allocator(environment: dict[str, str]) -> dict[str, str]:
     """The parent's environment with the worker's on top, except an allocator setting the user chose."""
-    return {**os.environ, **environment, **({ALLOCATOR_ENV: os.environ[ALLOCATOR_ENV]} if ALLOCATOR_ENV in os.environ else {})}
+    users = {ALLOCATOR_ENV: os.environ[ALLOCATOR_ENV]} if ALLOCATOR_ENV in os.environ else {}
+    return {**os.environ, **environment, **users}
