@@ -356,11 +356,6 @@ RECORDS_OF_TRAINED_MODEL = ("eval.json", "samples.jsonl", "spectral.json", "repr
                             "metrics.json")
 
 
-def has_saved_weights(run_dir: RunDir) -> bool:
-    """Whether the run's weights folder holds tensors: a folder copied without them (configs only) does not."""
-    return any(run_dir.file("weights").glob("*.safetensors"))
-
-
 def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
     """Train the run on each task in order (one task unless the study is a sequence) and return the model,
     unmerged; or reload what an earlier session trained.
@@ -369,7 +364,7 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
     stage but the last, every task's test suite is scored greedily and the held-out loss measured (the
     last stage's scores are the run's own evaluation); each stage leaves its folder with a record, so an
     interrupted sequence resumes at its first unrecorded stage."""
-    if run_dir.has("train.json") and has_saved_weights(run_dir):
+    if run_dir.has_trained_weights:
         console.print("  train: finished earlier, reloading the saved weights")
         return load_trained(run, run_dir.file("weights"), context)
     # trained before but its weights are gone (a results folder moved without them): train again, and say so,
@@ -785,7 +780,7 @@ def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
     if run_id not in runs:
         raise ValueError(f"{experiment}: no run {run_id!r}; runs: {', '.join(runs)}")
     run, run_dir = runs[run_id], RunDir(experiment / run_id)
-    if not (run_dir.has("train.json") and has_saved_weights(run_dir)):
+    if not run_dir.has_trained_weights:
         raise ValueError(f"{run_dir.path}: no trained weights (was it run with save_weights: false, or not finished?)")
     context = prepare(config, resolve_device(config.device), experiment)
     model = load_trained(run, run_dir.file("weights"), context)

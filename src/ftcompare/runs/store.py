@@ -69,6 +69,11 @@ class RunDir:
     def done(self) -> bool:
         return self.has(DONE_FILE)
 
+    @property
+    def has_trained_weights(self) -> bool:
+        """Trained, with its weights saved: a weights folder copied without its tensors (configs only) is not."""
+        return self.has("train.json") and any(self.file("weights").glob("*.safetensors"))
+
 
 def experiment_dir(output: Path, experiment: str) -> Path:
     return Path(output) / experiment
