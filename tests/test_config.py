@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from ftcompare.cli import app
 from ftcompare.config import ConfigError, expand, load_config, parse_config
+from ftcompare.runs.store import write_json
 
 MINIMAL = {"experiment": "t", "methods": [{"kind": "full"}, {"kind": "lora", "rank": [1, 4, 16], "alpha_lr_product": 2.4e-3}]}
 
@@ -105,6 +106,21 @@ def test_cli_dry_run_prints_the_matrix_and_trains_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "lora-r16-s0" in result.output and "full-s0" in result.output
     assert not any(tmp_path.iterdir())
+    assert "progress" not in result.output  # nothing to resume
+
+
+def test_cli_dry_run_over_an_experiment_folder_shows_each_runs_progress(tmp_path):
+    quickstart = Path(__file__).parents[1] / "examples" / "quickstart.yaml"
+    runs = expand(load_config(quickstart))
+    write_json(tmp_path / "quickstart" / runs[0].run_id / "done.json", {})
+    write_json(tmp_path / "quickstart" / runs[1].run_id / "train.json", {})
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(quickstart), "--dry-run", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in result.output.splitlines()
+            if line.startswith("│")}
+    assert rows[runs[0].run_id] == "done" and rows[runs[1].run_id] == "weights lost"
+    assert rows[runs[2].run_id] == "not started"
+    assert f"1 of {len(runs)} runs done" in result.output
 
 
 def test_sweep_axes_expand_and_name_only_the_axes_that_vary():

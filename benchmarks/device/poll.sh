@@ -1,5 +1,7 @@
 # device call 4, 5, … (see pack.sh): wait up to $1 s for the study to end, then bring back its records,
 # its log and the small adapters (so that a machine lost between calls costs no evaluation)
+# a machine released between calls comes back bare: say so at once instead of waiting out the poll
+[ -e /tmp/study.log ] || { echo "no study on this machine (released between calls): setup1, setup2, start again"; exit 1; }
 end=$(( $(date +%s) + $1 ))
 while [ "$(date +%s)" -lt "$end" ] && ! grep -q "STUDY EXITED" /tmp/study.log; do sleep 5; done
 cd /tmp/runs/smollm2-mbpp

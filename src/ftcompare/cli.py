@@ -28,18 +28,29 @@ def _load(config_path: Path) -> StudyConfig:
         _fail(str(error))
 
 
-def _print_matrix(config: StudyConfig) -> None:
-    table = Table(title=f"run matrix: {config.experiment}")
+def _print_matrix(config: StudyConfig, output: Path) -> None:
+    """The runs the config expands to; where the experiment folder exists, how far each got (what a resume skips)."""
+    from ftcompare.runs.store import RunDir, experiment_dir
+
+    experiment = experiment_dir(output, config.experiment)
+    resuming = experiment.is_dir()
+    table = Table(title=f"run matrix: {config.experiment}" + (f" (resuming {experiment})" if resuming else ""))
     table.add_column("run", no_wrap=True)
     for column in ("method", "rank", "alpha", "scaling", "layers", "data"):
         table.add_column(column)
     table.add_column("lr", no_wrap=True)
     table.add_column("seed")
-    for run in expand(config):
+    if resuming:
+        table.add_column("progress", no_wrap=True, min_width=12)
+    runs = expand(config)
+    progress = [RunDir(experiment / run.run_id).progress for run in runs]
+    for run, reached in zip(runs, progress):
         table.add_row(run.run_id, run.method, str(run.rank or "–"), f"{run.alpha:g}" if run.alpha else "–",
                       f"{run.scaling:.3g}" if run.scaling else "–", f"{run.layer_fraction:.0%}" if run.layer_fraction else "all",
-                      f"{run.data_fraction:.0%}", f"{run.lr:g}", str(run.seed))
+                      f"{run.data_fraction:.0%}", f"{run.lr:g}", str(run.seed), *([reached] if resuming else []))
     console.print(table)
+    if resuming:
+        console.print(f"{progress.count('done')} of {len(runs)} runs done")
 
 
 def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
@@ -52,7 +63,7 @@ def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
 
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
-    _print_matrix(config)
+    _print_matrix(config, output)
     _report(_run_study(config, output), config)
 
 
@@ -83,7 +94,7 @@ def _run_with_workers(config_path: Path, config: StudyConfig, output: Path, work
     from ftcompare.runs.workers import run_workers, worker_environments
     from ftcompare.study import StudyMismatch, check_runs_match
 
-    _print_matrix(config)
+    _print_matrix(config, output)
     try:  # a clash with an earlier config is refused here, before any worker starts
         check_runs_match(config, output)
     except StudyMismatch as error:
@@ -106,7 +117,7 @@ def _run_with_workers(config_path: Path, config: StudyConfig, output: Path, work
 def run(
     config_path: Path = typer.Argument(..., help="Study config (YAML)."),
     output: Path = OUTPUT_OPTION,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run matrix; train nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the run matrix (and each run's progress, when the experiment folder exists); train nothing."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes sharing the study's runs, one per GPU (more than the GPUs: they share)."),
     as_worker: bool = typer.Option(False, "--as-worker", hidden=True, help="Run as one of --workers: the study only, no report."),
 ) -> None:
@@ -115,7 +126,7 @@ def run(
     if dry_run:
         from ftcompare.cost import estimate_cost
 
-        _print_matrix(config)
+        _print_matrix(config, output)
         table = Table(title="estimated cost (counted offline; tokens are upper bounds)")
         table.add_column("quantity")
         table.add_column("value", justify="right")

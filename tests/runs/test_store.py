@@ -35,3 +35,19 @@ def test_run_dirs_follow_the_study_order(tmp_path):
     assert not run.done
     write_json(run.file(store.DONE_FILE), {})
     assert run.done
+
+
+def test_progress_names_the_last_stage_a_run_recorded(tmp_path):
+    run = RunDir(tmp_path / "lora-r4-s0")
+    assert run.progress == "not started"
+    write_json(run.file("train.json"), {})
+    assert run.progress == "weights lost"  # trained, but only a weights folder without tensors came back
+    (run.file("weights")).mkdir()
+    run.file("weights/adapter_config.json").write_text("{}")
+    assert run.progress == "weights lost"
+    run.file("weights/adapter_model.safetensors").write_bytes(b"")
+    assert run.progress == "trained"
+    write_json(run.file("eval.json"), {})
+    assert run.progress == "evaluated"
+    write_json(run.file(store.DONE_FILE), {})
+    assert run.progress == "done"

@@ -74,6 +74,17 @@ class RunDir:
         """Trained, with its weights saved: a weights folder copied without its tensors (configs only) is not."""
         return self.has("train.json") and any(self.file("weights").glob("*.safetensors"))
 
+    @property
+    def progress(self) -> str:
+        """How far the run got, read from its records: what resuming the sweep will skip, and what it redoes."""
+        if self.done:
+            return "done"
+        if not self.has("train.json"):
+            return "not started"
+        if not self.has_trained_weights:
+            return "weights lost"  # resuming retrains it, discarding what was measured on the lost model
+        return "evaluated" if self.has("eval.json") else "trained"
+
 
 def experiment_dir(output: Path, experiment: str) -> Path:
     return Path(output) / experiment
