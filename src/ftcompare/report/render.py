@@ -11,7 +11,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
-from ftcompare.report.tables import markdown_from_cells, markdown_table, result_row, sequence_tables, suite_tables, table_cells
+from ftcompare.report.tables import (markdown_from_cells, markdown_table, result_row, sequence_tables, suite_tables, table_cells,
+                                     weights_line)
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -132,6 +133,8 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
                               trim_blocks=True, lstrip_blocks=True)
     context = {
         "study": study,
+        "weights": weights_line((study.get("base") or {}).get("provenance") or {}),
+        "gpu": str(study.get("device", "")).startswith("cuda"),
         "rows": rows,
         "records": records,
         "header": header,

@@ -23,6 +23,19 @@ def _get(record: dict, *path: str) -> object:
     return value
 
 
+def weights_line(provenance: dict) -> str:
+    """Which weights the base was, from its provenance record: source, revision or file and checksum,
+    quantization, and the record's own caveat (a quantized file is not the upstream model)."""
+    parts = [str(provenance[key]) if key == "source" else f"{key} {provenance[key]}"
+             for key in ("source", "revision", "file") if provenance.get(key)]
+    if provenance.get("sha256"):
+        parts.append(f"sha256 {provenance['sha256'][:12]}…")
+    if provenance.get("quantization"):
+        parts.append(str(provenance["quantization"]))
+    note = provenance.get("note")
+    return "; ".join(parts) + (f". Note: {note}." if note else ("." if parts else ""))
+
+
 def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
     sampled = _get(record, "suites", suite, "sampled") or {}
     keys = sorted((k for k in sampled if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
