@@ -132,6 +132,12 @@ def test_report_renders_from_records(experiment):
     assert "Representational drift" in html
     assert "LoRA r=2" in markdown and "full FT" in markdown
     assert "## Per suite" in markdown and "| lora-r2-s0 | ood | no |" in markdown
+    assert "## Paired comparisons (greedy)" in markdown and "<h2>Paired comparisons (greedy)</h2>" in html
+    paired = [line for line in markdown.splitlines() if line.startswith(("| lora-r2-s0 | base |", "| lora-r2-s0 | full FT |"))]
+    assert len(paired) == 2 and all("↑" in line and "p " in line for line in paired)
+    metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
+    greedy = metrics["suites"]["test"]["greedy"]
+    assert len(greedy["per_problem_pass@1"]) == greedy["problems"] and greedy["stderr"]["pass@1"] is not None
     assert "## Robustness" in markdown and "| lora-r2-s0 | test | function_name | 2 |" in markdown
     assert "<h2>Robustness (ReCode, greedy)</h2>" in html
     assert (experiment / "figures" / "accuracy_vs_rank.png").stat().st_size > 1000

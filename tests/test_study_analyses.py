@@ -177,6 +177,9 @@ def test_eval_scores_a_model_without_fine_tuning_and_keeps_every_sample(tmp_path
     records = read_jsonl(output / "samples.jsonl")
     assert len(records) == 3 and metrics["pass@1"] == sum(r["passed"] for r in records) / 3
     assert {r["task_id"] for r in records} == {"HumanEval/0", "HumanEval/1", "HumanEval/2"}
+    greedy = metrics["modes"]["greedy"]
+    assert greedy["per_problem_pass@1"] == {r["task_id"]: float(r["passed"]) for r in records}
+    assert f"pass@1 {metrics['pass@1']:.3f} ± {greedy['stderr']['pass@1']:.3f}" in " ".join(result.output.split())
 
 
 def test_models_lists_the_registry_and_refuses_an_unknown_name():

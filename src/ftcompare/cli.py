@@ -264,7 +264,9 @@ def eval_command(
         _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
     except (RuntimeError, ValueError, FileNotFoundError) as error:
         _fail(str(error))
-    scores = ", ".join(f"{key} {value:.3f}" for key, value in result.items() if key.startswith("pass@"))
+    stderr = result["modes"].get("greedy", {}).get("stderr", {})
+    scores = ", ".join(f"{key} {value:.3f}" + (f" ± {stderr[key]:.3f}" if stderr.get(key) is not None else "")
+                       for key, value in result.items() if key.startswith("pass@"))
     console.print(f"{model} on {benchmark} ({result['problems']} problems, {prompt_format}): {scores} in {result['wall_s']:.0f} s")
     console.print(f"records: {output / 'metrics.json'}, {output / 'samples.jsonl'}")
 

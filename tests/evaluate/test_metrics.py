@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import pytest
 
-from ftcompare.evaluate.metrics import mean_pass_at_k, pass_at_k
+from ftcompare.evaluate.metrics import mean_pass_at_k, mean_stderr, paired_difference, pass_at_k, sign_test_p
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
     return 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
@@ -66,3 +66,28 @@ def test_mean_pass_at_k_rejects_a_problem_with_fewer_than_k_samples():
 def test_mean_pass_at_k_rejects_no_problems():
     with pytest.raises(ValueError, match="counts"):
         mean_pass_at_k([], 1)
+
+
+def test_mean_stderr_is_the_sample_sd_over_root_n_and_needs_two_values():
+    assert mean_stderr([1.0, 0.0, 0.0, 0.0]) == pytest.approx(math.sqrt(0.25) / 2)  # sd √(1/4) over √4
+    assert mean_stderr([0.5, 0.5]) == 0.0
+    assert mean_stderr([1.0]) is None
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_on_the_discordant_problems():
+    assert sign_test_p(0, 5) == pytest.approx(2 / 32)
+    assert sign_test_p(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert sign_test_p(3, 3) == 1.0 and sign_test_p(0, 0) == 1.0
+    assert sign_test_p(250, 250) == 1.0  # large counts stay exact, no overflow
+
+
+def test_paired_difference_counts_the_problems_each_side_won_on_the_shared_ones():
+    tuned = {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0, "only-tuned": 1.0}
+    base = {"a": 0.0, "b": 1.0, "c": 1.0, "d": 0.0, "only-base": 0.0}
+    result = paired_difference(tuned, base)
+    assert (result["problems"], result["better"], result["worse"]) == (4, 2, 1)
+    assert result["difference"] == pytest.approx(1 / 4)
+    assert result["stderr"] == pytest.approx(mean_stderr([1.0, 0.0, -1.0, 1.0]))
+    assert result["p_value"] == pytest.approx(1.0)  # 2 vs 1: min(1, 2 · 4/8)
+    with pytest.raises(ValueError, match="share no problem"):
+        paired_difference({"a": 1.0}, {"b": 0.0})

@@ -19,8 +19,16 @@ def test_pass_at_k_table_averages_the_unbiased_estimator_over_problems():
     assert table["pass@4"] == pytest.approx(0.5)
 
 
+def test_pass_at_k_table_gives_each_means_stderr_and_every_problems_own_score():
+    table = pass_at_k_table(_records({"a": [True, True], "b": [True, False], "c": [False, False]}), [1, 2])
+    assert table["per_problem_pass@1"] == {"a": 1.0, "b": 0.5, "c": 0.0}
+    assert table["stderr"]["pass@1"] == pytest.approx(0.5 / 3**0.5)  # sample sd 0.5 over √3 problems
+    assert table["stderr"]["pass@2"] == pytest.approx(1 / 3)  # per problem 1, 1, 0: sd √(1/3), over √3
+
+
 def test_pass_at_k_table_skips_k_beyond_the_samples():
-    assert set(pass_at_k_table(_records({"a": [True]}), [1, 5])) == {"pass@1"}
+    table = pass_at_k_table(_records({"a": [True]}), [1, 5])
+    assert {key for key in table if key.startswith("pass@")} == {"pass@1"} and set(table["stderr"]) == {"pass@1"}
 
 
 def test_reference_completions_pass_and_wrong_ones_fail():
@@ -29,7 +37,8 @@ def test_reference_completions_pass_and_wrong_ones_fail():
     scored = execute_records(sample_records(problems, generations, suite="test", mode="sampled"), SETTINGS)
     assert [r["passed"] for r in scored] == [True, False] * 3
     assert {r["status"] for r in scored[1::2]} == {"failed"}
-    assert pass_at_k_table(scored, [1, 2]) == {"pass@1": 0.5, "pass@2": 1.0}
+    table = pass_at_k_table(scored, [1, 2])
+    assert (table["pass@1"], table["pass@2"]) == (0.5, 1.0)
 
 
 def test_each_distinct_program_runs_once(monkeypatch):

@@ -1,4 +1,4 @@
-from ftcompare.report.tables import markdown_table, result_row, weights_line
+from ftcompare.report.tables import markdown_table, paired_comparison_table, result_row, weights_line
 
 
 def test_result_row_reads_a_metrics_record_and_computes_the_gap():
@@ -39,3 +39,22 @@ def test_the_weights_line_says_where_the_base_came_from_and_what_it_is_not():
                                   "model's original weights.")
     assert weights_line({"name": "org/m", "source": "huggingface hub", "revision": "abc123"}) == "huggingface hub; revision abc123."
     assert weights_line({"name": "builtin:tiny-code", "heldout_loss": 3.2}) == ""  # pre-trained here: said elsewhere
+
+
+def _scored(run_id: str, method: str, outcomes: dict[str, float], **fields) -> dict:
+    return {"run_id": run_id, "method": method, "seed": 0, "data_fraction": 1.0, **fields,
+            "suites": {"test": {"greedy": {"pass@1": sum(outcomes.values()) / len(outcomes), "per_problem_pass@1": outcomes}},
+                       "ood": {"greedy": {"pass@1": 0.0}}}}  # evaluated before per-problem scores were kept
+
+
+def test_paired_comparisons_set_each_selected_run_against_the_base_and_full_fine_tuning():
+    base = _scored("base", "base", {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0})
+    full = _scored("full-s0", "full", {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0})
+    lora = _scored("lora-r4-s0", "lora", {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0})
+    rejected = _scored("lora-r4-x10-s0", "lora", {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}, selected=False)
+    header, body = paired_comparison_table([base, full, lora, rejected])
+    assert header == ["run", "against", "test", "ood"]
+    rows = {(row[0], row[1]): row[2:] for row in body}
+    assert set(rows) == {("full-s0", "base"), ("lora-r4-s0", "base"), ("lora-r4-s0", "full FT")}
+    assert rows[("lora-r4-s0", "base")] == ["+0.500 ± 0.500 (3↑ 1↓, p 0.62)", "–"]  # 3 vs 1: 2 · 5/16
+    assert rows[("full-s0", "base")][0] == "+0.250 ± 0.250 (1↑ 0↓, p 1)"

@@ -1,10 +1,10 @@
-"""Metrics over evaluated samples: pass@k."""
+"""Metrics over evaluated samples: pass@k, its standard error, and paired comparisons of two runs."""
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,3 +35,38 @@ def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
         if n < k:
             raise ValueError(f"counts[{index}] has n={n} samples, fewer than k={k}")
     return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of a mean over problems: the sample standard deviation over √n, as
+    lm-evaluation-harness reports it for accuracies. None below two problems."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((value - mean) ** 2 for value in values) / (n - 1) / n)
+
+
+def sign_test_p(better: int, worse: int) -> float:
+    """Two-sided exact sign test of `better` against `worse` problems (ties dropped). With pass/fail
+    outcomes on the same problems this is the exact McNemar test."""
+    discordant = better + worse
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, i) for i in range(min(better, worse) + 1)) / 2**discordant
+    return min(1.0, 2 * tail)
+
+
+def paired_difference(scores: Mapping[str, float], reference: Mapping[str, float]) -> dict:
+    """`scores` − `reference` over the problems both scored (per-problem pass@1: 0/1 when greedy): the mean
+    difference, its standard error, on how many problems each was better, and the sign test's p-value.
+
+    Pairing by problem removes the between-problem variance that two independent standard errors carry,
+    which is most of it when two models solve mostly the same problems."""
+    shared = [task for task in scores if task in reference]
+    if not shared:
+        raise ValueError("the two score sets share no problem")
+    differences = [scores[task] - reference[task] for task in shared]
+    better, worse = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    return {"problems": len(shared), "difference": sum(differences) / len(differences),
+            "stderr": mean_stderr(differences), "better": better, "worse": worse, "p_value": sign_test_p(better, worse)}

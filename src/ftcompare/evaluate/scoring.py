@@ -13,7 +13,7 @@ from typing import Sequence
 from ftcompare.data.problems import Problem
 from ftcompare.evaluate.extraction import count_reasoning_tokens, extract_code
 from ftcompare.evaluate.generation import Generation
-from ftcompare.evaluate.metrics import pass_at_k
+from ftcompare.evaluate.metrics import mean_stderr, pass_at_k
 from ftcompare.evaluate.sandbox import run_programs
 
 
@@ -75,20 +75,28 @@ def execute_records(records: list[dict], settings: SandboxSettings) -> list[dict
     return scored
 
 
-def pass_at_k_table(records: Sequence[dict], ks: Sequence[int]) -> dict[str, float]:
-    """Mean unbiased pass@k over problems, from scored records of one suite and mode.
-
-    k larger than a problem's number of samples is skipped (greedy decoding gives n=1: pass@1 only).
-    """
+def _by_problem(records: Sequence[dict]) -> dict[str, list[bool]]:
     per_problem: dict[str, list[bool]] = {}
     for record in records:
         per_problem.setdefault(record["task_id"], []).append(record["passed"])
+    return per_problem
+
+
+def pass_at_k_table(records: Sequence[dict], ks: Sequence[int]) -> dict:
+    """Mean unbiased pass@k over problems, from scored records of one suite and mode; with each mean's
+    standard error over problems (`stderr`) and every problem's own pass@1 estimate, c/n
+    (`per_problem_pass@1`: what paired comparisons of two runs read).
+
+    k larger than a problem's number of samples is skipped (greedy decoding gives n=1: pass@1 only).
+    """
+    per_problem = _by_problem(records)
     if not per_problem:
         return {}
     n = min(len(v) for v in per_problem.values())
-    table = {}
+    table, stderr = {}, {}
     for k in ks:
         if k <= n:
             values = [pass_at_k(len(v), sum(v), k) for v in per_problem.values()]
             table[f"pass@{k}"] = sum(values) / len(values)
-    return table
+            stderr[f"pass@{k}"] = mean_stderr(values)
+    return {**table, "stderr": stderr, "per_problem_pass@1": {task: sum(v) / len(v) for task, v in per_problem.items()}}

@@ -11,8 +11,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
-from ftcompare.report.tables import (markdown_from_cells, markdown_table, result_row, sequence_tables, suite_tables, table_cells,
-                                     weights_line)
+from ftcompare.report.tables import (markdown_from_cells, markdown_table, paired_comparison_table, result_row, sequence_tables,
+                                     suite_tables, table_cells, weights_line)
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -129,6 +129,9 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         (figure_dir / f"{figure.slug}.png").write_bytes(figure.png)
     header, body = table_cells(rows)
     suite_header, suite_body, robust_header, robust_body = suite_tables(records)
+    paired_header, paired_body = paired_comparison_table(records)
+    if all(cell == "–" for row in paired_body for cell in row[2:]):
+        paired_body = []  # no run kept per-problem scores: nothing to pair
     environment = Environment(loader=PackageLoader("ftcompare.report", "templates"), autoescape=select_autoescape(["html"]),
                               trim_blocks=True, lstrip_blocks=True)
     context = {
@@ -142,6 +145,8 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "markdown_table": markdown_table(rows),
         "suite_header": suite_header, "suite_body": suite_body, "suite_markdown": markdown_from_cells(suite_header, suite_body),
         "robust_header": robust_header, "robust_body": robust_body,
+        "paired_header": paired_header, "paired_body": paired_body,
+        "paired_markdown": markdown_from_cells(paired_header, paired_body) if paired_body else "",
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
         "sequences": sequence_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ftcompare.evaluate.metrics import paired_difference
+
 
 @dataclass(frozen=True)
 class Column:
@@ -168,7 +170,7 @@ def _cells(values: Sequence[tuple[object, str]]) -> list[str]:
 def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """Per run and suite (greedy decoding): accuracy, repair F1 where scored, and the generation cost that
     matters for reasoning models; then per run, suite and perturbation family: ReCode's robust metrics."""
-    suite_header = ["run", "suite", "in domain", "pass@1", "diff F1", "mean new tokens", "reasoning tokens",
+    suite_header = ["run", "suite", "in domain", "pass@1", "± s.e.", "diff F1", "mean new tokens", "reasoning tokens",
                     "s / problem", "cut by budget"]
     robust_header = ["run", "suite", "perturbation", "s", "nominal pass@1", "robust pass@1", "robust drop@1",
                      "robust relative@1"]
@@ -177,7 +179,8 @@ def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], l
         for suite, metrics in (record.get("suites") or {}).items():
             greedy = metrics.get("greedy", {})
             suite_body.append([str(record.get("run_id")), suite, "yes" if metrics.get("in_domain") else "no", *_cells([
-                (greedy.get("pass@1"), ".3f"), (greedy.get("diff_f1"), ".3f"), (greedy.get("mean_new_tokens"), ".1f"),
+                (greedy.get("pass@1"), ".3f"), ((greedy.get("stderr") or {}).get("pass@1"), ".3f"),
+                (greedy.get("diff_f1"), ".3f"), (greedy.get("mean_new_tokens"), ".1f"),
                 (greedy.get("mean_reasoning_tokens"), ".1f"), (greedy.get("seconds_per_problem"), ".3f"),
                 (greedy.get("hit_budget_fraction"), ".2f")])])
             for family, robust in (metrics.get("robustness") or {}).items():
@@ -185,6 +188,40 @@ def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], l
                     (robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"), (robust["robust_drop@1"], "+.3f"),
                     (robust["robust_relative@1"], ".3f")])])
     return suite_header, suite_body, robust_header, robust_body
+
+
+def _reference_full(record: dict, records: Sequence[dict]) -> dict | None:
+    """The full fine-tuning run a method is compared with: selected, same seed and data fraction."""
+    return next((r for r in records if r.get("method") == "full" and r.get("selected") is not False
+                 and r.get("seed") == record.get("seed") and r.get("data_fraction") == record.get("data_fraction")), None)
+
+
+def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Each fine-tuned run (its selected rate) against the base and against full fine-tuning, per greedy
+    suite, paired by problem: the pass@1 difference ± its standard error, on how many problems each side
+    was better, and the exact sign (McNemar) test's p-value. A suite recorded without per-problem scores
+    (evaluated before they were kept) shows –."""
+    runs = [r for r in records if r.get("method") != "base" and r.get("selected") is not False]
+    suites = list(dict.fromkeys(suite for r in runs for suite in (r.get("suites") or {})))
+    base = next((r for r in records if r.get("method") == "base"), None)
+    body = []
+    for run in runs:
+        references = [("base", base)] + ([] if run.get("method") == "full" else [("full FT", _reference_full(run, records))])
+        for name, reference in references:
+            if reference is None:
+                continue
+            cells = []
+            for suite in suites:
+                scores = _get(run, "suites", suite, "greedy", "per_problem_pass@1")
+                against = _get(reference, "suites", suite, "greedy", "per_problem_pass@1")
+                if not scores or not against:
+                    cells.append("–")
+                    continue
+                paired = paired_difference(scores, against)
+                cells.append(f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
+                             f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})")
+            body.append([str(run.get("run_id")), name, *cells])
+    return ["run", "against", *suites], body
 
 
 def sequence_tables(records: Sequence[dict]) -> list[dict]:
