@@ -9,7 +9,8 @@
 #   3. bash benchmarks/device/start.sh WORKERS && bash benchmarks/device/poll.sh 540     carry .device/c .device/r
 #      WORKERS: the runs left to do, at most 4 on one H200 (each worker's allocator is capped at 0.95/WORKERS of
 #      its memory); `ftcompare run CONFIG --dry-run --output DIR` lists each run's progress in DIR/<experiment>
-#   4. bash benchmarks/device/poll.sh 560        (again until it prints STUDY EXITED)
+#   4. bash benchmarks/device/poll.sh 560        (again until it prints STUDY EXITED; a poll cut short by the
+#                                                call's limit or the device budget still returns its last snapshot)
 # Each poll brings back runs.tgz (records without weights), study.log and, for runs whose adapter is under
 # 15 MiB, w-RUN.tgz: put those in .device/r before a restart on a fresh machine and the runs resume from
 # their saved adapters instead of being retrained.
