@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the SmolLM2 study (examples/smollm2-mbpp.yaml) on a lent GPU machine with no internet, through the
 # device tool, whose calls each carry at most 64 MiB. Here, once, from the repository root:
-#   bash benchmarks/device/pack.sh RECORDS      # RECORDS: an experiment folder to resume from, e.g.
-#                                               # docs/findings/smollm2-mbpp-h200-records
+#   bash benchmarks/device/pack.sh RECORDS [ADAPTERS]
+#       RECORDS: an experiment folder to resume from, e.g. docs/findings/smollm2-mbpp-h200-records;
+#       ADAPTERS: a folder of w-RUN.tgz adapters that earlier polls brought back (model weights stay out of
+#       the repository), so that those runs resume from their weights instead of being trained again
 # then these device calls back to back (a machine stays only 30 s idle; its /tmp goes with it):
 #   1. bash benchmarks/device/setup1.sh          carry .whl .device/a
 #   2. bash benchmarks/device/setup2.sh          carry .device/b
@@ -15,7 +17,8 @@
 # 15 MiB, w-RUN.tgz: put those in .device/r before a restart on a fresh machine and the runs resume from
 # their saved adapters instead of being retrained.
 set -euo pipefail
-records=${1:?usage: pack.sh RECORDS}
+records=${1:?usage: pack.sh RECORDS [ADAPTERS]}
+adapters=${2:-}
 for path in /.whl/ /.device/; do grep -qx "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude; done
 rm -rf .whl .device && mkdir -p .whl .device/a/data .device/b .device/c .device/r
 platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
@@ -35,4 +38,5 @@ cp ../shared/data/mbpp.jsonl ../shared/data/quixbugs.jsonl ../shared/data/quixbu
 staging=$(mktemp -d)
 cp -r "$records" "$staging/smollm2-mbpp"
 tar -czf .device/r/runs.tgz -C "$staging" smollm2-mbpp
+[ -z "$adapters" ] || cp "$adapters"/w-*.tgz .device/r/
 du -sh .whl .device/*
