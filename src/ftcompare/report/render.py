@@ -130,8 +130,6 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     header, body = table_cells(rows)
     suite_header, suite_body, robust_header, robust_body = suite_tables(records)
     paired_header, paired_body = paired_comparison_table(records)
-    if all(cell == "–" for row in paired_body for cell in row[2:]):
-        paired_body = []  # no run kept per-problem scores: nothing to pair
     environment = Environment(loader=PackageLoader("ftcompare.report", "templates"), autoescape=select_autoescape(["html"]),
                               trim_blocks=True, lstrip_blocks=True)
     context = {

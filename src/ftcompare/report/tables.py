@@ -200,7 +200,7 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
     """Each fine-tuned run (its selected rate) against the base and against full fine-tuning, per greedy
     suite, paired by problem: the pass@1 difference ± its standard error, on how many problems each side
     was better, and the exact sign (McNemar) test's p-value. A suite recorded without per-problem scores
-    (evaluated before they were kept) shows –."""
+    (evaluated before they were kept) shows –; a pair with none at all is left out."""
     runs = [r for r in records if r.get("method") != "base" and r.get("selected") is not False]
     suites = list(dict.fromkeys(suite for r in runs for suite in (r.get("suites") or {})))
     base = next((r for r in records if r.get("method") == "base"), None)
@@ -220,7 +220,8 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
                 paired = paired_difference(scores, against)
                 cells.append(f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
                              f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})")
-            body.append([str(run.get("run_id")), name, *cells])
+            if any(cell != "–" for cell in cells):
+                body.append([str(run.get("run_id")), name, *cells])
     return ["run", "against", *suites], body
 
 
