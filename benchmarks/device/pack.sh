@@ -14,8 +14,8 @@
 #   4. bash benchmarks/device/poll.sh 560        (again until it prints STUDY EXITED; a poll cut short by the
 #                                                call's limit or the device budget still returns its last snapshot)
 # Each poll brings back runs.tgz (records without weights), study.log and, for runs whose adapter is under
-# 15 MiB, w-RUN.tgz: put those in .device/r before a restart on a fresh machine and the runs resume from
-# their saved adapters instead of being retrained.
+# 15 MiB, w-RUN.tgz: keep those in a folder and pass it as ADAPTERS before a restart on a fresh machine, and
+# the runs resume from their saved adapters instead of being retrained.
 set -euo pipefail
 records=${1:?usage: pack.sh RECORDS [ADAPTERS]}
 adapters=${2:-}

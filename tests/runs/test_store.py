@@ -41,10 +41,10 @@ def test_progress_names_the_last_stage_a_run_recorded(tmp_path):
     run = RunDir(tmp_path / "lora-r4-s0")
     assert run.progress == "not started"
     write_json(run.file("train.json"), {})
-    assert run.progress == "weights lost"  # trained, but only a weights folder without tensors came back
+    assert run.progress == "weights lost"  # trained, and no weights folder came back
     (run.file("weights")).mkdir()
     run.file("weights/adapter_config.json").write_text("{}")
-    assert run.progress == "weights lost"
+    assert run.progress == "weights lost"  # a weights folder without its tensors
     run.file("weights/adapter_model.safetensors").write_bytes(b"")
     assert run.progress == "trained"
     write_json(run.file("eval.json"), {})
