@@ -4,7 +4,7 @@
 # a machine released between calls comes back bare: say so at once instead of waiting out the poll
 [ -e /tmp/study.log ] || { echo "no study on this machine (released between calls): setup1, setup2, start again"; exit 1; }
 snapshot() {
-  tar -czf "$OUT/runs.tgz.part" -C /tmp/runs --exclude=weights --exclude=svd --exclude=.claim smollm2-mbpp && mv "$OUT/runs.tgz.part" "$OUT/runs.tgz"
+  tar -czf "$OUT/runs.tgz.part" -C /tmp/runs --exclude=weights --exclude=svd --exclude=svd-nf4 --exclude=.claim smollm2-mbpp && mv "$OUT/runs.tgz.part" "$OUT/runs.tgz"
   for weights in /tmp/runs/smollm2-mbpp/*/weights/adapter_model.safetensors; do
     run=${weights#/tmp/runs/smollm2-mbpp/}; run=${run%%/*}
     [ -e "$weights" ] && [ "$(stat -c %s "$weights")" -lt 15000000 ] \

@@ -109,6 +109,8 @@ def test_workers_get_one_gpu_each_round_robin_or_a_share_of_the_cpu():
     assert [e[WORKER_ENV] for e in on_gpus] == ["0/3/2", "1/3/1", "2/3/2"]
     # only the workers that share GPU 0 get the allocator setting that suits a memory cap
     assert [e.get(ALLOCATOR_ENV) for e in on_gpus] == ["expandable_segments:True", None, "expandable_segments:True"]
+    # each gets its share of the host's cores, for its CPU-side work
+    assert [e["OMP_NUM_THREADS"] for e in on_gpus] == ["5", "5", "5"]
     on_cpu = worker_environments(2, gpus=0, cpu_threads=5)
     assert [(e["OMP_NUM_THREADS"], e[WORKER_ENV]) for e in on_cpu] == [("2", "0/2/2"), ("2", "1/2/2")]
     assert "CUDA_VISIBLE_DEVICES" not in on_cpu[0]
