@@ -166,6 +166,23 @@ def report(experiment: Path = typer.Argument(..., help="An experiment folder, e.
 
 
 @app.command()
+def rescore(experiment: Path = typer.Argument(..., help="An experiment folder, e.g. runs/quickstart.")) -> None:
+    """Recompute every run's pass@k tables from its per-sample records (nothing is generated or executed
+    again): runs evaluated by an older ftcompare gain standard errors and per-problem scores. Then re-render
+    the report with `ftcompare report`."""
+    from ftcompare.evaluate.rescore import rescore_experiment
+
+    try:
+        outcomes = rescore_experiment(experiment)
+    except FileNotFoundError as error:
+        _fail(str(error))
+    for outcome in outcomes:
+        console.print(f"{outcome.run_id}: {outcome.outcome}", markup=False)
+    if any(outcome.outcome.startswith("left as it was") for outcome in outcomes):
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def intervene(
     run_dir: Path = typer.Argument(..., help="A finished run, e.g. runs/quickstart/lora-r4-s0."),
     lambdas: str = typer.Option("0,0.25,0.5,0.75,1,1.5", "--lambdas", help="Comma-separated scales for the intruders' singular values."),

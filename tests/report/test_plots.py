@@ -49,3 +49,17 @@ def test_a_sweep_figure_draws_only_the_series_that_vary_along_its_axis():
     assert [r["run"] for r in plots.swept_rows(rows, "alpha")] == ["base", "full-d1-s0", "lora-alpha-r16-a4-s0",
                                                                    "lora-alpha-r16-a64-s0"]
     assert [r["run"] for r in plots.swept_rows(rows, "data_fraction")] == ["full-d0.5-s0", "full-d1-s0"]
+
+
+def test_a_method_keeps_its_colour_in_and_out_of_domain():
+    import matplotlib.pyplot as plt
+
+    rows = [_row("base"), _row("full-s0"), _row("dora-r16-s0", 16, 32, 1.0),
+            _row("lora-r4-s0", 4, 8, 1.0), _row("lora-r16-s0", 16, 32, 1.0), _row("qlora-r16-s0", 16, 32, 1.0)]
+    figure, ax = plt.subplots()
+    plots.accuracy_axis(ax, rows, "rank", " (ID)", " (OOD)")
+    colours = {container.get_label(): container.lines[0].get_color() for container in ax.containers}
+    plt.close(figure)
+    for series in ("dora", "lora", "qlora"):
+        assert colours[f"{series} (ID)"] == colours[f"{series} (OOD)"], series
+    assert len({colours[f"{series} (ID)"] for series in ("dora", "lora", "qlora")}) == 3

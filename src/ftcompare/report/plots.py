@@ -55,17 +55,24 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def series_colors(rows: Sequence[dict], axis: str = "rank") -> dict[str, str]:
+    """One colour per series along `axis`, the same whichever field is drawn: a method's in-domain and
+    out-of-domain lines share their colour and differ in line style."""
+    names = sorted({series_name(r, axis) for r in rows if r.get(axis) is not None})
+    return {name: COLORS[index % len(COLORS)] for index, name in enumerate(names)}
+
+
 def versus_axis(ax, rows: Sequence[dict], field: str, axis: str = "rank", label_suffix: str = "", style: str = "-o",
-                reference_color: str = "black", color_offset: int = 0) -> None:
+                reference_color: str = "black") -> None:
     """`field` along a sweep axis, one series per combination of the other settings (mean ± sd over
     seeds); runs without the axis (full FT along rank, the base) as horizontal reference lines."""
     swept = [r for r in rows if r.get(axis) is not None]
-    for index, name in enumerate(sorted({series_name(r, axis) for r in swept})):
+    for name, color in series_colors(rows, axis).items():
         stats = group_mean([r for r in swept if series_name(r, axis) == name], lambda r: r[axis], field)
         xs = sorted(stats)
         if xs:
             ax.errorbar(xs, [stats[x][0] for x in xs], yerr=[stats[x][1] for x in xs], fmt=style,
-                        color=COLORS[(index + color_offset) % len(COLORS)], capsize=3, label=f"{name}{label_suffix}")
+                        color=color, capsize=3, label=f"{name}{label_suffix}")
     references = [r for r in rows if r.get(axis) is None]
     for name in sorted({series_name(r, "rank") for r in references}):
         stats = group_mean([r for r in references if series_name(r, "rank") == name], lambda r: 0, field)
@@ -78,12 +85,18 @@ def versus_axis(ax, rows: Sequence[dict], field: str, axis: str = "rank", label_
         ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
 
 
+def accuracy_axis(ax, rows: Sequence[dict], axis: str = "rank", in_domain: str = " (in-domain)",
+                  out_of_domain: str = " (out-of-domain)") -> None:
+    """Greedy pass@1 along `axis`: in domain as solid lines, out of domain dotted, each series in one colour."""
+    versus_axis(ax, rows, "id_pass1", axis, in_domain)
+    if any(r.get("ood_pass1") is not None for r in rows):
+        versus_axis(ax, rows, "ood_pass1", axis, out_of_domain, style=":s", reference_color="tab:red")
+    ax.set_ylabel("greedy pass@1")
+
+
 def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
-    versus_axis(ax, rows, "id_pass1", label_suffix=" (in-domain)")
-    if any(r.get("ood_pass1") is not None for r in rows):
-        versus_axis(ax, rows, "ood_pass1", label_suffix=" (out-of-domain)", style=":s", reference_color="tab:red", color_offset=1)
-    ax.set_ylabel("greedy pass@1")
+    accuracy_axis(ax, rows)
     ax.set_title("Accuracy vs LoRA rank")
     ax.legend(fontsize=7)
     return _png(figure)
@@ -113,10 +126,7 @@ def sweep(rows: Sequence[dict], axis: str) -> bytes:
     """Accuracy (in and out of domain), forgetting and intruder dimensions along one sweep axis."""
     rows = swept_rows(rows, axis)
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
-    versus_axis(axes[0], rows, "id_pass1", axis, " (ID)")
-    if any(r.get("ood_pass1") is not None for r in rows):
-        versus_axis(axes[0], rows, "ood_pass1", axis, " (OOD)", style=":s", reference_color="tab:red", color_offset=1)
-    axes[0].set_ylabel("greedy pass@1")
+    accuracy_axis(axes[0], rows, axis, " (ID)", " (OOD)")
     tuned = [r for r in rows if r["run"] != "base"]
     versus_axis(axes[1], tuned, "forgetting", axis)
     axes[1].set_ylabel("held-out loss increase over the base")

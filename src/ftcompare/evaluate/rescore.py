@@ -1,0 +1,84 @@
+"""Re-aggregate recorded evaluations from their per-sample records, generating and executing nothing again.
+
+A run evaluated by an older ftcompare lacks what scoring records now (each pass@k's standard error, every
+problem's own pass@1, which paired comparisons read); its `samples.jsonl` holds the verdicts they come from.
+`rescore_experiment` recomputes each suite's pass@k table from those verdicts. The stored pass@k values must
+come out unchanged: a difference means the records and the metrics are not of the same evaluation, and that
+run is left as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ftcompare.evaluate.scoring import pass_at_k_table
+from ftcompare.runs.store import BASE_DIR, RunDir, read_json, read_jsonl, run_dirs, write_json
+
+SAMPLES_FILE = "samples.jsonl"
+# the records that carry a copy of the evaluation's suites
+EVALUATION_FILES = ("eval.json", "metrics.json")
+
+
+class RecordsDisagree(ValueError):
+    """The per-sample records do not give the pass@k that the metrics say."""
+
+
+@dataclass(frozen=True)
+class Rescored:
+    run_id: str
+    outcome: str  # "rescored", "no per-sample records", "no evaluation", or why the records disagree
+
+
+def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
+    """`suites` (an eval.json's) with every mode's pass@k table recomputed from the records of that suite and
+    mode, at the k it already reports; suites and modes without records are kept as they are."""
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        grouped.setdefault((record["suite"], record["mode"]), []).append(record)
+    result = {}
+    for suite, modes in suites.items():
+        result[suite] = dict(modes)
+        for mode, metrics in modes.items():
+            mode_records = grouped.get((suite, mode))
+            if not mode_records or not isinstance(metrics, dict):
+                continue
+            stored = {key: value for key, value in metrics.items() if key.startswith("pass@")}
+            table = pass_at_k_table(mode_records, [int(key.removeprefix("pass@")) for key in stored])
+            for key, value in stored.items():
+                if not math.isclose(table.get(key, math.nan), value, rel_tol=0, abs_tol=1e-9):
+                    raise RecordsDisagree(f"{suite} {mode} {key}: the metrics say {value}, "
+                                          f"the per-sample records give {table.get(key)}")
+            result[suite][mode] = {**metrics, **table}
+    return result
+
+
+def rescore_run(run_dir: RunDir) -> Rescored:
+    """Rescore one run's (or the base's) evaluation in place; each file is rewritten atomically."""
+    if not run_dir.has("eval.json"):
+        return Rescored(run_dir.run_id, "no evaluation")
+    if not run_dir.has(SAMPLES_FILE):
+        return Rescored(run_dir.run_id, "no per-sample records")
+    records = read_jsonl(run_dir.file(SAMPLES_FILE))
+    updated = {}
+    try:
+        for name in EVALUATION_FILES:
+            if run_dir.has(name):
+                payload = read_json(run_dir.file(name))
+                updated[name] = {**payload, "suites": rescored_suites(payload.get("suites", {}), records)}
+    except RecordsDisagree as error:
+        return Rescored(run_dir.run_id, f"left as it was: {error}")
+    for name, payload in updated.items():
+        write_json(run_dir.file(name), payload)
+    return Rescored(run_dir.run_id, "rescored")
+
+
+def rescore_experiment(experiment: Path) -> list[Rescored]:
+    """Rescore the base's and every run's evaluation under an experiment folder."""
+    experiment = Path(experiment)
+    if not experiment.is_dir():
+        raise FileNotFoundError(f"no experiment folder at {experiment}")
+    base = RunDir(experiment / BASE_DIR)
+    return [rescore_run(run_dir) for run_dir in ([base] if base.path.is_dir() else []) + run_dirs(experiment)]
