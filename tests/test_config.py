@@ -54,6 +54,8 @@ def test_explicit_lr_is_used_as_given():
          "round_tokens: decoding in rounds"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}}, "unknown suites ['nope']"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}}, "evaluation.robustness.perturbations.0"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "base": {"dtype": "float16"}}, "training.master_weights: fp32"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"master_weights": "fp8"}}, "training.master_weights"),
     ],
 )
 def test_invalid_configs_name_the_field(data, field):

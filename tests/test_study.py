@@ -62,7 +62,9 @@ def test_metrics_hold_every_measure(experiment):
     assert metrics["latency"]["unmerged_tokens_per_s"] > 0 and metrics["latency"]["merged_tokens_per_s"] > 0
     assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["steps"] == 4
     assert metrics["train"]["trainable_params"] < metrics["train"]["total_params"]
-    assert metrics["train"]["method"]["adapter_dtype"].startswith("base dtype")
+    assert metrics["train"]["method"]["adapter_dtype"].startswith("created and saved in the base dtype")
+    # an fp32 base on the CPU: trained as it is, no autocast
+    assert (metrics["train"]["master_weights"], metrics["train"]["autocast"]) == ("float32", None)
     assert metrics["spectral"]["matrices"] == 4 * 7
     assert set(metrics["spectral"]["epsilon_sweep"]) == {"0.3", "0.5", "0.9"}
     full = json.loads((experiment / "full-s0" / "metrics.json").read_text())

@@ -6,6 +6,7 @@ import shutil
 import os
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -98,6 +99,14 @@ def test_qlora_is_compared_with_the_quantized_base_it_trained_on(experiment):
     assert forgetting["quantized_base_heldout_loss"] != forgetting["base_heldout_loss"]
     assert (experiment / "_base" / "svd-nf4").is_dir()
     assert metrics["train"]["method"]["quantization"]["quant_type"] == "nf4"
+    # the report gives both: over the base, and over the quantized base (the adapter's own share)
+    report = (experiment / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| method |"))
+    row = next(line for line in report.splitlines() if line.startswith("| QLoRA r=2 |"))
+    cells = dict(zip((c.strip() for c in header.split("|")), (c.strip() for c in row.split("|"))))
+    assert cells["forgetting over quantized base"] == f"{forgetting['increase_over_quantized_base']:+.3f}"
+    assert cells["forgetting (Δ loss)"] == f"{forgetting['increase']:+.3f}"
+    assert "the adapter's own share" in report
 
 
 def test_the_causal_test_runs_as_an_analysis_on_the_runs_named(experiment):
@@ -187,3 +196,34 @@ def test_models_lists_the_registry_and_refuses_an_unknown_name():
     assert listing.exit_code == 0 and "smollm2-135m-instruct" in listing.output and "Apache-2.0" in listing.output
     unknown = CliRunner().invoke(app, ["models", "pull", "nope"])
     assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
+
+
+def test_a_bf16_base_trains_with_fp32_master_weights_unless_told_otherwise(tmp_path, tiny_base, cache_dir):
+    from safetensors.torch import load_file
+
+    def weights_moved(master_weights: str) -> tuple[dict, float]:
+        study = {"experiment": f"master-{master_weights}", "base": {**STUDY["base"], "dtype": "bfloat16"},
+                 "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
+                 "methods": [{"kind": "full", "lr": 1e-5}],
+                 "training": {"max_steps": 4, "batch_size": 8, "schedule": "constant", "warmup_ratio": 0,
+                              "grad_clip": None, "master_weights": master_weights},
+                 "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "forgetting": None, "latency": None},
+                 "analyses": {"spectral": None}}
+        config_path = tmp_path / f"{master_weights}.yaml"
+        config_path.write_text(yaml.safe_dump(study))
+        result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+        assert result.exit_code == 0, result.output
+        run = tmp_path / f"master-{master_weights}" / "full-s0"
+        tuned = load_file(next((run / "weights").glob("*.safetensors")))
+        base = load_file(next(tiny_base[0].glob("*.safetensors")))
+        shared = [name for name in tuned if name in base and tuned[name].ndim == 2]
+        assert {tuned[name].dtype for name in shared} == {torch.bfloat16}  # saved in the base's dtype
+        changed = sum(int((tuned[n] != base[n].to(torch.bfloat16)).sum()) for n in shared)
+        return json.loads((run / "train.json").read_text()), changed / sum(tuned[n].numel() for n in shared)
+
+    mixed, mixed_moved = weights_moved("float32")
+    pure, pure_moved = weights_moved("base")
+    assert (mixed["master_weights"], mixed["autocast"]) == ("float32", "bfloat16")
+    assert (pure["master_weights"], pure["autocast"]) == ("bfloat16", None)
+    # four steps of ~1e-5: pure bf16 rounds most of them away, fp32 master weights keep them
+    assert mixed_moved > 2 * pure_moved, (mixed_moved, pure_moved)

@@ -4,7 +4,9 @@
 #   bash benchmarks/device/pack.sh RECORDS [ADAPTERS]
 #       RECORDS: an experiment folder to resume from, e.g. docs/findings/smollm2-mbpp-h200-records;
 #       ADAPTERS: a folder of w-RUN.tgz adapters that earlier polls brought back (model weights stay out of
-#       the repository), so that those runs resume from their weights instead of being trained again
+#       the repository), so that those runs resume from their weights instead of being trained again.
+#       A study under a changed training config (e.g. master_weights) cannot resume another's runs: give it a
+#       folder holding only the old one's _base (the base's evaluation does not depend on training)
 # then these device calls back to back (a machine stays only 30 s idle; its /tmp goes with it):
 #   1. bash benchmarks/device/setup1.sh          carry .whl .device/a
 #   2. bash benchmarks/device/setup2.sh          carry .device/b

@@ -288,6 +288,12 @@ class TrainingConfig(Strict):
     # `select_lr_on`, the report keeps per method the multiplier that scores best on that suite
     lr_multipliers: list[float] = Field(default=[1.0], min_length=1)
     select_lr_on: str | None = None  # an evaluation suite, e.g. "validation"
+    # the trainable parameters' dtype while training a bf16/fp16 base. "float32": fp32 master weights (and
+    # AdamW state) with the forward and backward under autocast in the base's dtype, as mixed-precision
+    # training does; cast back to the base's dtype when training ends. "base": train them in the base's
+    # dtype (pure bf16: faster and leaner, but an update under half the dtype's spacing is rounded away;
+    # at lr 1e-5 a step moves 2% of SmolLM2's bf16 weights, benchmarks/master_weights.py)
+    master_weights: Literal["float32", "base"] = "float32"
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -458,6 +464,14 @@ class StudyConfig(Strict):
     def primary_suite(self) -> str:
         """The in-domain suite that latency prompts, probes and the causal test use: the last task's test."""
         return f"{self.sequence[-1].name}/test" if self.sequence else "test"
+
+    @model_validator(mode="after")
+    def _master_weights_for_the_base_dtype(self) -> "StudyConfig":
+        if self.training.master_weights == "float32" and self.base.dtype == "float16":
+            raise ValueError("training.master_weights: fp32 master weights are trained under bf16 autocast; an fp16 "
+                             "base would need loss scaling, which ftcompare does not do: use base.dtype bfloat16, "
+                             "or training.master_weights: base to train in fp16 as it is")
+        return self
 
     @model_validator(mode="after")
     def _robustness_on_known_suites(self) -> "StudyConfig":

@@ -41,7 +41,7 @@ from ftcompare.models.methods import (adapted_weight_names, apply_method, load_t
                                       quantize_4bit, quantized_base_weights, save_tuned)
 from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
 from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
-from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train
+from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train, trainable_parameters_in
 
 @dataclass(frozen=True)
 class Probe:
@@ -425,20 +425,26 @@ def fit(model: torch.nn.Module, problems: Sequence[Problem], run: RunSpec, conte
     steps = math.ceil(training.epochs * len(examples) / training.batch_size)
     if training.max_steps:
         steps = min(steps, training.max_steps)
+    # fp32 master weights for a bf16 base (the config refuses them for fp16, which would need loss scaling)
+    mixed = training.master_weights == "float32" and context.base.dtype == torch.bfloat16
     settings = TrainSettings(lr=run.lr, steps=steps, warmup_steps=round(steps * training.warmup_ratio),
                              schedule=training.schedule if training.schedule != "constant" else "constant_with_warmup",
                              weight_decay=training.weight_decay, grad_clip=training.grad_clip,
-                             log_every=training.log_every, seed=run.seed)
+                             log_every=training.log_every, seed=run.seed,
+                             autocast_dtype=torch.bfloat16 if mixed else None)
     batches = epoch_batches(examples, batch_size=training.batch_size, pad_id=context.tokenizer.pad_token_id,
                             max_length=training.max_length, seed=run.seed)
     accelerator = Accelerator(cpu=context.device.type == "cpu")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with step_progress(console, "  train", steps) as advance:
+    with trainable_parameters_in(model, torch.float32 if mixed else None), \
+            step_progress(console, "  train", steps) as advance:
         result = train(model, batches, settings, accelerator=accelerator, log_path=log_path,
                        on_step=lambda step, loss: advance(step, loss))
     console.print(f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.tokens_per_s:,.0f} tokens/s, "
                   f"peak {result.peak_memory_mb:,.0f} MB")
-    record = {**asdict(result), "examples": len(examples), "epochs": steps * training.batch_size / len(examples)}
+    record = {**asdict(result), "examples": len(examples), "epochs": steps * training.batch_size / len(examples),
+              "master_weights": "float32" if mixed else str(context.base.dtype).removeprefix("torch."),
+              "autocast": "bfloat16" if mixed else None}
     return record, accelerator.unwrap_model(model)
 
 

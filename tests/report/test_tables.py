@@ -1,4 +1,4 @@
-from ftcompare.report.tables import markdown_table, paired_comparison_table, result_row, weights_line
+from ftcompare.report.tables import markdown_table, paired_comparison_table, result_row, training_precision_line, weights_line
 
 
 def test_result_row_reads_a_metrics_record_and_computes_the_gap():
@@ -65,3 +65,17 @@ def test_runs_evaluated_before_per_problem_scores_were_kept_are_left_out_of_the_
     old = _scored("lora-r4-s0", "lora", {"a": 1.0, "b": 1.0})
     del old["suites"]["test"]["greedy"]["per_problem_pass@1"]
     assert paired_comparison_table([base, old]) == (["run", "against", "test", "ood"], [])
+
+
+def test_the_precision_line_says_how_each_run_held_its_trainable_weights():
+    mixed = {"run_id": "lora-r4-s0", "train": {"dtype": "torch.bfloat16", "master_weights": "float32", "autocast": "bfloat16"}}
+    pure = {"run_id": "full-s0", "train": {"dtype": "torch.bfloat16", "master_weights": "bfloat16", "autocast": None}}
+    older = {"run_id": "lora-r1-s0", "train": {"dtype": "torch.bfloat16"}}
+    on_cpu = {"run_id": "full-s1", "train": {"dtype": "torch.float32", "master_weights": "float32", "autocast": None}}
+    base = {"run_id": "base", "method": "base"}
+    assert training_precision_line([base, mixed]) == "float32 master weights, bfloat16 autocast, in every run"
+    assert training_precision_line([on_cpu]) == "float32, in every run"
+    assert training_precision_line([mixed, pure, older]) == (
+        "float32 master weights, bfloat16 autocast: lora-r4-s0; bfloat16, pure: full-s0; "
+        "bfloat16, pure (recorded before ftcompare kept fp32 master weights): lora-r1-s0")
+    assert training_precision_line([base]) == ""

@@ -2,7 +2,8 @@ import json
 
 import torch
 
-from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train
+from ftcompare.train.loop import (IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train,
+                                   trainable_parameters_in)
 from tests.helpers import copy_examples, tiny_llama
 
 
@@ -57,3 +58,34 @@ def test_frozen_parameters_stay_frozen():
                    TrainSettings(lr=1e-2, steps=3))
     assert torch.equal(model.model.embed_tokens.weight, frozen)
     assert result.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _bf16_weights_moved(master: torch.dtype | None) -> tuple[float, set]:
+    """Train the bf16 tiny model 20 steps at lr 1e-5 (each Adam step ~1e-5, under half of bf16's spacing
+    for most weights of ~0.02): the fraction of its weights that changed, and its dtypes afterwards."""
+    model = tiny_llama(dtype=torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    with trainable_parameters_in(model, master):
+        train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+              TrainSettings(lr=1e-5, steps=20, schedule="constant", grad_clip=None,
+                            autocast_dtype=torch.bfloat16 if master else None))
+    changed = sum(int((a != b).sum()) for a, b in zip(before, model.parameters()))
+    return changed / sum(p.numel() for p in before), {p.dtype for p in model.parameters()}
+
+
+def test_fp32_master_weights_keep_the_small_updates_that_pure_bf16_rounds_away():
+    pure, pure_dtypes = _bf16_weights_moved(None)
+    master, master_dtypes = _bf16_weights_moved(torch.float32)
+    assert pure < 0.3 and master > 0.7, (pure, master)
+    assert pure_dtypes == master_dtypes == {torch.bfloat16}  # handed back in the model's dtype
+
+
+def test_only_trainable_parameters_are_held_in_the_master_dtype():
+    model = tiny_llama(dtype=torch.bfloat16)
+    model.model.embed_tokens.weight.requires_grad_(False)
+    with trainable_parameters_in(model, torch.float32):
+        assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+        assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    with trainable_parameters_in(model, None):
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -28,9 +28,10 @@ Every adapter kind (lora, qlora, dora, rslora, pissa) goes through PEFT with one
   NOT requantize: tuned W = dequantize(W_4bit) + ΔW in the compute dtype, as plain nn.Linear
   (`merge_adapter`); `quantized_base_weights` gives the dequantized base the run was trained on.
 
-Adapters are kept in the base's dtype (`autocast_adapter_dtype=False`): PEFT upcasts them to fp32 by
-default, which on a GPU trains ~30% slower with ~13% more memory than full fine-tuning. What each kind
-did is recorded with every run (`method_record`).
+Adapters are created and saved in the base's dtype (`autocast_adapter_dtype=False`); while training they
+are held like every trainable parameter, full fine-tuning's included, in `training.master_weights` (fp32 by
+default), so both methods get the same numerics. What each kind did is recorded with every run
+(`method_record`; the training dtype in train.json's `master_weights`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ftcompare.config import ALL_LINEAR, RunSpec
 
-ADAPTER_DTYPE_POLICY = "base dtype (PEFT autocast_adapter_dtype=False)"
+ADAPTER_DTYPE_POLICY = "created and saved in the base dtype; trained in train.json's master_weights dtype"
 QUANT_TYPE = "nf4"
 DOUBLE_QUANT = True  # bnb "compress_statistics": the absmax constants are themselves quantized (QLoRA §3)
 QUANT_BLOCKSIZE = 64  # bitsandbytes' default and the QLoRA paper's

@@ -12,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (markdown_from_cells, markdown_table, paired_comparison_table, result_row, sequence_tables,
-                                     suite_tables, table_cells, weights_line)
+                                     suite_tables, table_cells, training_precision_line, weights_line)
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -135,8 +135,10 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     context = {
         "study": study,
         "weights": weights_line((study.get("base") or {}).get("provenance") or {}),
+        "precision": training_precision_line(records),
         "gpu": str(study.get("device", "")).startswith("cuda"),
         "rows": rows,
+        "quantized_forgetting": any(row["forgetting_over_quantized"] is not None for row in rows),
         "records": records,
         "header": header,
         "body": body,

@@ -38,6 +38,27 @@ def weights_line(provenance: dict) -> str:
     return "; ".join(parts) + (f". Note: {note}." if note else ("." if parts else ""))
 
 
+def training_precision_line(records: Sequence[dict]) -> str:
+    """How each trained run held its trainable weights while training: fp32 master weights under autocast,
+    or the model's own dtype. Runs recorded before ftcompare kept master weights trained in the base's dtype."""
+    runs_by_precision: dict[str, list[str]] = {}
+    for record in records:
+        train = record.get("train") or {}
+        if not train:
+            continue
+        dtype = str(train.get("dtype", "")).removeprefix("torch.")
+        if "master_weights" not in train:
+            precision = f"{dtype}, pure (recorded before ftcompare kept fp32 master weights)"
+        elif train.get("autocast"):
+            precision = f"{train['master_weights']} master weights, {train['autocast']} autocast"
+        else:
+            precision = f"{train['master_weights']}, pure" if train["master_weights"] != "float32" else "float32"
+        runs_by_precision.setdefault(precision, []).append(str(record.get("run_id")))
+    if len(runs_by_precision) == 1:
+        return f"{next(iter(runs_by_precision))}, in every run"
+    return "; ".join(f"{precision}: {', '.join(runs)}" for precision, runs in runs_by_precision.items())
+
+
 def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
     sampled = _get(record, "suites", suite, "sampled") or {}
     keys = sorted((k for k in sampled if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
@@ -80,6 +101,8 @@ def result_row(record: dict) -> dict:
         "forgetting": _get(record, "forgetting", "increase") if record.get("method") != "base" else 0.0,
         "heldout_loss": _get(record, "forgetting", "heldout_loss"),
         "forgetting_prose": _get(record, "forgetting", "corpora", "prose", "increase") if record.get("method") != "base" else None,
+        # QLoRA: the loss moved by the adapter alone, over the quantized base it was trained on
+        "forgetting_over_quantized": _get(record, "forgetting", "increase_over_quantized_base"),
         "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
         "peak_memory_mb": _get(record, "train", "peak_memory_mb"),
         "memory_measure": _get(record, "train", "memory_measure"),
@@ -116,6 +139,8 @@ def columns(rows: Sequence[dict]) -> list[Column]:
         Column("generalisation_gap", "ID−OOD gap", "+.3f"),
         Column("forgetting", "forgetting (Δ loss)", "+.3f"),
         *([Column("forgetting_prose", "forgetting, prose", "+.3f")] if any(r.get("forgetting_prose") is not None for r in rows) else []),
+        *([Column("forgetting_over_quantized", "forgetting over quantized base", "+.3f")]
+          if any(r.get("forgetting_over_quantized") is not None for r in rows) else []),
         Column("train_tokens_per_s", "train tok/s", ",.0f"),
         Column("peak_memory_mb", "peak MB", ",.0f"),
         Column("merged_tokens_per_s", "infer tok/s merged", ",.0f"),

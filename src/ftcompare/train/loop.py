@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -34,6 +35,23 @@ class TrainSettings:
     grad_clip: float | None = 1.0
     log_every: int = 10
     seed: int = 0
+    # the forward under torch.autocast in this dtype (bf16 with fp32 master weights: mixed precision)
+    autocast_dtype: torch.dtype | None = None
+
+
+@contextmanager
+def trainable_parameters_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """Hold `model`'s trainable parameters in `dtype` (None: leave them) and give each its own dtype back on
+    exit: fp32 master weights for a low-precision model, so that small updates accumulate instead of being
+    rounded away; frozen parameters keep the model's dtype."""
+    originals = {p: p.dtype for p in model.parameters() if p.requires_grad and dtype is not None and p.dtype != dtype}
+    for parameter in originals:
+        parameter.data = parameter.data.to(dtype)
+    try:
+        yield
+    finally:
+        for parameter, original in originals.items():
+            parameter.data = parameter.data.to(original)
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,9 @@ def train(
     try:
         for step in range(1, settings.steps + 1):
             batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
-            loss = model(**batch).loss
+            with torch.autocast(accelerator.device.type, dtype=settings.autocast_dtype,
+                                enabled=settings.autocast_dtype is not None):
+                loss = model(**batch).loss
             accelerator.backward(loss)
             if settings.grad_clip is not None:
                 accelerator.clip_grad_norm_(params, settings.grad_clip)
