@@ -5,14 +5,16 @@
 #       RECORDS: an experiment folder to resume from, e.g. docs/findings/smollm2-mbpp-h200-records;
 #       ADAPTERS: a folder of w-RUN.tgz adapters that earlier polls brought back (model weights stay out of
 #       the repository), so that those runs resume from their weights instead of being trained again.
-#       A study under a changed training config (e.g. master_weights) cannot resume another's runs: give it a
-#       folder holding only the old one's _base (the base's evaluation does not depend on training)
+#       A study under a changed training config (e.g. master_weights) cannot resume another's runs: start it
+#       from an empty folder (one worker evaluates the base, keeping its per-sample records for the paired
+#       comparisons, while the others run the learning-rate selection)
 # then these device calls back to back (a machine stays only 30 s idle; its /tmp goes with it):
 #   1. bash benchmarks/device/setup1.sh          carry .whl .device/a
 #   2. bash benchmarks/device/setup2.sh          carry .device/b
 #   3. bash benchmarks/device/start.sh WORKERS && bash benchmarks/device/poll.sh 540     carry .device/c .device/r
-#      WORKERS: the runs left to do, at most 4 on one H200 (each worker's allocator is capped at 0.95/WORKERS of
-#      its memory); `ftcompare run CONFIG --dry-run --output DIR` lists each run's progress in DIR/<experiment>
+#      WORKERS: 3 on one H200 (each worker's allocator is capped at 0.95/WORKERS of its memory, and generation
+#      at batch 256 needs more than the 33 GiB that 4 leave); `ftcompare run CONFIG --dry-run --output DIR`
+#      lists each run's progress in DIR/<experiment>
 #   4. bash benchmarks/device/poll.sh 560        (again until it prints STUDY EXITED; a poll cut short by the
 #                                                call's limit or the device budget still returns its last snapshot)
 # Each poll brings back runs.tgz (records without weights), study.log and, for runs whose adapter is under
