@@ -178,7 +178,7 @@ def rescore(experiment: Path = typer.Argument(..., help="An experiment folder, e
         _fail(str(error))
     for outcome in outcomes:
         console.print(f"{outcome.run_id}: {outcome.outcome}", markup=False)
-    if any(outcome.outcome.startswith("left as it was") for outcome in outcomes):
+    if any(outcome.refused for outcome in outcomes):
         raise typer.Exit(code=1)
 
 

@@ -288,9 +288,9 @@ class TrainingConfig(Strict):
     # `select_lr_on`, the report keeps per method the multiplier that scores best on that suite
     lr_multipliers: list[float] = Field(default=[1.0], min_length=1)
     select_lr_on: str | None = None  # an evaluation suite, e.g. "validation"
-    # the trainable parameters' dtype while training a bf16/fp16 base. "float32": fp32 master weights (and
-    # AdamW state) with the forward and backward under autocast in the base's dtype, as mixed-precision
-    # training does; cast back to the base's dtype when training ends. "base": train them in the base's
+    # the trainable parameters' dtype while training a bf16 base. "float32": fp32 master weights (and AdamW
+    # state) with the forward under bf16 autocast, as mixed-precision training does; cast back to bf16 when
+    # training ends (refused for an fp16 base, which would need loss scaling). "base": train them in the base's
     # dtype (pure bf16: faster and leaner, but an update under half the dtype's spacing is rounded away;
     # at lr 1e-5 a step moves 2% of SmolLM2's bf16 weights, benchmarks/master_weights.py)
     master_weights: Literal["float32", "base"] = "float32"

@@ -57,6 +57,7 @@ def test_an_experiment_is_rescored_run_by_run_in_both_files(tmp_path):
     experiment, run = _experiment(tmp_path, OLD_SUITES)
     outcomes = {o.run_id: o.outcome for o in rescore_experiment(experiment)}
     assert outcomes == {"_base": "no per-sample records", "lora-r4-s0": "rescored", "lora-r4-x10-s0": "no evaluation"}
+    assert not any(o.refused for o in rescore_experiment(experiment))  # rescoring again changes nothing
     for name in ("eval.json", "metrics.json"):
         payload = json.loads((run / name).read_text())
         assert payload["suites"]["test"]["greedy"]["per_problem_pass@1"]["c"] == 1.0, name
@@ -66,6 +67,7 @@ def test_an_experiment_is_rescored_run_by_run_in_both_files(tmp_path):
 def test_a_run_whose_records_disagree_is_left_as_it_was_and_the_command_fails(tmp_path):
     experiment, run = _experiment(tmp_path, {"test": {"greedy": {"pass@1": 0.75}}})
     before = {name: (run / name).read_bytes() for name in ("eval.json", "metrics.json")}
+    assert [o.run_id for o in rescore_experiment(experiment) if o.refused] == ["lora-r4-s0"]
     result = CliRunner().invoke(app, ["rescore", str(experiment)])
     assert result.exit_code == 1
     assert "lora-r4-s0: left as it was: test greedy pass@1" in result.output

@@ -30,6 +30,7 @@ class RecordsDisagree(ValueError):
 class Rescored:
     run_id: str
     outcome: str  # "rescored", "no per-sample records", "no evaluation", or why the records disagree
+    refused: bool = False  # the records disagree with the metrics: the run was left as it was
 
 
 def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
@@ -69,7 +70,7 @@ def rescore_run(run_dir: RunDir) -> Rescored:
                 payload = read_json(run_dir.file(name))
                 updated[name] = {**payload, "suites": rescored_suites(payload.get("suites", {}), records)}
     except RecordsDisagree as error:
-        return Rescored(run_dir.run_id, f"left as it was: {error}")
+        return Rescored(run_dir.run_id, f"left as it was: {error}", refused=True)
     for name, payload in updated.items():
         write_json(run_dir.file(name), payload)
     return Rescored(run_dir.run_id, "rescored")
