@@ -118,15 +118,11 @@ def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[st
     Workers sharing a GPU get expandable allocator segments, which fragment less under a memory cap."""
     environments = []
     for index in range(count):
-        if gpus:
-            sharing = len(range(index % gpus, count, gpus))
-            environment = {"CUDA_VISIBLE_DEVICES": str(index % gpus),
-                           **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})}
-        else:
-            sharing = count
-            environment = {}
+        sharing = len(range(index % gpus, count, gpus)) if gpus else count
+        gpu = {"CUDA_VISIBLE_DEVICES": str(index % gpus),
+               **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})} if gpus else {}
         environments.append({WORKER_ENV: f"{index}/{count}/{sharing}",
-                             "OMP_NUM_THREADS": str(max(1, cpu_threads // count)), **environment})
+                             "OMP_NUM_THREADS": str(max(1, cpu_threads // count)), **gpu})
     return environments
 
 
