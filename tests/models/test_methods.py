@@ -6,11 +6,13 @@ from ftcompare.config import RunSpec
 from ftcompare.models.methods import (
     adapted_weight_names,
     apply_method,
+    dequantize_4bit,
     load_tuned,
     merge_adapter,
     method_record,
     prepare_base,
     quantized_base_weights,
+    quantize_4bit,
     save_tuned,
     trainable_parameters,
 )
@@ -221,6 +223,24 @@ def test_qlora_quantizes_the_linear_layers_but_not_the_head_and_merges_to_plain_
         assert type(merged.get_submodule(name.removesuffix(".weight"))) is torch.nn.Linear
         torch.testing.assert_close(parameters[name], base[name] + deltas[name], rtol=0, atol=1e-7)
     torch.testing.assert_close(logits(merged), unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_qlora_computes_the_same_on_every_cpu_in_training_and_inference():
+    """bnb repacks 4-bit weights at inference on AVX512-BF16 CPUs (absmax rounded to bf16; fails for the
+    tiny model's 32-wide matrices). ftcompare keeps every layer on the plain kernel, so an inference
+    forward equals a training-mode one bit for bit and leaves the quantized weights as they were."""
+    model = quantize_4bit(tiny_llama())
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    before = [dequantize_4bit(layer).clone() for layer in layers]
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        training_logits = model.train()(tokens).logits
+        inference_logits = model.eval()(tokens).logits  # the path bnb would repack on
+    torch.testing.assert_close(inference_logits, training_logits, rtol=0, atol=0)
+    for layer, weight in zip(layers, before):
+        assert torch.equal(dequantize_4bit(layer), weight)
+    assert "bf16" in method_record(adapter_run("qlora"))["quantization"]["cpu_kernel"]
 
 
 def test_qlora_computes_and_keeps_adapters_in_the_base_dtype():

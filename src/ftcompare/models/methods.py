@@ -192,6 +192,10 @@ def quantize_4bit(model: PreTrainedModel) -> PreTrainedModel:
                                              quant_storage=torch.uint8, module=quantized).to(device)  # quantizes
         if module.bias is not None:
             quantized.bias = torch.nn.Parameter(module.bias.data, requires_grad=False)
+        # bnb repacks 4-bit weights for AVX512-BF16 CPUs at inference: the layout rounds the absmax
+        # constants to bf16 (so scores would depend on the CPU), fails for matrices narrower than a
+        # quantization block, and its inverse rewrites the quant state in place. The plain kernel is used.
+        quantized.support_avx512bf16_for_cpu = False
         quantized.train(module.training)
         _set_module(model, name, quantized)
     model.is_loaded_in_4bit = True
@@ -202,12 +206,7 @@ def dequantize_4bit(layer: torch.nn.Module) -> torch.Tensor:
     """The weight a bnb Linear4bit computes with, dequantized (in its original dtype)."""
     import bitsandbytes as bnb
 
-    data, state = layer.weight.data, layer.weight.quant_state
-    if getattr(state, "packing_format_for_cpu", False):  # bnb repacks for AVX512-BF16 CPUs at inference
-        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
-
-        data, state = _convert_weight_packed_for_cpu_inverse(data, state)
-    return bnb.functional.dequantize_4bit(data, state)
+    return bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
 
 
 def quantized_base_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -258,6 +257,7 @@ def method_record(run: RunSpec, dtype: torch.dtype | None = None) -> dict:
             "blocksize": QUANT_BLOCKSIZE,
             "compute_dtype": _dtype_name(dtype) or "base dtype",
             "quant_storage": "uint8",
+            "cpu_kernel": "plain 4-bit (bnb's AVX512-BF16 repacking off: it rounds the absmax constants to bf16)",
             "quantized": "every linear layer but the output head, in place",
             "prepare_model_for_kbit_training": False,
             "merge": "dequantize(W_4bit) + ΔW in the compute dtype, no requantization",
