@@ -17,7 +17,7 @@ from ftcompare.data.humaneval import (
     to_problem,
 )
 from ftcompare.evaluate.extraction import extract_code
-from ftcompare.evaluate.sandbox import run_programs
+from ftcompare.evaluate.sandbox import TESTS_MARKER, run_programs
 from tests.helpers import chat_tokenizer
 from ftcompare.evaluate.verify import verify_benchmark
 
@@ -228,3 +228,16 @@ def test_cli_fails_on_a_reference_that_fails(tmp_path):
     result = CliRunner().invoke(app, ["verify-benchmark", "humaneval", "--data", str(path), "--timeout-s", "5"])
     assert result.exit_code == 1
     assert result.output.splitlines()[0] == "humaneval: 0/1 reference solutions pass"
+
+
+def test_check_runs_after_the_program_with_its_patches_undone(bundled):
+    problem = to_problem(bundled[0], "completion")
+    assert problem.setup == TESTS_MARKER  # the program, then the marker, then `check`
+    # A wrong body that makes every comparison true and swaps `check` through a trace function.
+    cheat = ("    import builtins, sys\n"
+             "    builtins.abs = lambda x: 0\n"
+             "    sys.settrace(lambda f, e, a: f.f_globals.__setitem__('check', lambda c: None))\n"
+             "    return True\n")
+    right, wrong = run_programs([problem.program(problem.completion), problem.program(cheat)], **LIMITS)
+    assert right.passed and right.checks == {"tests": "split", "plain_data": 0, "in_process": 3}
+    assert not wrong.passed

@@ -30,7 +30,7 @@ from ftcompare.data.mbpp import (
     to_problem,
     with_extra_tests,
 )
-from ftcompare.evaluate.sandbox import run_programs
+from ftcompare.evaluate.sandbox import TESTS_MARKER, run_programs
 from tests.helpers import chat_tokenizer
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
@@ -309,19 +309,20 @@ def test_to_problem_assembles_solution_then_setup_then_asserts():
     problem = to_problem(rec, "zeroshot")
     assert problem.task_id == "mbpp/7" and problem.family == "mbpp" and problem.code_prefix == ""
     assert problem.prompt == render_prompt(rec, "zeroshot")
-    assert problem.completion == rec.code and problem.tests == rec.test_list and problem.setup == "root = make()"
+    assert problem.completion == rec.code and problem.tests == rec.test_list
+    assert problem.setup == TESTS_MARKER + "\nroot = make()"  # the sandbox runs setup and tests after the program
     assert problem.entry_point == "add"
     assert problem.meta == {"task_id": 7, "source": "mbpp", "format": "zeroshot"}
     assert problem.program(problem.completion) == (
         "def make():\n    return 3\ndef add(a, b):\n    return a + b\n\n"
-        "root = make()\n\n"
+        f"{TESTS_MARKER}\nroot = make()\n\n"
         "assert add(root, 1) == 4\nassert add(0, 0) == 0\nassert add(1, 1) == 2\n"
     )
 
 
 def test_to_problem_sanitized_setup_is_its_test_imports(sanitized):
     problem = to_problem(by_id(sanitized)[82], "zeroshot")
-    assert problem.task_id == "mbpp-sanitized/82" and problem.setup == "import math"
+    assert problem.task_id == "mbpp-sanitized/82" and problem.setup == TESTS_MARKER + "\nimport math"
     assert problem.entry_point == "volume_sphere"
     program = problem.program(problem.completion)
     assert program.index("def volume_sphere") < program.index("import math\n\nassert") < program.index("assert")
@@ -434,3 +435,18 @@ def test_with_extra_tests_leaves_the_problem_unchanged():
     assert problem.tests == record().test_list and "extra_tests" not in problem.meta
     assert extended.tests == record().test_list + ("assert add(2, 2) == 4", "assert True")
     assert extended.meta["extra_tests"] == 2
+
+
+def test_asserts_on_a_call_and_a_literal_are_checked_on_plain_data_outside_the_program():
+    rec = record(setup="", code="def add(a, b):\n    return a + b",
+                 tests=("assert add(1, 2) == 3", "assert add(0.1, 0.2) == 0.30000000000000004",
+                        "assert math.isclose(add(1, 1), 2)"))
+    problem = to_problem(rec, "zeroshot")
+    right = "import math\ndef add(a, b):\n    return a + b\n"
+    always_equal = "import math\nclass Same(float):\n    __eq__ = lambda self, other: True\ndef add(a, b):\n    return Same(a + b)\n"
+    off_by_ulp = "import math\ndef add(a, b):\n    return 0.3 if a == 0.1 else a + b\n"  # == as before: exact
+    results = run_programs([problem.program(code) for code in (right, always_equal, off_by_ulp)],
+                           timeout_s=10, memory_mb=512, workers=2)
+    assert [r.passed for r in results] == [True, False, False]
+    assert results[0].checks == {"tests": "split", "plain_data": 2, "in_process": 1}
+    assert "not plain data" in results[1].exception and "returned 0.3" in results[2].exception

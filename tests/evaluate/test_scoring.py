@@ -62,3 +62,13 @@ def test_a_truncated_completion_code_is_extracted_before_running():
     text = problem.completion + "def junk(:\n"  # a broken top-level line after the body is cut away
     (record,) = execute_records(sample_records([problem], [[Generation(text, 9, True)]], suite="test", mode="greedy"), SETTINGS)
     assert record["passed"] and record["hit_budget"]
+
+
+def test_each_record_says_how_its_tests_were_checked():
+    problem = generate_task(seed=0, n_train=1, n_test=1, n_ood=0).suites["test"][0]
+    always_equal = "    class Same:\n        __eq__ = lambda self, other: True\n    return Same()\n"
+    generations = [[Generation(problem.completion, 5, False), Generation(always_equal, 9, False)]]
+    right, cheat = execute_records(sample_records([problem], generations, suite="test", mode="sampled"), SETTINGS)
+    assert right["passed"] and right["checks"] == {"tests": "split", "plain_data": 3, "in_process": 0}
+    assert not cheat["passed"] and "not plain data" in cheat["exception"]
+    assert right["isolation"] in ("bubblewrap", "fallback")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ftcompare.data.problems import Problem
+from ftcompare.evaluate.sandbox import marked_setup
 
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 HUB_DATASET = "google-research-datasets/mbpp"  # configs "full" and "sanitized"
@@ -144,7 +145,9 @@ def called_function(assertion: str) -> str:
 
 def to_problem(record: MbppRecord, fmt: str, *, few_shot: Sequence[MbppRecord] = (), tokenizer=None) -> Problem:
     """The record as a Problem: the prompt in `fmt`, the reference code as completion, test_list as tests,
-    test_setup_code as setup (run after the solution, before the asserts), no code prefix."""
+    test_setup_code as setup (run after the solution, before the asserts), no code prefix. The setup starts
+    with the sandbox's TESTS_MARKER: each `assert f(...) == LITERAL` is then checked on plain data outside
+    the program's interpreter, and the rest run after the program with its patches to modules undone."""
     return Problem(
         task_id=f"{record.source}/{record.task_id}",
         prompt=render_prompt(record, fmt, few_shot=few_shot, tokenizer=tokenizer),
@@ -153,7 +156,7 @@ def to_problem(record: MbppRecord, fmt: str, *, few_shot: Sequence[MbppRecord] =
         entry_point=called_function(record.test_list[0]),
         family=record.source,
         code_prefix="",
-        setup=record.test_setup_code,
+        setup=marked_setup(record.test_setup_code),
         meta={"task_id": record.task_id, "source": record.source, "format": fmt},
     )
 

@@ -64,14 +64,17 @@ def sample_records(
 
 
 def execute_records(records: list[dict], settings: SandboxSettings) -> list[dict]:
-    """Run each record's program in the sandbox (each distinct program once); add status and passed."""
+    """Run each record's program in the sandbox (each distinct program once); add status, passed, exception,
+    `checks` (how its tests were checked: how many on plain data outside the program's interpreter, how many
+    in it) and `isolation` (bubblewrap or the fallback)."""
     distinct = list(dict.fromkeys(record["program"] for record in records))
     results = dict(zip(distinct, run_programs(distinct, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb,
                                               workers=settings.workers)))
     scored = []
     for record in records:
         result = results[record["program"]]
-        scored.append({**record, "status": result.status, "passed": result.passed, "exception": result.exception})
+        scored.append({**record, "status": result.status, "passed": result.passed, "exception": result.exception,
+                       "checks": result.checks, "isolation": result.isolation.get("isolation")})
     return scored
 
 
