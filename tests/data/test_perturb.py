@@ -2,12 +2,17 @@ import io
 import json
 import re
 import tokenize
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from ftcompare.data.codegen import generate_task
+from ftcompare.data import mbpp
 from ftcompare.data.perturb import (
     PERTURBATIONS,
+    NotApplicable,
+    family_variants,
     paraphrase_text,
     perturb_code_syntax,
     perturbed_variants,
@@ -16,6 +21,7 @@ from ftcompare.data.perturb import (
     rename_variables,
 )
 from ftcompare.data.problems import Problem
+from tests.helpers import chat_tokenizer
 
 # ---- fixtures: generated HumanEval-style problems, a HumanEval-like prompt with doctests, MBPP prose prompts
 
@@ -82,6 +88,12 @@ MBPP_ZERO_SHOT = Problem(
 MBPP = (MBPP_FEW_SHOT, MBPP_ZERO_SHOT)
 ALL = CODEGEN + (HUMANEVAL,) + MBPP
 SEEDS = range(6)
+# An MBPP prompt shows its problem's asserts and no function: no variable of the target's to rename.
+NOT_APPLICABLE = {("code_syntax", MBPP_FEW_SHOT.task_id), ("code_syntax", MBPP_ZERO_SHOT.task_id)}
+
+
+def _applies(name: str, problem: Problem) -> bool:
+    return (name, problem.task_id) not in NOT_APPLICABLE
 
 
 def _run(problem: Problem) -> None:
@@ -106,6 +118,10 @@ def _code_lines(prompt: str) -> list[tuple[int, str]]:
 def test_reference_still_passes_its_tests(name):
     for problem in ALL:
         _run(problem)
+        if not _applies(name, problem):
+            with pytest.raises(NotApplicable, match=problem.task_id):
+                PERTURBATIONS[name](problem, 0)
+            continue
         for seed in SEEDS:
             variant = PERTURBATIONS[name](problem, seed)
             _run(variant)
@@ -115,9 +131,7 @@ def test_reference_still_passes_its_tests(name):
 
 @pytest.mark.parametrize("name", sorted(PERTURBATIONS))
 def test_deterministic_for_a_seed_and_different_across_seeds(name):
-    for problem in ALL:
-        if name == "code_syntax" and problem is MBPP_ZERO_SHOT:
-            continue  # no variable in its prompt: see test_code_syntax_without_variables_changes_nothing
+    for problem in filter(lambda problem: _applies(name, problem), ALL):
         variants = [PERTURBATIONS[name](problem, seed) for seed in SEEDS]
         assert [PERTURBATIONS[name](problem, seed) for seed in SEEDS] == variants
         prompts = {variant.prompt for variant in variants}
@@ -127,7 +141,8 @@ def test_deterministic_for_a_seed_and_different_across_seeds(name):
 
 @pytest.mark.parametrize("name", sorted(PERTURBATIONS))
 def test_meta_records_the_perturbation(name):
-    variant = PERTURBATIONS[name](MBPP_FEW_SHOT, 7)
+    problem = MBPP_FEW_SHOT if _applies(name, MBPP_FEW_SHOT) else replace(HUMANEVAL, meta={"source": "fixture"})
+    variant = PERTURBATIONS[name](problem, 7)
     assert variant.meta["perturbation"] == name and variant.meta["seed"] == 7 and "details" in variant.meta
     assert variant.meta["source"] == "fixture"  # the problem's own meta is kept
     json.dumps(variant.to_json())
@@ -274,17 +289,10 @@ def test_code_syntax_renames_parameters_in_prefix_docstring_and_completion():
     assert "for value in" in perturb_code_syntax(HUMANEVAL, 0).completion
 
 
-def test_code_syntax_renames_few_shot_code_and_leaves_the_tests():
-    for seed in SEEDS:
-        variant = perturb_code_syntax(MBPP_FEW_SHOT, seed)
-        assert "total" not in variant.prompt and "nums" not in variant.prompt
-        assert [line for line in variant.prompt.split("\n") if line.startswith("assert")] == \
-            [line for line in MBPP_FEW_SHOT.prompt.split("\n") if line.startswith("assert")]
-        shot = variant.prompt.split("[BEGIN]\n", 1)[1].split("[DONE]", 1)[0]
-        namespace: dict = {}
-        exec(shot.replace("\r\n", "\n"), namespace)  # the few-shot example still works
-        assert namespace["count_even"]([1, 2, 4, 6]) == 3
-        assert variant.completion == MBPP_FEW_SHOT.completion
+def test_code_syntax_leaves_few_shot_code_alone():
+    # the old rule renamed the shot's `total` and `nums`: a perturbation of the example, not of the problem
+    with pytest.raises(NotApplicable, match="no variable to rename"):
+        perturb_code_syntax(MBPP_FEW_SHOT, 0)
 
 
 def test_code_syntax_keeps_parameters_passed_by_keyword():
@@ -297,9 +305,9 @@ def test_code_syntax_keeps_parameters_passed_by_keyword():
     _run(variant)
 
 
-def test_code_syntax_without_variables_changes_nothing():
-    variant = perturb_code_syntax(MBPP_ZERO_SHOT, 0)
-    assert variant.prompt == MBPP_ZERO_SHOT.prompt and variant.meta["details"] == {"renamed": []}
+def test_code_syntax_without_variables_is_not_applicable():
+    with pytest.raises(NotApplicable, match="mbpp/add"):
+        perturb_code_syntax(MBPP_ZERO_SHOT, 0)
 
 
 # ---- code format -----------------------------------------------------------------------------------
@@ -329,12 +337,13 @@ def test_reformat_leaves_prose_and_doctests():
 
 
 def test_perturbed_variants_gives_s_distinct_variants_per_family():
-    names = ["docstring", "function_name", "code_syntax", "code_format"]
     for problem in (CODEGEN[0], HUMANEVAL, MBPP_FEW_SHOT):
+        names = [name for name in ("docstring", "function_name", "code_syntax", "code_format") if _applies(name, problem)]
+        n = len(names)
         variants = perturbed_variants(problem, names, s=3, seed=0)
         assert variants == perturbed_variants(problem, names, s=3, seed=0)
         assert [v.meta["perturbation"] for v in variants] == [n for n in names for _ in range(3)]
-        assert [v.meta["variant"] for v in variants] == [0, 1, 2] * 4
+        assert [v.meta["variant"] for v in variants] == [0, 1, 2] * n
         for name in names:
             family = [v for v in variants if v.meta["perturbation"] == name]
             assert len({v.meta["seed"] for v in family}) == 3
@@ -343,9 +352,126 @@ def test_perturbed_variants_gives_s_distinct_variants_per_family():
         assert [v.meta["seed"] for v in other] != [v.meta["seed"] for v in variants]
 
 
-def test_perturbed_variants_repeats_when_a_family_has_nothing_to_change():
-    variants = perturbed_variants(MBPP_ZERO_SHOT, ["code_syntax"], s=2, seed=0)
-    assert len(variants) == 2 and all(v.prompt == MBPP_ZERO_SHOT.prompt for v in variants)
+def test_a_family_with_nothing_to_change_is_not_applicable_never_the_nominal_prompt():
+    with pytest.raises(NotApplicable):
+        perturbed_variants(MBPP_ZERO_SHOT, ["code_syntax"], s=2, seed=0)
+    variants, not_applicable = family_variants([HUMANEVAL, MBPP_ZERO_SHOT, MBPP_FEW_SHOT], "code_syntax", s=2, seed=0)
+    assert [v.task_id for v in variants] == [HUMANEVAL.task_id] * 2
+    assert set(not_applicable) == {"mbpp/add", "mbpp/2"} and "no variable" in not_applicable["mbpp/add"]
+    variants, not_applicable = family_variants([HUMANEVAL, MBPP_ZERO_SHOT], "docstring", s=2, seed=0)
+    assert len(variants) == 4 and not_applicable == {}
+
+
+def test_a_chat_prompt_around_a_code_prefix_is_not_applicable():
+    chat = replace(HUMANEVAL, prompt="<|user|>\nComplete:\n```python\n" + _HE_PREFIX + "```<|end|>\n<|assistant|>\n")
+    for name in PERTURBATIONS:
+        with pytest.raises(NotApplicable, match="code_prefix"):
+            PERTURBATIONS[name](chat, 0)
+
+
+# ---- only the target problem -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PERTURBATIONS))
+def test_few_shot_examples_are_never_perturbed(name):
+    if not _applies(name, MBPP_FEW_SHOT):
+        return
+    for seed in SEEDS:
+        assert PERTURBATIONS[name](MBPP_FEW_SHOT, seed).prompt.startswith(_SHOT)
+
+
+_SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+MBPP_CHAT = replace(
+    MBPP_ZERO_SHOT, task_id="mbpp/add-chat",
+    prompt=_SYSTEM + "<|im_start|>user\n" + MBPP_ZERO_SHOT.prompt.removesuffix("\n```python\n")
+    + "<|im_end|>\n<|im_start|>assistant\n",
+)
+
+
+@pytest.mark.parametrize("name", ["docstring", "function_name", "code_format"])
+def test_chat_markup_and_system_prompt_are_never_perturbed(name):
+    for seed in SEEDS:
+        prompt = PERTURBATIONS[name](MBPP_CHAT, seed, **({"typo_rate": 0.5} if name == "docstring" else {})).prompt
+        assert prompt.startswith(_SYSTEM + "<|im_start|>user\n") and prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt != MBPP_CHAT.prompt
+
+
+def test_paraphrase_leaves_the_format_instruction():
+    for problem in (MBPP_FEW_SHOT, MBPP_ZERO_SHOT, MBPP_CHAT):
+        for seed in SEEDS:
+            variant = paraphrase_text(problem, seed, synonym_rate=1.0, typo_rate=0.5)
+            for phrase in ("Your code should pass these tests:", "Write the Python function."):
+                assert variant.prompt.count(phrase) == problem.prompt.count(phrase)
+
+
+# ---- real MBPP: what each family changes, per prompt format ------------------------------------------
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+_CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)  # SmolLM2-Instruct's template: a system prompt of its own ahead of the user's message
+
+
+def _target(prompt: str, fmt: str) -> tuple[str, str]:
+    """(the target problem's part of an MBPP prompt, the rest), cut as mbpp.render_prompt builds them."""
+    if fmt == "austin3shot":
+        shots, target = prompt.rsplit("[DONE]\n\n", 1)
+        return target, shots
+    if fmt == "chat":
+        head, rest = prompt.split("<|im_start|>user\n", 1)
+        target, tail = rest.split("<|im_end|>", 1)
+        return target, head + tail
+    return prompt, ""
+
+
+@pytest.fixture(scope="module")
+def mbpp_test_problems():
+    path = DATA / "mbpp.jsonl"
+    if not path.is_file():
+        pytest.skip(f"MBPP data not found at {path.resolve()}")
+    tokenizer = chat_tokenizer()
+    tokenizer.chat_template = _CHATML
+    records = mbpp.load_mbpp(path)
+    few_shot = sorted((r for r in records if r.task_id in mbpp.AUSTIN_FEW_SHOT_IDS), key=lambda r: r.task_id)
+    test = mbpp.split(records, "test")
+    return {fmt: [(r, mbpp.to_problem(r, fmt, few_shot=few_shot if fmt == "austin3shot" else (), tokenizer=tokenizer))
+                  for r in test] for fmt in mbpp.PROMPT_FORMATS}
+
+
+# Of the 500 test prompts, per family: (target part changed, problem text changed, not applicable); the
+# rest of the prompt (few-shot examples, system prompt, markup) never changes. Before the fix, code_syntax
+# returned the nominal prompt for 500/500 zeroshot and chat prompts and, on austin3shot, renamed the
+# few-shot code of 500/500 (target 0/500); docstring and code_format edited the shots of 500/500 austin3shot
+# prompts (target 485 and 490/500), docstring the chat system prompt of 149/500.
+EXPECTED_COUNTS = {
+    "docstring": (500, 500, 0),
+    "function_name": (500, 0, 0),
+    "code_syntax": (0, 0, 500),
+    "code_format": (500, 0, 0),
+}
+
+
+@pytest.mark.parametrize("fmt", mbpp.PROMPT_FORMATS)
+def test_each_family_changes_the_target_of_real_mbpp_prompts(mbpp_test_problems, fmt):
+    pairs = mbpp_test_problems[fmt]
+    assert len(pairs) == 500
+    for name, expected in EXPECTED_COUNTS.items():
+        target_changed = text_changed = not_applicable = 0
+        for record, problem in pairs:
+            try:
+                variant = PERTURBATIONS[name](problem, 0)
+            except NotApplicable:
+                not_applicable += 1
+                continue
+            target, rest = _target(variant.prompt, fmt)
+            nominal_target, nominal_rest = _target(problem.prompt, fmt)
+            assert rest == nominal_rest, (name, problem.task_id)
+            target_changed += target != nominal_target
+            text_changed += record.text not in target
+        assert (target_changed, text_changed, not_applicable) == expected, (fmt, name)
 
 
 def test_perturbed_variants_checks_its_arguments():

@@ -56,13 +56,22 @@ def test_split_reasoning_cases():
     assert split_reasoning("[r]a", open_tag="[", close_tag="]") == ("r", "a", True)
 
 
-def test_last_python_fenced_block_wins():
-    text = "First try:\n```python\ndef add(a, b):\n    return 0\n```\nBetter:\n```py\n" + SOLUTION + "```\nDone."
+def test_first_python_fenced_block_wins():
+    # SmolLM2's kind of answer to mbpp/18: the function, then a usage example in a block of its own. The
+    # last block (the old rule) is the print, which scores 0; lm-eval's mbpp_instruct takes the first.
+    code = "def remove_dirty_chars(string, second_string):\n    return ''.join(c for c in string if c not in second_string)\n"
+    text = ("Here is a function that removes the characters of the second string from the first:\n\n"
+            "```python\n" + code + "```\n\nYou can use it like this:\n\n"
+            "```python\nprint(remove_dirty_chars(\"probasscurve\", \"pros\"))  # Output: bacuve\n```\n")
+    assert extract_code(text) == Extracted(code, "fenced", "", True)
+    text = "First try:\n```python\n" + SOLUTION + "```\nA test:\n```py\nassert add(1, 2) == 3\n```\nDone."
     assert extract_code(text) == Extracted(SOLUTION, "fenced", "", True)
 
 
 def test_non_python_blocks_are_ignored():
     text = "```python\n" + SOLUTION + "```\nInput:\n```json\n{\"a\": 1, \"b\": 2}\n```\n```bash\npython run.py\n```"
+    assert extract_code(text).code == SOLUTION
+    text = "Install nothing:\n```bash\npip --version\n```\n```python\n" + SOLUTION + "```\n```python\nprint(add(1, 2))\n```"
     assert extract_code(text).code == SOLUTION
 
 
@@ -76,8 +85,10 @@ def test_empty_python_block_is_skipped():
     assert extract_code("```python\n\n```\n```py\n" + SOLUTION + "```").code == SOLUTION
 
 
-def test_unterminated_final_fence_runs_to_the_end():
-    text = "```python\nx = 0\n```\nFinal:\n```python\n" + SOLUTION
+def test_unterminated_fence_runs_to_the_end():
+    assert extract_code("Here:\n```python\n" + SOLUTION) == Extracted(SOLUTION, "fenced", "", True)
+    # a closed first block still wins over a later one the budget cut
+    text = "```python\n" + SOLUTION + "```\nUsage:\n```python\nprint(add(1,"
     assert extract_code(text) == Extracted(SOLUTION, "fenced", "", True)
 
 

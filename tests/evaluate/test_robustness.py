@@ -4,7 +4,12 @@ from fractions import Fraction
 
 import pytest
 
-from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, robust_relative_at_k
+from ftcompare.evaluate.robustness import (
+    family_robustness,
+    robust_drop_at_k,
+    robust_pass_at_k,
+    robust_relative_at_k,
+)
 
 T, F = True, False
 
@@ -96,3 +101,28 @@ def test_tables_are_validated():
         robust_relative_at_k({"a": [T]}, {"b": [[T]]}, 1)
     with pytest.raises(ValueError, match="nominal samples"):
         robust_drop_at_k({"a": [T, T]}, {"a": [[T]]}, 1)
+
+
+def test_family_scored_on_the_problems_it_applies_to():
+    nominal = {**GREEDY_NOMINAL, "no_function": [T]}
+    record = family_robustness(nominal, GREEDY_PERTURBED, {"no_function": "no variable to rename"}, s=3)
+    assert record["problems"] == 4 and record["not_applicable"] == {"no_function": "no variable to rename"}
+    # the same numbers as on the 4 perturbed problems alone: the unperturbed one is not counted as robust
+    assert record["nominal_pass@1"] == pytest.approx(2 / 4)
+    assert record["robust_pass@1"] == pytest.approx(1 / 4)
+    assert record["robust_drop@1"] == pytest.approx(1 / 2)
+    assert record["robust_relative@1"] == pytest.approx(1 / 2)
+
+
+def test_family_that_applies_to_no_problem_has_no_scores():
+    reasons = {task: "the prompt shows no function" for task in GREEDY_NOMINAL}
+    record = family_robustness(GREEDY_NOMINAL, {}, reasons, s=3)
+    assert record == {"s": 3, "problems": 0, "not_applicable": reasons, "nominal_pass@1": None,
+                      "robust_pass@1": None, "robust_drop@1": None, "robust_relative@1": None}
+
+
+def test_family_tables_must_cover_the_suite_once():
+    with pytest.raises(ValueError, match="missing"):
+        family_robustness(GREEDY_NOMINAL, {"stable": [[T]]}, {}, s=1)
+    with pytest.raises(ValueError, match="both"):
+        family_robustness({"stable": [T]}, {"stable": [[T]]}, {"stable": "n/a"}, s=1)

@@ -22,6 +22,18 @@ found in prose by the shape of its lines (asserts, defs, imports, assignments, d
 ReCode applies its code-syntax and code-format families to a half-written solution put into the prompt;
 we perturb only the code a prompt already holds, so the nominal prompt stays the task's own.
 
+Only the target problem is perturbed, never what the prompt format puts around it (`_layout`): the
+prompt is cut at few-shot ends ("[DONE]", Austin et al.'s MBPP prompt) and chat-template markup
+(special tokens such as `<|im_start|>`, `<start_of_turn>`, `[INST]`, with the role name after one), and
+the target is the piece that holds the problem's first test (else the last piece with text), plus the
+code_prefix. Few-shot examples, system prompts and the format's fixed instruction (FORMAT_PHRASES) stay.
+
+A family that finds nothing of the target's to change raises `NotApplicable` (a ValueError) with the
+reason, instead of returning the nominal prompt as a "variant": variable renaming on an MBPP prompt in
+any format (its target shows asserts, no function), any family on a chat prompt whose code_prefix is not
+at its end (HumanEval chat). `family_variants` collects the reasons so the robustness scores cover the
+problems a family applies to and say which it does not.
+
 Each perturbation returns a new Problem, same task_id, meta extended with {"perturbation": family,
 "seed": seed, "details": what changed}; the reference completion still passes the (renamed) tests.
 Randomness comes from `random.Random` seeded by a string of family, seed and task_id: deterministic
@@ -104,6 +116,23 @@ _RESERVED = frozenset(keyword.kwlist) | frozenset(getattr(keyword, "softkwlist",
 _Edit = tuple[int, int, str]  # (start, end, replacement), offsets into one string
 _Token = tuple[tokenize.TokenInfo, int, int]  # a token with its absolute start and end offsets
 
+# The instruction a prompt format wraps around every problem (lm-eval's MBPP query, the MBPP zero-shot and
+# chat request, the QuixBugs repair request): the format's words, not the problem's, so never paraphrased.
+FORMAT_PHRASES = (
+    "You are an expert Python programmer, and here is your task:",
+    "Your code should pass these tests:",
+    "Write the Python function.",
+    "The following Python program has a bug. Fix it, changing as little as possible, and reply with the "
+    "complete corrected program.",
+    "It fails this check:",
+    "This check does not finish within",
+)
+
+
+class NotApplicable(ValueError):
+    """A family has nothing of the target problem's to perturb in this prompt; the message says why."""
+
+
 # ---- the four families -----------------------------------------------------------------------------
 
 
@@ -117,12 +146,15 @@ def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, s
     with probability `typo_rate`; with no edit drawn, one is forced where any word is editable. Never
     edited: code (signatures, asserts, doctest lines, code blocks), identifiers of the problem's code where
     they appear in prose, numbers, quoted text ('x', "x", `x`), words in markup (<|im_start|>user,
-    [BEGIN]) and words with inner capitals or underscores.
+    [BEGIN]), words with inner capitals or underscores, FORMAT_PHRASES, and anything outside the target
+    problem (few-shot examples, a system prompt). NotApplicable when no word can be edited.
     """
     rng = random.Random(f"docstring:{seed}:{problem.task_id}")
-    head, prefix = _layout(problem)
+    before, head, after, prefix = _layout(problem)
     texts = {"head": head, "prefix": prefix}
     candidates, protected = _paraphrase_candidates(problem, head, prefix)
+    if not candidates:
+        raise NotApplicable(f"{problem.task_id}: no word of the target problem's prose can be edited")
     edits: dict[str, list[_Edit]] = {"head": [], "prefix": []}
     log: list[dict] = []
     used = _swap_adjectives(candidates, texts, rng, swap_rate, edits, log)
@@ -156,7 +188,7 @@ def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, s
             log.append({"op": "synonym" if with_synonym else "typo", "from": word, "to": new})
 
     new_head, new_prefix = _apply_edits(head, edits["head"]), _apply_edits(prefix, edits["prefix"])
-    return _perturbed(problem, "docstring", seed, {"edits": log}, prompt=new_head + new_prefix,
+    return _perturbed(problem, "docstring", seed, {"edits": log}, prompt=before + new_head + after + new_prefix,
                       code_prefix=new_prefix)
 
 
@@ -168,7 +200,8 @@ def rename_function(problem: Problem, seed: int) -> Problem:
     code (prompt code, code_prefix + completion, setup, tests, doctest lines) every NAME token equal to the
     old name is renamed, except attributes (`obj.name`); strings are left alone. In prose and docstring
     text only occurrences that read as code are: identifier-shaped names (with "_", digits or inner
-    capitals), names followed by "(", in backticks or quotes, or after "function"/"def"/"method".
+    capitals), names followed by "(", in backticks or quotes, or after "function"/"def"/"method". Only the
+    target problem's part of the prompt is edited; NotApplicable when it never names the entry point.
     """
     old = problem.entry_point
     if not old:
@@ -176,7 +209,7 @@ def rename_function(problem: Problem, seed: int) -> Problem:
     rng = random.Random(f"function_name:{seed}:{problem.task_id}")
     new, style = _new_function_name(old, rng, _taken_names(problem))
     mapping = {old: new}
-    head, prefix = _layout(problem)
+    before, head, after, prefix = _layout(problem)
     new_head = _apply_edits(head, _rename_prose_edits(head, mapping))
     if prefix:
         joined = prefix + problem.completion
@@ -184,9 +217,11 @@ def rename_function(problem: Problem, seed: int) -> Problem:
     else:
         completion = _apply_edits(problem.completion, _rename_code_edits(problem.completion, mapping))
         new_prefix = prefix
+    if new_head + new_prefix == head + prefix:
+        raise NotApplicable(f"{problem.task_id}: the target problem's part of the prompt never names {old}")
     return _perturbed(
         problem, "function_name", seed, {"old": old, "new": new, "style": style},
-        prompt=new_head + new_prefix,
+        prompt=before + new_head + after + new_prefix,
         code_prefix=new_prefix,
         completion=completion,
         tests=tuple(_apply_edits(test, _rename_code_edits(test, mapping)) for test in problem.tests),
@@ -219,12 +254,13 @@ def perturb_code_syntax(problem: Problem, seed: int) -> Problem:
     code_prefix + completion together, so a parameter renamed in the signature is renamed in the reference
     completion and its docstring too; names that appear only in the completion are left as they are.
     Parameters passed by keyword anywhere (tests, setup, prompt code, doctests) keep their names: tests
-    call the entry point with positional arguments, which a renaming cannot break. A prompt with no
-    renamable name comes back unchanged, with empty details.
+    call the entry point with positional arguments, which a renaming cannot break. Only code of the target
+    problem is renamed, never few-shot examples; NotApplicable when it has no renamable name (MBPP prompts,
+    whose target shows only asserts).
     """
     rng = random.Random(f"code_syntax:{seed}:{problem.task_id}")
     taken = _taken_names(problem)
-    head, prefix = _layout(problem)
+    before, head, after, prefix = _layout(problem)
     pieces = [problem.completion, problem.setup, *problem.tests]
     pieces += _code_pieces(head, python=False) + (_code_pieces(prefix, python=True) if prefix else [])
     keep = frozenset().union(*(_keyword_names(piece) for piece in pieces))
@@ -240,8 +276,10 @@ def perturb_code_syntax(problem: Problem, seed: int) -> Problem:
         edits, found = _local_rename_edits(joined, rng, taken, keep, prompt_end=len(prefix))
         new_prefix, completion = _apply_split(joined, edits, len(prefix))
         records += found
+    if not records:
+        raise NotApplicable(f"{problem.task_id}: the target problem's code in the prompt has no variable to rename")
     return _perturbed(problem, "code_syntax", seed, {"renamed": records},
-                      prompt=_apply_edits(head, head_edits) + new_prefix, code_prefix=new_prefix,
+                      prompt=before + _apply_edits(head, head_edits) + after + new_prefix, code_prefix=new_prefix,
                       completion=completion)
 
 
@@ -254,10 +292,11 @@ def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, 
     comma, colon or bracket on a line the gap set to "" or " " (whichever it is not) with probability
     `spacing_rate`, never gluing two operators; at each line end trailing whitespace with probability
     `trailing_rate`. One change is forced when none is drawn. Every region is re-tokenized afterwards: its
-    tokens must be the same, or its spacing changes are dropped.
+    tokens must be the same, or its spacing changes are dropped. Only the target problem's code is
+    reformatted (its asserts in an MBPP prompt), never few-shot code; NotApplicable when it has none.
     """
     rng = random.Random(f"code_format:{seed}:{problem.task_id}")
-    head, prefix = _layout(problem)
+    before, head, after, prefix = _layout(problem)
     regions = [("head", start, end) for start, end, kind in _prose_regions(head) if kind == "python"]
     regions += [("prefix", 0, len(prefix))] if prefix else []
     texts = {"head": head, "prefix": prefix}
@@ -284,7 +323,9 @@ def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, 
                     counts[kind] += 1
                 break
     new_head, new_prefix = _apply_edits(head, edits["head"]), _apply_edits(prefix, edits["prefix"])
-    return _perturbed(problem, "code_format", seed, counts, prompt=new_head + new_prefix,
+    if new_head + new_prefix == head + prefix:
+        raise NotApplicable(f"{problem.task_id}: the target problem's part of the prompt holds no code to reformat")
+    return _perturbed(problem, "code_format", seed, counts, prompt=before + new_head + after + new_prefix,
                       code_prefix=new_prefix)
 
 
@@ -303,8 +344,8 @@ def perturbed_variants(problem: Problem, names: Sequence[str], s: int, seed: int
 
     Variant seeds are distinct draws from random.Random(f"variants:{name}:{seed}"), the same for every
     problem (ReCode's s0, s1, ... perturbed datasets). A draw whose prompt equals the nominal one or an
-    earlier variant's is skipped, up to 10*s draws; a family that cannot make s distinct prompts (a
-    prompt with no variable to rename) repeats its variants.
+    earlier variant's is skipped, up to 10*s draws; a family that cannot make s distinct prompts repeats
+    its variants. A family with nothing to change raises NotApplicable (see family_variants).
     """
     if s < 1:
         raise ValueError(f"s must be >= 1, got {s}")
@@ -329,18 +370,51 @@ def perturbed_variants(problem: Problem, names: Sequence[str], s: int, seed: int
     return variants
 
 
+def family_variants(problems: Sequence[Problem], name: str, s: int, seed: int) -> tuple[list[Problem], dict[str, str]]:
+    """perturbed_variants of every problem for family `name`, and {task_id: reason} for the problems the
+    family does not apply to (NotApplicable): they have no variant, and are not scored as if they had."""
+    variants, not_applicable = [], {}
+    for problem in problems:
+        try:
+            variants += perturbed_variants(problem, [name], s, seed)
+        except NotApplicable as reason:
+            not_applicable[problem.task_id] = str(reason)
+    return variants, not_applicable
+
+
 # ---- prompt layout ---------------------------------------------------------------------------------
 
+# Where a prose prompt's pieces meet: the end of a few-shot example, or a chat template's markup (special
+# tokens, and the role name that follows one).
+_SEPARATOR = re.compile(
+    r"\[DONE\]|(?:<\|[^|\n]*\|>|<｜[^｜\n]*｜>|<(?:start|end)_of_turn>|\[/?INST\]|</?s>)"
+    r"(?:[ \t]*(?:system|user|assistant|model|human)\b)?"
+)
 
-def _layout(problem: Problem) -> tuple[str, str]:
-    """(head, prefix) with prompt == head + prefix: prefix is the code_prefix (Python), head the rest
-    (prose with code in it, or empty)."""
-    if not problem.code_prefix:
-        return problem.prompt, ""
-    if not problem.prompt.endswith(problem.code_prefix):
-        raise ValueError(f"{problem.task_id}: the prompt does not end with the code_prefix; "
-                         "perturbations need prompt == text + code_prefix")
-    return problem.prompt[: len(problem.prompt) - len(problem.code_prefix)], problem.code_prefix
+
+def _layout(problem: Problem) -> tuple[str, str, str, str]:
+    """(before, head, after, prefix) with prompt == before + head + after + prefix: prefix is the
+    code_prefix (Python), head the target problem's prose (with its code), before and after what the
+    prompt format puts around it (few-shot examples, chat markup, a system prompt), never perturbed.
+
+    The text ahead of the prefix is cut at every _SEPARATOR; head is the piece that holds the last
+    occurrence of the problem's first test, else the last piece that is not blank; with a code_prefix,
+    the last piece (the prefix follows it)."""
+    prefix = problem.code_prefix
+    if prefix and not problem.prompt.endswith(prefix):
+        raise NotApplicable(f"{problem.task_id}: the prompt does not end with the code_prefix (a chat "
+                            "template around it); perturbations need prompt == text + code_prefix")
+    text = problem.prompt[: len(problem.prompt) - len(prefix)]
+    cuts = [(m.start(), m.end()) for m in _SEPARATOR.finditer(text)]
+    pieces = list(zip([0] + [end for _, end in cuts], [start for start, _ in cuts] + [len(text)]))
+    anchor = text.rfind(problem.tests[0]) if problem.tests and problem.tests[0].strip() else -1
+    if prefix:
+        start, end = pieces[-1]
+    elif anchor >= 0:
+        start, end = next((s, e) for s, e in pieces if s <= anchor < e)
+    else:
+        start, end = next((p for p in reversed(pieces) if text[p[0]:p[1]].strip()), pieces[-1])
+    return text[:start], text[start:end], text[end:], prefix
 
 
 def _perturbed(problem: Problem, name: str, seed: int, details: dict, **fields) -> Problem:
@@ -562,8 +636,10 @@ def _paraphrase_candidates(problem: Problem, head: str, prefix: str) -> tuple[li
     for part, text, python in (("head", head, False), ("prefix", prefix, True)):
         spans = _text_spans(text, python)
         protected |= _identifiers(_blank_out(text, spans))
+        fixed = [(m.start(), m.end()) for phrase in FORMAT_PHRASES for m in re.finditer(re.escape(phrase), text)]
         for span_id, (start, end) in enumerate(spans):
-            candidates += [(part, s, e, w, span_id) for s, e, w in _editable_words(text, start, end)]
+            candidates += [(part, s, e, w, span_id) for s, e, w in _editable_words(text, start, end)
+                           if not any(fs <= s < fe for fs, fe in fixed)]
     return [c for c in candidates if c[3] not in protected], protected
 
 

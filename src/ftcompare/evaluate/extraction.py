@@ -9,11 +9,18 @@ a fall-through to the next rule, since the model did mark where its code is.
    so that an output with no tag at all counts as unterminated reasoning). A model that opened `<think>`
    and never closed it ran out of budget while thinking and has not answered: code "" and method "empty",
    whatever the reasoning contains. Code that appears only inside the reasoning is never extracted.
-2. "fenced": the LAST backtick-fenced block whose info string (first word, any case) is python, py,
-   python3, py3 or empty; blank blocks are skipped when a non-blank one exists. A fence is a line of 3+
-   backticks (indent allowed) and closes at a line of at least as many backticks and nothing else, so
-   backticks inside code lines (`s = "```"`) never close it. An unterminated final fence runs to the end
-   of the text. Blocks in other languages (```json, ```bash, ...) are ignored.
+2. "fenced": the FIRST backtick-fenced block whose info string (first word, any case) is python, py,
+   python3, py3 or empty; blank blocks are skipped when a non-blank one exists. This is
+   lm-evaluation-harness's rule for chat answers: its `mbpp_instruct` task (filter "extract_code",
+   `lm_eval/tasks/mbpp/utils.py` `extract_code_blocks`) keeps `matches[0]`, the first ```...``` block,
+   and its `humaneval_instruct` task (`build_predictions_instruct`) cuts the answer at the first ```, so
+   a usage example or test in a later block is never the answer. Where we differ from the harness's
+   regex, it is to read the markup as written: a fence is a line of 3+ backticks (indent allowed) and
+   closes at a line of at least as many backticks and nothing else, so backticks inside code lines
+   (`s = "```"`) never close it; blocks in other languages (```json, ```bash, ...) are skipped, where the
+   harness would take a leading one. An unterminated fence runs to the end of the text (the budget ran
+   out inside it); the harness falls back to the whole text then, which is the same code when the
+   answer is only that block.
 3. "begin_done": the span after the first `[BEGIN]` up to the next `[DONE]` (MBPP, Austin et al. 2021);
    `[DONE]` is optional at the end. A `[DONE]` with no `[BEGIN]` means the prompt ended with `[BEGIN]`:
    the span runs from the start of the text.
@@ -105,7 +112,7 @@ def extract_code(text: str, *, style: str = "auto", think_opened_in_prompt: bool
         if body.strip():
             return Extracted(body, "completion", reasoning, True)
         return Extracted("", "empty", reasoning, True)
-    for method, find in (("fenced", _last_python_fence), ("begin_done", _begin_done_span), ("whole", _whole)):
+    for method, find in (("fenced", _first_python_fence), ("begin_done", _begin_done_span), ("whole", _whole)):
         code = find(answer)
         if code is not None:
             break
@@ -125,7 +132,9 @@ def count_reasoning_tokens(tokenizer, extracted: Extracted) -> int:
     return len(tokenizer(extracted.reasoning, add_special_tokens=False)["input_ids"])
 
 
-def _last_python_fence(text: str) -> str | None:
+def _first_python_fence(text: str) -> str | None:
+    """The body of the first non-blank Python (or unmarked) fenced block; "" when the only such blocks are
+    blank; None without one."""
     lines = text.split("\n")
     found = None
     i = 0
@@ -139,8 +148,10 @@ def _last_python_fence(text: str) -> str | None:
         end = next((j for j in range(i + 1, len(lines)) if closing.match(lines[j])), len(lines))
         body = "\n".join(lines[i + 1 : end])
         language = info.split()[0].lower() if info else ""
-        if language in PYTHON_INFO_STRINGS and (found is None or body.strip()):
-            found = body
+        if language in PYTHON_INFO_STRINGS:
+            if body.strip():
+                return body
+            found = ""
         i = end + 1
     return found
 

@@ -22,6 +22,12 @@ count c of "samples" defined per metric:
   rc^+_s(x) = #{i : fails nominally, passes on some variant}: changes of outcome in either direction.
   (ReCode's released report script, greedy only, counts nominal != worst case, i.e. for the second term
   "fails nominally, passes on all variants"; we follow the paper's "on some variant".)
+
+A family that cannot perturb a problem's prompt (`ftcompare.data.perturb.NotApplicable`: variable renaming
+on an MBPP prompt, which shows no function) gives that problem no variant. `family_robustness` scores a
+family on the problems it applies to, nominal Pass@k included (so the drop compares the same problems),
+and records the others with their reasons; a family that applies to none has no scores, never the
+nominal prompt scored as its own variant (which would force its drop to 0).
 """
 
 from __future__ import annotations
@@ -64,6 +70,34 @@ def robust_relative_at_k(nominal: NominalTable, perturbed: PerturbedTable, k: in
         worse.append(pass_at_k(n, sum(1 for i in range(n) if samples[i] and not all(columns[i])), k))
         better.append(pass_at_k(n, sum(1 for i in range(n) if not samples[i] and any(columns[i])), k))
     return _mean(worse) + _mean(better)
+
+
+def family_robustness(nominal: NominalTable, perturbed: PerturbedTable, not_applicable: Mapping[str, str],
+                      s: int) -> dict:
+    """One family's robustness record (greedy, k = 1) over a suite: `nominal` for every problem, `perturbed`
+    for those the family applies to, `not_applicable` {task_id: reason} for the others.
+
+    Keys: "s"; "problems", how many problems were perturbed; "not_applicable", the reasons by task_id;
+    "nominal_pass@1", "robust_pass@1", "robust_drop@1", "robust_relative@1" over the perturbed problems,
+    each None when there is none.
+    """
+    overlap = sorted(set(perturbed) & set(not_applicable))
+    if overlap:
+        raise ValueError(f"problems both perturbed and not applicable: {overlap[:5]}")
+    if set(perturbed) | set(not_applicable) != set(nominal):
+        raise ValueError(f"perturbed and not-applicable problems must be the suite's: missing "
+                         f"{sorted(set(nominal) - set(perturbed) - set(not_applicable))[:5]}, unknown "
+                         f"{sorted(set(perturbed) | set(not_applicable) - set(nominal))[:5]}")
+    record = {"s": s, "problems": len(perturbed), "not_applicable": dict(sorted(not_applicable.items()))}
+    if not perturbed:
+        return {**record, "nominal_pass@1": None, "robust_pass@1": None, "robust_drop@1": None,
+                "robust_relative@1": None}
+    scored = {task: nominal[task] for task in perturbed}
+    return {**record,
+            "nominal_pass@1": _mean(pass_at_k(len(v), sum(map(bool, v)), 1) for v in scored.values()),
+            "robust_pass@1": robust_pass_at_k(perturbed, 1),
+            "robust_drop@1": robust_drop_at_k(scored, perturbed, 1),
+            "robust_relative@1": robust_relative_at_k(scored, perturbed, 1)}
 
 
 def _robust_count(variants: Sequence[Sequence[bool]]) -> int:
