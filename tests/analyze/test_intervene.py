@@ -98,6 +98,18 @@ def test_scale_model_intruders_in_place():
         scale_model_intruders(model, {"nope": w0}, {}, 0.0)
 
 
+def test_scale_model_intruders_reads_a_conv1d_weight_as_out_by_in():
+    from transformers.pytorch_utils import Conv1D
+
+    w0, w, u_star = _planted()  # (out, in) = (M, N)
+    model = nn.Sequential(Conv1D(M, N))  # GPT-2's layer: weight stored (in, out) = (N, M)
+    with torch.no_grad():
+        model[0].weight.copy_(w.T)
+    found = scale_model_intruders(model, {"0.weight": w0.float()}, {"0.weight": base_spectrum(w0)}, 0.0)
+    assert found == {"0.weight": [0]}  # a left singular vector of the (out, in) matrix, as for nn.Linear
+    assert model[0].weight.shape == (N, M) and _top_cos(model[0].weight.detach().double().T, u_star) < 0.3
+
+
 @pytest.mark.parametrize(
     ("scores", "fraction", "expected"),
     [

@@ -262,6 +262,8 @@ def test_intruders_are_totalled_per_layer_and_module_type():
     reports = [report("model.layers.0.self_attn.q_proj.weight", 2), report("model.layers.0.mlp.up_proj.weight", 1),
                report("model.layers.10.self_attn.q_proj.weight", 3), report("model.layers.2.mlp.up_proj.weight", 0)]
     assert intruders_by_position(reports) == {"by_layer": {"0": 3, "2": 0, "10": 3}, "by_module_type": {"q_proj": 5, "up_proj": 1}}
+    gpt2 = [report(f"transformer.h.0.{module}.weight", 1) for module in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert intruders_by_position(gpt2)["by_module_type"] == {"c_attn": 1, "attn.c_proj": 1, "c_fc": 1, "mlp.c_proj": 1}
 
 
 # ---------------------------------------------------------------- spectral features (rank trade-offs)
@@ -395,3 +397,122 @@ def test_intruder_positions_are_ordered_numerically():
     summary = summarize([report, report])
     assert list(summary["intruder_positions"].items()) == [("2", 2), ("9", 2), ("10", 2)]
     assert summary["mean_delta_sv_entropy"] is None  # a report made without the new features
+
+
+# ---------------------------------------------------------------- ΔW of a tuned model, exact (models.methods.weight_updates)
+
+
+def _trained(model, steps=5, lr=1e-2):
+    from ftcompare.train.loop import TrainSettings, epoch_batches, train
+    from tests.helpers import copy_examples
+
+    train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=lr, steps=steps))
+    return model
+
+
+def _adapter(method, rank=4):
+    from ftcompare.config import RunSpec
+
+    return RunSpec(run_id=method, method=method, seed=0, lr=1e-2, rank=rank, alpha=2 * rank, target_modules="all-linear")
+
+
+def _base_weights(model):
+    from ftcompare.models.methods import adapted_weight_names
+
+    names = adapted_weight_names(model, None)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+
+
+def test_a_rank_1_lora_on_the_bf16_builtin_model_has_a_rank_1_update(tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    from ftcompare.models.methods import apply_method, merge_adapter, weight_updates
+
+    def load():
+        return AutoModelForCausalLM.from_pretrained(tiny_base[0], dtype=torch.bfloat16)
+
+    w0 = _base_weights(load())
+    model = _trained(apply_method(load(), _adapter("lora", rank=1)), lr=1e-3)
+    updates = list(weight_updates(model, w0))
+    assert [u.name for u in updates] == list(w0) and {u.delta.dtype for u in updates} == {torch.float32}
+    exact = [analyze_matrix(u.name, base_spectrum(u.base), u.base, u.tuned, delta=u.delta) for u in updates]
+    for report in exact:
+        assert report.delta_effective_rank == pytest.approx(1.0, abs=1e-3), report.name
+        assert report.delta_stable_rank == pytest.approx(1.0, abs=1e-3) and report.delta_sv_entropy < 1e-3
+    # the same adapter read from its bf16 merge, as the spectral stage did: the rounding's rank
+    merged = dict(merge_adapter(model).named_parameters())
+    rounded = [analyze_matrix(n, base_spectrum(w), w, merged[n].detach()) for n, w in w0.items()]
+    assert sum(r.delta_effective_rank for r in rounded) / len(rounded) > 5
+
+
+def test_an_untrained_dora_on_a_bf16_base_has_no_update_and_a_magnitude_change_is_one():
+    from peft.tuners.lora import LoraLayer
+
+    from ftcompare.models.methods import apply_method, weight_updates
+    from tests.helpers import tiny_llama
+
+    w0 = _base_weights(tiny_llama(dtype=torch.bfloat16))
+    model = apply_method(tiny_llama(dtype=torch.bfloat16), _adapter("dora"))
+    # PEFT's init makes DoRA the identity: the magnitude's bf16 rounding is not an update
+    assert all(torch.equal(u.delta, torch.zeros_like(u.delta)) for u in weight_updates(model, w0))
+
+    initial = {}
+    with torch.no_grad():
+        for name, layer in model.base_model.model.named_modules():
+            if isinstance(layer, LoraLayer):
+                magnitude = layer.lora_magnitude_vector["default"].weight
+                initial[f"{name}.weight"] = magnitude.detach().double().clone()
+                magnitude.mul_(1.5)  # B is still 0: only the magnitude moved, so s·BA says 0
+    for update in weight_updates(model, w0):
+        m = dict(model.base_model.model.named_modules())[update.name.removesuffix(".weight")].lora_magnitude_vector["default"].weight
+        expected = (m.detach().double() / initial[update.name] - 1).view(-1, 1) * w0[update.name].double()
+        torch.testing.assert_close(update.delta.double(), expected, rtol=1e-6, atol=1e-7)
+        assert float(update.delta.norm()) > 0.3 * float(w0[update.name].float().norm())
+
+
+@pytest.mark.parametrize("method", ["lora", "rslora", "dora", "pissa", "qlora"])
+def test_the_exact_update_is_what_peft_merges_in_fp32(method):
+    """On an fp32 base PEFT's merge is itself exact, so W0 + ΔW must match it for every adapter kind."""
+    from ftcompare.models.methods import apply_method, merge_adapter, quantized_base_weights, weight_updates
+    from tests.helpers import tiny_llama
+
+    model = _trained(apply_method(tiny_llama(), _adapter(method)), steps=3)
+    w0 = quantized_base_weights(model) if method == "qlora" else _base_weights(tiny_llama())
+    updates = list(weight_updates(model, w0))
+    merged = dict(merge_adapter(model).named_parameters())
+    assert len(updates) == 2 * 7
+    for update in updates:
+        torch.testing.assert_close(update.tuned, merged[update.name].detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(update.delta, update.tuned - update.base, rtol=1e-4, atol=1e-6)
+        if method != "dora":  # LoRA kinds: rank r; PiSSA's update s(BA - B0A0) is rank 2r
+            assert int(torch.linalg.matrix_rank(update.delta, rtol=1e-5)) <= (8 if method == "pissa" else 4)
+
+
+def test_gpt2_conv1d_weights_are_adapted_and_analysed_as_out_by_in():
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ftcompare.models.methods import adapted_weight_names, apply_method, as_out_in, merge_adapter, weight_updates
+
+    def gpt2():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+
+    names = adapted_weight_names(gpt2(), None)
+    assert [n.split(".", 3)[-1] for n in names[:4]] == ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+    assert len(names) == 2 * 4 and adapted_weight_names(gpt2(), ["c_fc"]) == [n for n in names if "c_fc" in n]
+    w0 = _base_weights(gpt2())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # PEFT warns when it has to flip fan_in_fan_out itself
+        model = apply_method(gpt2(), _adapter("lora"))
+    assert model.peft_config["default"].fan_in_fan_out is True
+    updates = list(weight_updates(_trained(model, steps=3), w0))
+    plain = merge_adapter(model)
+    shapes = {u.name.split(".", 3)[-1]: tuple(u.delta.shape) for u in updates}
+    assert shapes == {"attn.c_attn.weight": (96, 32), "attn.c_proj.weight": (32, 32), "mlp.c_fc.weight": (128, 32),
+                      "mlp.c_proj.weight": (32, 128)}  # (out, in), as nn.Linear
+    merged = dict(plain.named_parameters())
+    for update in updates:
+        torch.testing.assert_close(update.tuned, as_out_in(plain, update.name, merged[update.name].detach()), rtol=1e-5, atol=1e-6)
+        assert int(torch.linalg.matrix_rank(update.delta, rtol=1e-5)) <= 4

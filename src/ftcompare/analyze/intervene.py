@@ -23,6 +23,7 @@ from ftcompare.analyze.spectral import (
     base_spectrum,
     intruder_mask,
 )
+from ftcompare.models.methods import as_out_in
 
 # ---------------------------------------------------------------- intruder scaling
 
@@ -74,7 +75,10 @@ def scale_model_intruders(
     """Apply `scale_intruders` in place to the named 2-D weights of a (merged) model.
 
     The matrices acted on are the keys of `base_weights` (names as in `model.named_parameters()`,
-    base matrices (m, n)); each uses `spectra[name]` when given, else the SVD of `base_weights[name]`.
+    base matrices (out, in)); each uses `spectra[name]` when given, else the SVD of `base_weights[name]`.
+    A Conv1D weight (GPT-2, stored (in, out)) is read and written through its (out, in) view, so its
+    intruders are left singular vectors in the output space, as for nn.Linear. The intruders are those
+    of the weights the model runs with (its merge), since those are the weights the intervention changes.
     Returns {name: intruder indices}. Raises KeyError for a name the model does not have.
     """
     params = dict(model.named_parameters())
@@ -85,7 +89,7 @@ def scale_model_intruders(
     with torch.no_grad():
         for name, w_base in base_weights.items():
             spectrum = spectra[name] if name in spectra else base_spectrum(w_base)
-            param = params[name]
+            param = as_out_in(model, name, params[name])
             scaled, indices = scale_intruders(spectrum, param, lam, k=k, epsilon=epsilon)
             if indices:
                 param.copy_(scaled)

@@ -16,6 +16,10 @@ Note: a full-rank base spans the whole space, so "intruder" means "not aligned w
 singular vector": a direction spread evenly over m base vectors scores 1/sqrt(m) (m = 4 gives 0.5).
 
 All arithmetic is on CPU in float64 when an input is float64, else float32 (bf16/fp16 are upcast).
+Matrices are (out, in), nn.Linear's layout, so "left" singular vectors live in the output space; a
+caller holding GPT-2's Conv1D weights, stored (in, out), transposes them first (`models.methods.as_out_in`).
+ΔW features should be read from the exact update, not from a tuned matrix rounded to bf16: an update
+much smaller than W0 would otherwise show the rounding's full rank (`analyze_matrix(..., delta=...)`).
 """
 
 from __future__ import annotations
@@ -269,12 +273,15 @@ def analyze_matrix(
     k: int = PAPER_K,
     epsilon: float = PAPER_EPSILON,
     epsilons: Sequence[float] = DEFAULT_EPSILONS,
+    delta: torch.Tensor | None = None,
 ) -> MatrixReport:
-    """Intruders (both sides, plus the epsilon sweep), ΔW = w_tuned - w_base statistics, and the spectral
-    features (effective rank, SV entropy, stable rank, spectral norm) of w_tuned, w_base and ΔW.
+    """Intruders (both sides, plus the epsilon sweep), ΔW statistics, and the spectral features (effective
+    rank, SV entropy, stable rank, spectral norm) of w_tuned, w_base and ΔW.
 
     `base` must be the spectrum of `w_base` (m, n); its singular values give the base features. The tuned
-    matrix's SVD is computed once here and gives both the intruders and the tuned features.
+    matrix's SVD is computed once here and gives both the intruders and the tuned features. `delta` (m, n)
+    is ΔW when the caller has it exactly (an adapter's own update, `models.methods.weight_updates`);
+    without it ΔW = w_tuned - w_base, which for a low-precision w_tuned measures its rounding as well.
     """
     _check_epsilon(epsilon)
     w0 = _as_matrix(w_base, "w_base")
@@ -286,8 +293,12 @@ def analyze_matrix(
     right = _similarity_from_svd(base, u_t, vh_t, k, "right")
     is_intruder = left < epsilon
 
-    dtype = torch.promote_types(w0.dtype, w.dtype)
-    delta = w.to(dtype) - w0.to(dtype)
+    if delta is None:
+        dtype = torch.promote_types(w0.dtype, w.dtype)
+        delta = w.to(dtype) - w0.to(dtype)
+    else:
+        delta = _as_matrix(delta, "delta")
+        _check_shape(base, delta)
     s_delta = torch.linalg.svdvals(delta)
     delta_fro = float(torch.linalg.matrix_norm(delta))
     base_fro = float(torch.linalg.matrix_norm(w0))
@@ -324,9 +335,16 @@ def layer_of(name: str) -> str:
     return match.group(1) if match else "-"
 
 
+# leaves that name two different matrices of a layer: GPT-2 (and CodeParrot, StarCoder) call both the attention
+# output and the MLP's down projection `c_proj`
+_SHARED_LEAVES = frozenset({"c_proj"})
+
+
 def module_type_of(name: str) -> str:
-    """The name's last component before `.weight`: `model.layers.3.self_attn.q_proj.weight` → "q_proj"."""
-    return name.removesuffix(".weight").rsplit(".", 1)[-1]
+    """The name's last component before `.weight`: `model.layers.3.self_attn.q_proj.weight` → "q_proj";
+    with its parent where the leaf alone is ambiguous: `transformer.h.0.mlp.c_proj.weight` → "mlp.c_proj"."""
+    parts = name.removesuffix(".weight").rsplit(".", 2)
+    return ".".join(parts[-2:]) if parts[-1] in _SHARED_LEAVES and len(parts) > 1 else parts[-1]
 
 
 def layer_sort_key(layer: str) -> tuple[int, int, str]:

@@ -32,19 +32,29 @@ Adapters are created and saved in the base's dtype (`autocast_adapter_dtype=Fals
 are held like every trainable parameter, full fine-tuning's included, in `training.master_weights` (fp32 by
 default), so both methods get the same numerics. What each kind did is recorded with every run
 (`method_record`; the training dtype in train.json's `master_weights`).
+
+GPT-2-style models hold their linear layers as transformers' Conv1D, weight stored (in, out): they count
+as linear layers ("all-linear", `adapted_weight_names`), PEFT is told `fan_in_fan_out`, and the spectral
+analysis reads them as (out, in) (`as_out_in`). `weight_updates` gives each adapted matrix's exact ΔW
+from the adapter's own factors, for the spectral analysis.
 """
 
 from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
+from peft.utils.other import transpose
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from ftcompare.config import ALL_LINEAR, RunSpec
 
@@ -75,6 +85,7 @@ def lora_config(run: RunSpec, model: torch.nn.Module, layers: list[int] | None =
         lora_alpha=run.alpha,
         lora_dropout=run.dropout,
         target_modules=targets,
+        fan_in_fan_out=_stores_transposed(model, targets),  # GPT-2's Conv1D; PEFT would flip it with a warning
         use_rslora=run.method == "rslora",
         use_dora=run.method == "dora",
         init_lora_weights="pissa" if run.method == "pissa" else True,
@@ -154,8 +165,10 @@ def merge_adapter(model: torch.nn.Module) -> PreTrainedModel:
     """A plain model with any adapter update folded into its weights (in place: the wrapper is consumed).
 
     4-bit layers are not requantized: each becomes a plain nn.Linear holding dequantize(W_4bit) + ΔW in
-    the compute dtype (summed in fp32, cast once), so spectral analysis and generation see ordinary
-    weights. A plain model (no adapter, no 4-bit layer) is returned as is."""
+    the compute dtype (summed in fp32, cast once), so generation and the causal test see ordinary
+    weights. The spectral analysis reads the exact update before this (`weight_updates`): a bf16 merge
+    rounds W0 + ΔW, and for a small ΔW that rounding is most of the difference. A plain model (no
+    adapter, no 4-bit layer) is returned as is."""
     if isinstance(model, PeftModel):
         for name, module in list(model.base_model.model.named_modules()):
             if isinstance(module, LoraLayer) and _is_4bit(module.get_base_layer()):
@@ -265,21 +278,157 @@ def method_record(run: RunSpec, dtype: torch.dtype | None = None) -> dict:
     return record
 
 
+MATRIX_LAYERS = (torch.nn.Linear, Conv1D)  # what "all-linear" adapts; Conv1D is GPT-2's linear layer, weight stored (in, out)
+EXACT_DELTA = "exact-fp32"  # how `weight_updates` reads ΔW, recorded with the spectral analysis
+EXACT_DELTA_RULE = ("adapter: W' - W0 from the adapter's own factors (PEFT get_delta_weight; DoRA's magnitude "
+                    "rescaling; PiSSA's s(BA - B0A0); QLoRA over the dequantized NF4 base), computed in fp64 and held "
+                    "in fp32, never read from the merged weights; full FT: W_ft - W0 in fp32")
+
+
 def adapted_weight_names(model: PreTrainedModel, target_modules: list[str] | str | None) -> list[str]:
     """Names of the weight matrices a method changes, for the spectral analysis.
 
-    For LoRA these are the targeted linear layers; full FT is compared over the same set as
-    "all-linear" LoRA (every linear layer but the output head), so counts line up across methods.
+    For LoRA these are the targeted linear layers (nn.Linear, or GPT-2's Conv1D), matched as PEFT matches
+    a list of targets: the module's name or a dotted suffix of it. Full FT is compared over the same set
+    as "all-linear" LoRA (every linear layer but the output head), so counts line up across methods.
     """
     output_head = model.get_output_embeddings()
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or module is output_head:
+        if not isinstance(module, MATRIX_LAYERS) or module is output_head:
             continue
-        leaf = name.rsplit(".", 1)[-1]
-        if target_modules in (None, ALL_LINEAR) or leaf in target_modules:
+        if target_modules in (None, ALL_LINEAR) or any(name == t or name.endswith(f".{t}") for t in target_modules):
             names.append(f"{name}.weight")
     return names
+
+
+def as_out_in(model: torch.nn.Module, name: str, weight: torch.Tensor) -> torch.Tensor:
+    """`weight`, the matrix `name` of `model` (or a copy of it), as (out, in), the nn.Linear layout that the
+    spectral analysis reads: GPT-2's Conv1D stores (in, out) and is transposed (a view: writes go through)."""
+    module = model.get_submodule(name.removesuffix(".weight"))
+    if isinstance(module, LoraLayer):  # an unmerged adapter: the layout is its base layer's
+        module = module.get_base_layer()
+    return weight.T if isinstance(module, Conv1D) else weight
+
+
+@dataclass(frozen=True)
+class WeightUpdate:
+    """One adapted matrix of a tuned model against its base, all (out, in), float32 on the CPU."""
+
+    name: str  # as in the plain model's named_parameters: `model.layers.0.self_attn.q_proj.weight`
+    base: torch.Tensor  # W0
+    tuned: torch.Tensor  # W0 + delta: the fine-tuned matrix before any rounding to the model's dtype
+    delta: torch.Tensor  # ΔW, exact (see EXACT_DELTA_RULE)
+
+
+def weight_updates(model: torch.nn.Module, base_weights: dict[str, torch.Tensor]) -> Iterator[WeightUpdate]:
+    """The exact update of every adapted matrix, one at a time (one matrix's copies in memory at once).
+
+    `model` is the tuned model before `merge_adapter`: a PeftModel (its LoRA layers are the adapted
+    matrices, read from the adapter's factors in fp64, so ΔW is not the rounding of a bf16 merge) or a
+    fully fine-tuned plain model (every linear layer but the head: ΔW = W_ft - W0). `base_weights` are the
+    base matrices the run is compared against, keyed and laid out as the plain model stores them (for
+    QLoRA the dequantized 4-bit base). Yields WeightUpdate (out, in) in module order."""
+    if isinstance(model, PeftModel):
+        inner = model.base_model.model
+        layers = [(f"{name}.weight", m) for name, m in inner.named_modules() if isinstance(m, LoraLayer)]
+        initial = getattr(model, PISSA_INITIAL_ATTR, None)
+        for name, layer in layers:
+            w0 = _base_weight(base_weights, name).to(layer.get_base_layer().weight.device, torch.float64)
+            tuned = _exact_tuned_weight(layer, w0, _initial_factors(initial, f"base_model.model.{name.removesuffix('.weight')}"))
+            yield _update(name, as_out_in(inner, name, w0), as_out_in(inner, name, tuned))
+        return
+    parameters = dict(model.named_parameters())
+    for name in adapted_weight_names(model, None):
+        w0 = _base_weight(base_weights, name).double()
+        tuned = parameters[name].detach().to("cpu", torch.float64)
+        yield _update(name, as_out_in(model, name, w0), as_out_in(model, name, tuned))
+
+
+def _update(name: str, w0: torch.Tensor, tuned: torch.Tensor) -> WeightUpdate:
+    """From fp64 W0 and W' (out, in): the difference taken in fp64, then each rounded once to fp32."""
+    return WeightUpdate(name, w0.float().cpu(), tuned.float().cpu(), (tuned - w0).float().cpu())
+
+
+def _base_weight(base_weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in base_weights:
+        raise KeyError(f"no base weight {name!r} to compare the tuned model with; the base has {len(base_weights)} "
+                       f"adapted matrices, e.g. {next(iter(base_weights), None)!r}")
+    return base_weights[name]
+
+
+def _exact_tuned_weight(layer: LoraLayer, w0: torch.Tensor, initial: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """W' of one LoRA layer in fp64, laid out as its base layer stores it: W_b + ΔW_adapter, or DoRA's
+    m·(W_b + ΔW)/‖W_b + ΔW‖_row. W_b is the layer's base weight (dequantized for 4-bit), except for a PiSSA
+    run still holding its initial factors A0, B0: there W_b = W0 - s·B0A0, the residual before PEFT rounded
+    it to the model's dtype. `w0` (fp64, stored layout, on the layer's device) is the run's base."""
+    if layer.merged:
+        raise ValueError("the adapter is merged into its base layer: read the update before merge_adapter")
+    base = layer.get_base_layer()
+    native = (dequantize_4bit(base) if _is_4bit(base) else base.weight).detach()
+    w = native.double()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        if initial is not None:
+            w = w0 - _delta_weight(layer, adapter, *initial)
+        delta = _delta_weight(layer, adapter)
+        if adapter in layer.lora_magnitude_vector:
+            w = _dora_weight(layer, adapter, native, w, delta)
+        else:
+            w = w + delta
+    return w
+
+
+def _dora_weight(layer: LoraLayer, adapter: str, native: torch.Tensor, w: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """DoRA's m·(W + ΔW)/‖W + ΔW‖_row in fp64, norms by PEFT's own `get_weight_norm` (W, ΔW stored layout).
+
+    The magnitude m is read relative to the one PEFT initialised it to, ‖W‖ computed and rounded in the
+    model's dtype: m_init is recomputed that way (PEFT's init, B = 0) and m rescaled by ‖W‖_fp64 / m_init.
+    Otherwise a bf16 base would read m_init/‖W‖_fp64 - 1 (~2^-9 per row) as a learned full-rank
+    rescaling of W that even an untrained DoRA has; PEFT's forward, which norms in bf16 too, has none."""
+    dora, fan_in_fan_out = layer.lora_magnitude_vector[adapter], layer.fan_in_fan_out
+    no_update = torch.zeros((), dtype=native.dtype, device=native.device)
+    m_init = dora.get_weight_norm(native, no_update, scaling=1).double()
+    norm = dora.get_weight_norm(w, no_update.double(), scaling=1)
+    norm_tuned = dora.get_weight_norm(w, transpose(delta, fan_in_fan_out), scaling=1)
+    # grouped so that an untrained DoRA (m = m_init, ΔW = 0) gives factor 1 exactly
+    factor = (dora.weight.detach().double() / m_init) * (norm / norm_tuned)
+    return transpose(factor.view(-1, 1), fan_in_fan_out) * (w + delta)
+
+
+def _delta_weight(layer: LoraLayer, adapter: str, lora_a: torch.Tensor | None = None,
+                  lora_b: torch.Tensor | None = None) -> torch.Tensor:
+    """PEFT's own `get_delta_weight` (scaling, rsLoRA's included, and Conv1D's transpose) in fp64; with
+    `lora_a`, `lora_b` given, of those factors instead of the adapter's (PiSSA's initial A0, B0)."""
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    with _factors_as(a, lora_a if lora_a is not None else a), _factors_as(b, lora_b if lora_b is not None else b):
+        return layer.get_delta_weight(adapter).detach()
+
+
+@contextmanager
+def _factors_as(parameter: torch.nn.Parameter, value: torch.Tensor):
+    """Hold `value` in fp64 as `parameter`'s data for the block, then put the very same tensor back (no
+    round trip through another dtype, so the adapter is left bit for bit as it was)."""
+    original = parameter.data
+    parameter.data = value.detach().to(original.device, torch.float64)
+    try:
+        yield
+    finally:
+        parameter.data = original
+
+
+def _initial_factors(initial: dict[str, torch.Tensor] | None, prefix: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """PiSSA's initial (A0, B0) of the layer at `prefix` (PeftModel module path), from what apply_method kept."""
+    if initial is None:
+        return None
+    return initial[f"{prefix}.lora_A.weight"], initial[f"{prefix}.lora_B.weight"]
+
+
+def _stores_transposed(model: torch.nn.Module, target_modules: list[str] | str) -> bool:
+    """Whether the layers `target_modules` adapts store their weight (in, out) (GPT-2's Conv1D): PEFT's fan_in_fan_out."""
+    names = adapted_weight_names(model, target_modules)
+    return any(isinstance(model.get_submodule(name.removesuffix(".weight")), Conv1D) for name in names)
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:
