@@ -67,8 +67,11 @@ def test_invalid_configs_name_the_field(data, field):
     assert "\n" not in message
 
 
+PROBLEM = '{"prompt": "def f(x):\\n", "completion": "    return x\\n", "tests": ["assert f(1) == 1"]}\n'
+
+
 def test_missing_data_file_is_named(tmp_path):
-    (tmp_path / "test.jsonl").write_text("{}\n")
+    (tmp_path / "test.jsonl").write_text(PROBLEM)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
                                     "task": {"kind": "jsonl", "train": "missing.jsonl", "test": "test.jsonl"}}))
@@ -78,7 +81,7 @@ def test_missing_data_file_is_named(tmp_path):
 
 def test_relative_data_paths_resolve_against_the_config(tmp_path):
     for name in ("train.jsonl", "test.jsonl"):
-        (tmp_path / name).write_text("{}\n")
+        (tmp_path / name).write_text(PROBLEM)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
                                     "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"}}))
@@ -198,3 +201,102 @@ def test_a_run_id_without_some_axes_names_the_runs_that_differ_only_along_them(r
     from ftcompare.config import run_id_without
 
     assert run_id_without(run_id, *axes) == group
+
+
+MBPP = {"kind": "mbpp", "data": None, "format": "chat"}
+
+
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"task": {**MBPP, "train_split": "test"}}, "task.train_split", "training on the test split leaks it"),
+        ({"task": {**MBPP, "validation_split": "test"}}, "task.validation_split", "choosing learning rates on 'test'"),
+        ({"task": {**MBPP, "eval_split": "validation", "validation_split": "validation"}}, "task.validation_split",
+         "the split that is reported"),
+        ({"task": {**MBPP, "validation_split": "train"}}, "task.validation_split", "is also the train_split"),
+        ({"task": {**MBPP, "train_split": "validation", "eval_split": "validation"}}, "task.eval_split", "is also the train_split"),
+        ({"training": {"select_lr_on": "test"}}, "training.select_lr_on", "choosing learning rates on 'test'"),
+        ({"task": {**MBPP, "validation_split": "validation"}, "training": {"select_lr_on": "test"}}, "training.select_lr_on",
+         "a test suite that is reported"),
+        ({"sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {**MBPP, "train_split": "test"}}]},
+         "sequence.1.task.train_split", "leaks"),
+        ({"sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}],
+          "training": {"select_lr_on": "b/test"}}, "training.select_lr_on", "choosing learning rates on 'b/test'"),
+    ],
+)
+def test_leaking_the_test_split_into_training_or_selection_is_refused(overrides, field, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config({"experiment": "t", "methods": [{"kind": "full"}], **overrides}, source="study.yaml")
+    assert str(error.value).startswith(f"study.yaml: {field}: ") and message in str(error.value), str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_the_mbpp_study_layout_is_accepted():
+    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}], "training": {"select_lr_on": "validation"},
+                           "task": {**MBPP, "train_split": "train", "eval_split": "test", "validation_split": "validation"}})
+    assert config.training.select_lr_on == "validation"
+
+
+def test_a_jsonl_suite_that_is_the_train_file_is_refused(tmp_path):
+    (tmp_path / "train.jsonl").write_text(PROBLEM)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
+                                    "task": {"kind": "jsonl", "train": "train.jsonl", "test": "./train.jsonl"}}))
+    with pytest.raises(ConfigError, match=r"study\.yaml: task\.test: .*train\.jsonl is also the train file"):
+        load_config(path)
+
+
+def test_a_leaking_config_fails_the_cli_in_one_line(tmp_path):
+    path = tmp_path / "leak.yaml"
+    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}], "training": {"select_lr_on": "test"}}))
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and f"{path}: training.select_lr_on:" in lines[0]
+
+
+@pytest.mark.parametrize("betas", [[0.9, 1.0], [-0.1, 0.9], [0.9]])
+def test_adam_betas_are_checked(betas):
+    with pytest.raises(ConfigError, match="training.adam_betas"):
+        parse_config({"experiment": "t", "methods": [{"kind": "full"}], "training": {"adam_betas": betas}})
+
+
+def test_the_recipe_fields_are_documented_in_the_schema():
+    from ftcompare.config import TrainingConfig
+
+    fields = TrainingConfig.model_fields
+    for name in ("schedule", "warmup_ratio", "weight_decay", "adam_betas", "adam_eps"):
+        assert fields[name].description, name
+    assert "Illusion-of-Equivalence" in fields["schedule"].description and "0.06" in fields["warmup_ratio"].description
+    assert fields["adam_betas"].default == (0.9, 0.95)  # what train/loop.py fixed before: recorded runs stay comparable
+
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+PACKAGE_QUICKSTART = Path(__file__).parents[1] / "src" / "ftcompare" / "configs" / "quickstart.yaml"
+RECIPE_KEYS = {"schedule", "warmup_ratio", "weight_decay", "adam_betas", "adam_eps"}
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")) + [PACKAGE_QUICKSTART], ids=lambda p: p.name)
+def test_every_example_writes_its_recipe_out(path):
+    training = yaml.safe_load(path.read_text())["training"]
+    assert RECIPE_KEYS <= set(training), sorted(RECIPE_KEYS - set(training))
+
+
+def test_the_smollm2_study_trains_with_the_papers_recipe_and_the_demo_keeps_its_own():
+    for name in ("smollm2-mbpp.yaml", "smollm2-mbpp-cpu.yaml"):
+        training = yaml.safe_load((EXAMPLES / name).read_text())["training"]
+        assert (training["schedule"], training["warmup_ratio"]) == ("linear", 0.06), name
+    quickstart = yaml.safe_load(PACKAGE_QUICKSTART.read_text())["training"]
+    assert (quickstart["schedule"], quickstart["warmup_ratio"]) == ("cosine", 0.05)
+
+
+def test_the_demo_config_and_the_example_are_one_file():
+    example = EXAMPLES / "quickstart.yaml"
+    assert example.read_bytes() == PACKAGE_QUICKSTART.read_bytes()
+    assert example.resolve() == PACKAGE_QUICKSTART.resolve()  # a link: there is one file to edit
+
+
+def test_a_config_that_cannot_be_decoded_names_the_byte(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_bytes(b"experiment: t\nmethods: [{kind: full}]\nnote: \xe9t\xe9\n")
+    with pytest.raises(ConfigError, match=r"study\.yaml: not UTF-8 text \(byte 0xe9 on line 3\)"):
+        load_config(path)

@@ -250,3 +250,39 @@ def test_report_of_a_missing_folder_fails_clearly(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert result.exit_code == 2
     assert "no such experiment folder" in result.output
+
+
+def test_each_run_records_its_recipe_and_both_throughputs(experiment):
+    train = json.loads((experiment / "lora-r2-s0" / "train.json").read_text())
+    assert train["recipe"] == {"optimizer": "AdamW", "lr": train["lr"], "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
+                               "schedule": "cosine", "warmup_steps": 0, "warmup_ratio": 0.05, "steps": 4, "grad_clip": 1.0}
+    assert train["steady_skipped_steps"] == 2 and train["steady_tokens"] < train["tokens"]  # half of the 4 steps
+    assert train["steady_tokens_per_s"] > 0 and train["tokens_per_s"] > 0
+    metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
+    assert metrics["train"]["recipe"] == train["recipe"]
+
+
+def test_fields_added_at_their_old_behaviour_keep_recorded_folders_resumable():
+    from ftcompare.study import run_record
+
+    def fingerprint_of(training):
+        config = parse_config({**STUDY, "training": {**STUDY["training"], **training}})
+        return run_record(expand_first(config), config)["fingerprint"]
+
+    written_out = fingerprint_of({"adam_betas": [0.9, 0.95], "adam_eps": 1e-8})
+    assert written_out == fingerprint_of({})  # as before the fields existed
+    assert fingerprint_of({"adam_betas": [0.9, 0.999]}) != written_out
+    assert fingerprint_of({"schedule": "linear", "warmup_ratio": 0.06}) != written_out
+
+
+def expand_first(config):
+    from ftcompare.config import expand
+
+    return expand(config)[0]
+
+
+def test_checking_a_folder_against_a_config_writes_nothing(tmp_path):
+    from ftcompare.study import check_runs_match
+
+    experiment = check_runs_match(parse_config(STUDY), tmp_path / "runs")
+    assert experiment == tmp_path / "runs" / "e2e" and not (tmp_path / "runs").exists()

@@ -6,9 +6,10 @@ from importlib.resources import as_file, files
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ftcompare.config import ConfigError, StudyConfig, expand, load_config
+from ftcompare.config import InputError, StudyConfig, expand, load_config
 from ftcompare.console import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure how LoRA fine-tuning compares with full fine-tuning.")
@@ -17,14 +18,14 @@ OUTPUT_OPTION = typer.Option(Path("runs"), "--output", "-o", help="Folder that h
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets in it are text
     raise typer.Exit(code=2)
 
 
 def _load(config_path: Path) -> StudyConfig:
     try:
         return load_config(config_path)
-    except ConfigError as error:
+    except InputError as error:  # a ConfigError, or a data file the config names
         _fail(str(error))
 
 
@@ -58,13 +59,17 @@ def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
 
     try:
         return run_study(config, output, worker)
-    except StudyMismatch as error:
+    except (StudyMismatch, InputError) as error:  # InputError: bad data, an unwritable output, a broken record
         _fail(str(error))
 
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
     _print_matrix(config, output)
-    _report(_run_study(config, output), config)
+    experiment = _run_study(config, output)
+    try:
+        _report(experiment, config)
+    except InputError as error:
+        _fail(str(error))
 
 
 def _report(experiment: Path, config: StudyConfig) -> None:
@@ -97,7 +102,7 @@ def _run_with_workers(config_path: Path, config: StudyConfig, output: Path, work
     _print_matrix(config, output)
     try:  # a clash with an earlier config is refused here, before any worker starts
         check_runs_match(config, output)
-    except StudyMismatch as error:
+    except (StudyMismatch, InputError) as error:
         _fail(str(error))
     gpus = torch.cuda.device_count() if config.device != "cpu" else 0
     if config.device == "cuda" and not gpus:
@@ -160,7 +165,7 @@ def report(experiment: Path = typer.Argument(..., help="An experiment folder, e.
 
     try:
         markdown, html, _ = render_report(experiment)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, InputError) as error:
         _fail(str(error))
     console.print(f"report: {html}\n        {markdown}")
 
@@ -174,7 +179,7 @@ def rescore(experiment: Path = typer.Argument(..., help="An experiment folder, e
 
     try:
         outcomes = rescore_experiment(experiment)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, InputError) as error:
         _fail(str(error))
     for outcome in outcomes:
         console.print(f"{outcome.run_id}: {outcome.outcome}", markup=False)

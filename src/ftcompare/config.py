@@ -15,14 +15,24 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("tiny-code",)
 ALL_LINEAR = "all-linear"
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Input the user can fix (a config, a data file, an output folder, a record left on disk): one line
+    naming the file, the field where there is one, and what is wrong. The CLI prints it and exits 2."""
+
+    def __init__(self, path: object, message: str, field: str | None = None):
+        self.path, self.field, self.message = str(path), field, message
+        line = f"{self.path}: " + (f"{field}: " if field else "") + message
+        super().__init__(line.replace("\n", " "))  # one line, whatever the message held
+
+
+class ConfigError(InputError):
     """An invalid config: the message is one line naming the file and the field."""
 
 
@@ -65,6 +75,15 @@ def _existing_file(path: Path | None) -> Path | None:
     return path
 
 
+def _readable_problems(path: Path | None, info: ValidationInfo) -> Path | None:
+    """A problems JSONL is read at load, so a bad record fails here, before anything is written or trained."""
+    from ftcompare.data.problems import load_jsonl_problems  # the data module owns the record format
+
+    if path is not None and path.is_file():
+        load_jsonl_problems(path, info.field_name)  # raises InputError naming the file, line and field
+    return path
+
+
 class GeneratedTask(Strict):
     """The built-in MBPP-style task (see ftcompare.data.codegen)."""
 
@@ -98,6 +117,17 @@ class JsonlTask(Strict):
 
     _files = field_validator("train", "test", "ood")(_existing_file)
 
+    @field_validator("test", "ood")
+    @classmethod
+    def _not_the_training_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        train = info.data.get("train")
+        if value is not None and train is not None and value.resolve() == train.resolve():
+            raise ValueError(f"{value} is also the train file: a suite scored on the problems the model trains on "
+                             "measures memorisation, not the task")
+        return value
+
+    _problems = field_validator("train", "test", "ood")(_readable_problems)
+
 
 MBPP_SPLIT_NAMES = Literal["prompt", "train", "validation", "test"]
 
@@ -116,6 +146,34 @@ class MbppTask(Strict):
     extra_tests: Path | None = None  # MBPP+ (EvalPlus) tests added to each problem's asserts
 
     _files = field_validator("data", "extra_train", "extra_tests")(_existing_file)
+    _problems = field_validator("extra_train")(_readable_problems)
+
+    # MBPP's splits by task id: prompt 1–10, test 11–510, validation 511–600, train 601–974. Which split is
+    # trained on, scored, and used to choose learning rates must keep the reported one unseen.
+    @field_validator("train_split")
+    @classmethod
+    def _not_trained_on_test(cls, value: str) -> str:
+        if value == "test":
+            raise ValueError("training on the test split leaks it into the evaluation; train on train (task ids 601–974)")
+        return value
+
+    @field_validator("eval_split")
+    @classmethod
+    def _not_evaluated_on_training(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("train_split"):
+            raise ValueError(f"{value!r} is also the train_split: the model would be scored on the problems it trains on")
+        return value
+
+    @field_validator("validation_split")
+    @classmethod
+    def _held_out_for_selection(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value in ("test", info.data.get("eval_split")):
+            raise ValueError(f"choosing learning rates on {value!r}, the split that is reported, leaks it into the "
+                             "choice; use validation (task ids 511–600)")
+        if value is not None and value == info.data.get("train_split"):
+            raise ValueError(f"{value!r} is also the train_split: learning rates chosen on the training problems "
+                             "reward memorising them; use validation (task ids 511–600)")
+        return value
 
 
 class QuixBugsSuite(Strict):
@@ -276,10 +334,23 @@ class TrainingConfig(Strict):
     max_steps: int | None = Field(default=None, gt=0)  # caps epochs when set
     batch_size: int = Field(default=16, gt=0)
     max_length: int = Field(default=256, gt=8)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    grad_clip: float | None = Field(default=1.0, gt=0)
+    # The recipe. The defaults are ftcompare's own (cosine, 5% warm-up, AdamW betas (0.9, 0.95), eps 1e-8, no
+    # weight decay): what every study ran with before these were fields, kept so recorded results resume and
+    # reproduce. The Illusion-of-Equivalence recipe (Shuttleworth et al. 2024) is linear decay with 6% warm-up;
+    # the SmolLM2 example configs set it. Every example config writes the recipe out, and every run records
+    # the one it trained with (train.json → recipe).
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Learning-rate decay after the warm-up: cosine to 0, linear to 0, or constant. "
+                                      "Default cosine (ftcompare's); the Illusion-of-Equivalence recipe is linear.")
+    warmup_ratio: float = Field(
+        default=0.05, ge=0, lt=1, description="Fraction of the steps (rounded) over which the rate rises linearly "
+                                              "from 0. Default 0.05 (ftcompare's); the Illusion-of-Equivalence recipe is 0.06.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW's decoupled weight decay. Default 0.")
+    adam_betas: tuple[float, float] = Field(
+        default=(0.9, 0.95), description="AdamW's (beta1, beta2), each in [0, 1). Default (0.9, 0.95): the value "
+                                         "ftcompare fixed before it was a field (torch's own default is (0.9, 0.999)).")
+    adam_eps: float = Field(default=1e-8, gt=0, description="AdamW's epsilon. Default 1e-8 (torch's).")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Clip the gradients' global norm to this (None: no clipping).")
     log_every: int = Field(default=10, gt=0)
     # fine-tune on this fraction of the train split (a list: one run per fraction, the data-size axis);
     # the subsets are nested: a seeded shuffle's first ⌈f·n⌉ examples
@@ -294,6 +365,13 @@ class TrainingConfig(Strict):
     # dtype (pure bf16: faster and leaner, but an update under half the dtype's spacing is rounded away;
     # at lr 1e-5 a step moves 2% of SmolLM2's bf16 weights, benchmarks/master_weights.py)
     master_weights: Literal["float32", "base"] = "float32"
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= beta < 1 for beta in value):
+            raise ValueError(f"each beta must be in [0, 1), got {list(value)}")
+        return value
 
     @field_validator("lr_multipliers")
     @classmethod
@@ -498,6 +576,9 @@ class StudyConfig(Strict):
         suite = self.training.select_lr_on
         if suite is not None and suite not in self.suite_names:
             raise ValueError(f"training.select_lr_on: no suite {suite!r}; this study has {self.suite_names}")
+        if suite is not None and (suite == "test" or suite.endswith("/test")):
+            raise ValueError(f"training.select_lr_on: choosing learning rates on {suite!r}, a test suite that is "
+                             "reported, leaks it into the choice; choose on a validation split (mbpp: validation_split)")
         return self
 
     @model_validator(mode="after")
@@ -645,18 +726,21 @@ def _field_path(loc: tuple) -> str:
 def parse_config(data: object, source: str = "<config>") -> StudyConfig:
     """Validate a parsed YAML document; raise ConfigError naming the first offending field."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a mapping of fields, got {type(data).__name__}")
+        raise ConfigError(source, f"the config must be a mapping of fields, got {type(data).__name__}")
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
-        field = _field_path(first["loc"]) or "(top level)"
+        field = _field_path(first["loc"])
         message = first["msg"]
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         message = message.removeprefix("Value error, ")
+        named = re.match(r"([A-Za-z_][\w.]*): (.*)", message, re.DOTALL)
+        if not field and named:  # a check across sections names its field in its message
+            field, message = named.groups()
         extra = f" ({len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
-        raise ConfigError(f"{source}: {field}: {message}{extra}") from None
+        raise ConfigError(source, f"{message}{extra}", field=field or "(top level)") from None
 
 
 PATH_KEYS = ("train", "test", "ood", "data", "extra_train", "extra_tests", "support")
@@ -683,11 +767,17 @@ def load_config(path: Path) -> StudyConfig:
     """Read and validate a YAML study config. Relative data paths resolve against the file's folder."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(path, "config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(path, f"not UTF-8 text (byte {error.object[error.start]:#04x} on line {line}); "
+                                "save the config as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(path, f"cannot read it: {error.strerror or error}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+        raise ConfigError(path, f"not valid YAML: {error}") from None
     if isinstance(data, dict):
         data = _resolve_data_paths(data, path.parent)
     return parse_config(data, source=str(path))

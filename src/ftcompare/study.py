@@ -28,18 +28,20 @@ from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
 from ftcompare.config import (BaseModelConfig, EvaluationConfig, FullMethod, RepresentationsConfig, RunSpec, SpectralConfig,
                               StudyConfig, expand, fingerprint, selection_group)
 from ftcompare.console import console, step_progress
-from ftcompare.data.perturb import perturbed_variants
+from ftcompare.data.perturb import family_variants
 from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.tasks import finetune_examples, load_benchmark, load_study_tasks, training_subset
 from ftcompare.evaluate.forgetting import forgetting_matrix, heldout_chunks, mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
-from ftcompare.evaluate.repair import diff_f1
-from ftcompare.evaluate.robustness import robust_drop_at_k, robust_pass_at_k, robust_relative_at_k
+from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
+from ftcompare.evaluate.robustness import family_robustness
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
-from ftcompare.models.methods import (adapted_weight_names, apply_method, load_tuned, merge_adapter, method_record,
-                                      quantize_4bit, quantized_base_weights, save_tuned)
-from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, experiment_dir, read_json, write_json, write_jsonl
+from ftcompare.models.methods import (EXACT_DELTA, EXACT_DELTA_RULE, adapted_weight_names, apply_method, as_out_in, load_tuned,
+                                      merge_adapter, method_record, quantize_4bit, quantized_base_weights, save_tuned,
+                                      weight_updates)
+from ftcompare.runs.store import (BASE_DIR, DONE_FILE, STUDY_FILE, RunDir, check_writable, experiment_dir, read_json,
+                                  writable_folder, write_json, write_jsonl)
 from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
 from ftcompare.train.loop import TrainSettings, epoch_batches, seed_everything, train, trainable_parameters_in
 
@@ -113,7 +115,9 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
     check_compile(config.evaluation.compile, device)  # before anything trains
     runs = expand(config)
     experiment = check_runs_match(config, output)
+    # the base and every task's data load before anything is written: bad data fails leaving no stub behind
     context = prepare(config, device, experiment, worker)
+    bind_runs(config, experiment)
     write_json(experiment / STUDY_FILE, {
         "config": config.model_dump(mode="json"),
         "runs": [run.model_dump(mode="json") for run in runs],
@@ -135,14 +139,22 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
 
 
 def check_runs_match(config: StudyConfig, output: Path) -> Path:
-    """Bind the experiment folder's run directories to this config, refusing ones an earlier, different
-    config made (before anything trains: a clash must not cost a sweep); return the experiment folder."""
+    """Refuse run directories an earlier, different config made (before anything trains: a clash must not
+    cost a sweep), writing nothing; return the experiment folder."""
     experiment = experiment_dir(output, config.experiment)
-    experiment.mkdir(parents=True, exist_ok=True)
-    for run in expand(config):
-        bind_run_dir(run, RunDir(experiment / run.run_id), config)
-    bind_run_dir(None, RunDir(experiment / BASE_DIR), config)
+    check_writable(experiment)
+    for run in [*expand(config), None]:
+        run_dir = RunDir(experiment / (run.run_id if run else BASE_DIR))
+        if run_dir.has("run.json") and not holds_this_run(run_dir, run, config) and not is_stub(run_dir):
+            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
     return experiment
+
+
+def bind_runs(config: StudyConfig, experiment: Path) -> None:
+    """Record in each run directory (and the base's) which run of which config it holds."""
+    writable_folder(experiment)
+    for run in [*expand(config), None]:
+        bind_run_dir(run, RunDir(experiment / (run.run_id if run else BASE_DIR)), config)
 
 
 def worker_tag(context: StudyContext) -> str:
@@ -273,31 +285,48 @@ def layer_similarity_scores(model, tokenizer, train: Sequence[Problem], settings
     return layer_io_cka(hidden, mask)
 
 
+# training fields added after studies were recorded, at the values every run had before they existed: left
+# out of the fingerprint at those values, so a folder recorded earlier still resumes
+FINGERPRINT_SILENT_DEFAULTS = {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8}
+
+
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
     """What determines a run's results (run None: the base's evaluation); a run directory made from
     another record is not resumed."""
     shared = config.model_dump(mode="json", include={"base", "task", "evaluation"} if run is None else
                                {"base", "task", "training", "evaluation", "analyses"})
+    if "training" in shared:
+        shared["training"] = {key: value for key, value in shared["training"].items()
+                              if FINGERPRINT_SILENT_DEFAULTS.get(key, object()) != value}
     spec = run.model_dump(mode="json") if run else "base"
     return {"run": spec, "fingerprint": fingerprint([spec, shared])}
 
 
+def holds_this_run(run_dir: RunDir, run: RunSpec | None, config: StudyConfig) -> bool:
+    return read_json(run_dir.file("run.json")).get("fingerprint") == run_record(run, config)["fingerprint"]
+
+
+def is_stub(run_dir: RunDir) -> bool:
+    """A run directory that records which run it is for and nothing else: no result of any config is lost
+    by binding it to another (a study that stopped before this run started leaves these)."""
+    return {path.name for path in run_dir.path.iterdir()} <= {"run.json", CLAIM_FILE}
+
+
 def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
     """Record which run a directory holds; refuse one that holds a run of a different config."""
-    record = run_record(run, config)
-    if run_dir.has("run.json"):
-        if read_json(run_dir.file("run.json"))["fingerprint"] != record["fingerprint"]:
-            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+    if run_dir.has("run.json") and holds_this_run(run_dir, run, config):
         return
-    write_json(run_dir.file("run.json"), record)
+    if run_dir.has("run.json") and not is_stub(run_dir):
+        raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+    write_json(run_dir.file("run.json"), run_record(run, config))
 
 
 def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
     started = time.perf_counter()
     model = train_stage(run, run_dir, context)
     reference = reference_for(run, model, context)
+    spectral = spectral_stage(run, run_dir, context, model, reference)  # before the merge: ΔW from the adapter itself
     evaluation = evaluate_stage(run, run_dir, context, model)  # merges an adapter after timing it unmerged
-    spectral = spectral_stage(run, run_dir, context, evaluation["model"], reference)
     metrics = {
         **run.model_dump(mode="json"),
         "label": run.label,
@@ -429,7 +458,8 @@ def fit(model: torch.nn.Module, problems: Sequence[Problem], run: RunSpec, conte
     mixed = training.master_weights == "float32" and context.base.dtype == torch.bfloat16
     settings = TrainSettings(lr=run.lr, steps=steps, warmup_steps=round(steps * training.warmup_ratio),
                              schedule=training.schedule if training.schedule != "constant" else "constant_with_warmup",
-                             weight_decay=training.weight_decay, grad_clip=training.grad_clip,
+                             weight_decay=training.weight_decay, betas=training.adam_betas, eps=training.adam_eps,
+                             grad_clip=training.grad_clip,
                              log_every=training.log_every, seed=run.seed,
                              autocast_dtype=torch.bfloat16 if mixed else None)
     batches = epoch_batches(examples, batch_size=training.batch_size, pad_id=context.tokenizer.pad_token_id,
@@ -440,9 +470,11 @@ def fit(model: torch.nn.Module, problems: Sequence[Problem], run: RunSpec, conte
             step_progress(console, "  train", steps) as advance:
         result = train(model, batches, settings, accelerator=accelerator, log_path=log_path,
                        on_step=lambda step, loss: advance(step, loss))
-    console.print(f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.tokens_per_s:,.0f} tokens/s, "
+    console.print(f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.steady_tokens_per_s:,.0f} tokens/s "
+                  f"after the first {result.steady_skipped_steps} steps ({result.tokens_per_s:,.0f} over all), "
                   f"peak {result.peak_memory_mb:,.0f} MB")
-    record = {**asdict(result), "examples": len(examples), "epochs": steps * training.batch_size / len(examples),
+    record = {**asdict(result), "recipe": {**result.recipe, "warmup_ratio": training.warmup_ratio},
+              "examples": len(examples), "epochs": steps * training.batch_size / len(examples),
               "master_weights": "float32" if mixed else str(context.base.dtype).removeprefix("torch."),
               "autocast": "bfloat16" if mixed else None}
     return record, accelerator.unwrap_model(model)
@@ -454,10 +486,16 @@ def training_totals(records: Sequence[dict]) -> dict:
     if len(records) == 1:
         return dict(records[0])
     tokens, wall_s = sum(r["tokens"] for r in records), sum(r["wall_s"] for r in records)
+    steady_tokens, steady_s = sum(r.get("steady_tokens", 0) for r in records), sum(r.get("steady_wall_s", 0) for r in records)
     return {
         "task": "+".join(r["task"] for r in records),
         "steps": sum(r["steps"] for r in records), "tokens": tokens, "loss_tokens": sum(r["loss_tokens"] for r in records),
         "wall_s": wall_s, "tokens_per_s": tokens / wall_s if wall_s else 0.0,
+        # each stage leaves out its own first steps (the model and optimizer are set up again per stage)
+        "steady_tokens": steady_tokens, "steady_wall_s": steady_s, "steady_tokens_per_s": steady_tokens / steady_s if steady_s else 0.0,
+        "steady_skipped_steps": sum(r.get("steady_skipped_steps", 0) for r in records),
+        # the recipe is the same for every stage but its step counts: those are in `stages`
+        "recipe": {k: v for k, v in records[-1]["recipe"].items() if k not in ("steps", "warmup_steps")},
         "peak_memory_mb": max(r["peak_memory_mb"] for r in records), "memory_measure": records[-1]["memory_measure"],
         "final_loss": records[-1]["final_loss"], "trainable_params": records[-1]["trainable_params"],
         "examples": sum(r["examples"] for r in records), "epochs": None,
@@ -598,7 +636,7 @@ def evaluate_suite(model, problems: tuple[Problem, ...], suite: str, context: St
         metrics[mode] = {**pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
                          **generation_statistics(scored, generate_s, len(problems)), "n": settings.n}
         if info.scoring == "repair":
-            metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in ("diff_precision", "diff_recall", "diff_f1")})
+            metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in REPAIR_F1_KEYS})
         records.extend(scored)
     return records, metrics
 
@@ -611,28 +649,24 @@ def evaluate_robustness(model, problems: tuple[Problem, ...], nominal_records: l
     nominal = {r["task_id"]: [r["passed"]] for r in nominal_records if r["mode"] == "greedy"}
     records, metrics = [], {}
     for family in robustness.perturbations:
-        variants = [v for p in problems for v in perturbed_variants(p, [family], robustness.s, robustness.seed)]
-        family_records, _ = evaluate_suite(model, tuple(variants), suite, context, seed=seed, greedy_only=True)
+        variants, not_applicable = family_variants(problems, family, robustness.s, robustness.seed)
+        family_records = []
+        if variants:  # a family that applies to no problem generates nothing
+            family_records, _ = evaluate_suite(model, tuple(variants), suite, context, seed=seed, greedy_only=True)
         family_records = [{**r, "suite": f"{suite}~{family}", "perturbation": family, "variant": v.meta["variant"]}
                           for r, v in zip(family_records, variants, strict=True)]
         perturbed: dict[str, list[list[bool]]] = {}
         for record in family_records:
             perturbed.setdefault(record["task_id"], []).append([record["passed"]])
-        metrics[family] = {
-            "s": robustness.s,
-            "nominal_pass@1": sum(v[0] for v in nominal.values()) / len(nominal),
-            "robust_pass@1": robust_pass_at_k(perturbed, 1),
-            "robust_drop@1": robust_drop_at_k(nominal, perturbed, 1),
-            "robust_relative@1": robust_relative_at_k(nominal, perturbed, 1),
-        }
+        metrics[family] = family_robustness(nominal, perturbed, not_applicable, robustness.s)
         records.extend(family_records)
     return records, metrics
 
 
 def repair_scores(problem: Problem, record: dict) -> dict:
-    """Line-diff precision/recall/F1 of a candidate fix against the reference fix (ftcompare.evaluate.repair)."""
-    scores = diff_f1(problem.meta["buggy"], record["extracted_code"], problem.meta["correct"])
-    return {f"diff_{key}": value for key, value in scores.items()}
+    """Token-level F1 (the reported F1) and line-edit F1, with their precision and recall, of a candidate
+    fix against the reference fix (ftcompare.evaluate.repair)."""
+    return repair_f1_scores(problem.meta["buggy"], record["extracted_code"], problem.meta["correct"])
 
 
 def generation_statistics(scored: list[dict], generate_s: float, problems: int) -> dict:
@@ -714,25 +748,32 @@ def quantized_base_loss(context: StudyContext) -> dict[str, float]:
 
 
 def spectral_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference) -> dict:
-    """Spectral analysis of every adapted matrix against the run's base (its SVDs come from the cache)."""
+    """Spectral analysis of every adapted matrix against the run's base (its SVDs come from the cache).
+
+    `model` is the tuned model before `merge_adapter`: ΔW is the adapter's exact update, not the difference
+    of a bf16 merge (whose rounding reads as a full-rank update). Intruders read the exact fine-tuned
+    W0 + ΔW too (the paper's W is the fine-tuned matrix, and the count should not depend on the dtype the
+    merge is held in). A run with no matrix to analyse is an error, never a silent "0 over 0"."""
     spectral = context.config.analyses.spectral
     if spectral is None:
         return {}
     if run_dir.has("spectral.json"):
         return read_json(run_dir.file("spectral.json"))["summary"]
+    if run.is_adapter and not isinstance(model, PeftModel):
+        raise ValueError(f"{run.run_id}: the spectral stage needs the adapter unmerged, to read its exact update")
     started = time.perf_counter()
-    names = adapted_weight_names(model, run.target_modules if run.is_adapter else None)
-    parameters = dict(model.named_parameters())
-    reports = []
-    for name in names:
-        w_base = reference.weights[name]
-        w_tuned = parameters[name].detach().to("cpu")
-        reports.append(analyze_matrix(name, reference.spectra.get(name, w_base), w_base, w_tuned,
-                                      k=spectral.k, epsilon=spectral.epsilon, epsilons=spectral.epsilons))
-    summary = {**summarize(reports), "wall_s": time.perf_counter() - started}
+    reports = [analyze_matrix(update.name, reference.spectra.get(update.name, update.base), update.base, update.tuned,
+                              delta=update.delta, k=spectral.k, epsilon=spectral.epsilon, epsilons=spectral.epsilons)
+               for update in weight_updates(model, reference.weights)]
+    if not reports:
+        raise RuntimeError(f"{run.run_id}: the spectral analysis found no adapted weight matrix (nn.Linear or Conv1D) in "
+                           f"{type(model).__name__}; set analyses.spectral: null to run without it")
+    summary = {**summarize(reports), "delta": EXACT_DELTA, "wall_s": time.perf_counter() - started}
     write_json(run_dir.file("spectral.json"), {"summary": summary, "matrices": [asdict(r) for r in reports],
-                                               "k": spectral.k, "epsilon": spectral.epsilon})
-    console.print(f"  analyse: {summary['total_intruders']} intruder dimensions over {len(reports)} matrices (ε={spectral.epsilon})")
+                                               "k": spectral.k, "epsilon": spectral.epsilon,
+                                               "delta": EXACT_DELTA, "delta_rule": EXACT_DELTA_RULE})
+    console.print(f"  analyse: {summary['total_intruders']} intruder dimensions over {len(reports)} matrices "
+                  f"(ε={spectral.epsilon}; ΔW {EXACT_DELTA})")
     return summary
 
 
@@ -808,7 +849,7 @@ def intervention_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, mod
     names = adapted_weight_names(model, run.target_modules if run.is_adapter else None)
     parameters = dict(model.named_parameters())
     tuned = {name: parameters[name].detach().clone() for name in names}
-    base_weights = {name: reference.weights[name] for name in names}
+    base_weights = {name: as_out_in(model, name, reference.weights[name]) for name in names}  # (out, in), as the spectra
     spectra = {name: reference.spectra.get(name, w) for name, w in base_weights.items()}
     suite = config.primary_suite
     problems = context.primary_problems[: config.evaluation.limit] if config.evaluation.limit else context.primary_problems

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -70,5 +71,19 @@ def test_a_study_on_mbpp_and_quixbugs_runs_end_to_end(tmp_path, tiny_base, cache
     assert set(metrics["suites"]) == {"test", "quixbugs"}
     assert metrics["suites"]["test"]["in_domain"] and not metrics["suites"]["quixbugs"]["in_domain"]
     repair = metrics["suites"]["quixbugs"]["greedy"]
-    assert {"pass@1", "diff_f1", "diff_precision", "diff_recall", "mean_reasoning_tokens", "seconds_per_problem"} <= set(repair)
+    assert {"pass@1", "token_f1", "line_edit_f1", "token_precision", "token_recall", "mean_reasoning_tokens", "seconds_per_problem"} <= set(repair)
     assert sum(repair["status_counts"].values()) == 2
+
+
+def test_a_task_file_broken_after_the_config_loaded_still_fails_as_one_named_line(tmp_path):
+    from ftcompare.config import InputError
+
+    problem = {"prompt": "def f(x):\n", "completion": "    return x\n", "tests": ["assert f(1) == 1"]}
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text(json.dumps(problem) + "\n")
+    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}],
+                           "task": {"kind": "jsonl", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")}})
+    assert len(load_task(config.task).train) == 1
+    (tmp_path / "test.jsonl").write_text(json.dumps({**problem, "tests": "assert f(1) == 1"}) + "\n")
+    with pytest.raises(InputError, match=r"test\.jsonl:1: tests: must be a list of assert statements, got one string"):
+        load_task(config.task)

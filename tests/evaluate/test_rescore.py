@@ -1,11 +1,13 @@
 import json
 import math
+import re
 
 import pytest
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
 from ftcompare.evaluate.rescore import RecordsDisagree, rescore_experiment, rescored_suites
+from ftcompare.evaluate.scoring import pass_at_k_table
 from ftcompare.runs.store import write_json, write_jsonl
 
 
@@ -77,3 +79,63 @@ def test_a_run_whose_records_disagree_is_left_as_it_was_and_the_command_fails(tm
 def test_rescoring_a_missing_folder_says_so(tmp_path):
     result = CliRunner().invoke(app, ["rescore", str(tmp_path / "nowhere")])
     assert result.exit_code != 0 and "no experiment folder" in result.output
+
+
+# what the current ftcompare stores: the means and every problem's own score
+CURRENT_SUITES = rescored_suites(OLD_SUITES, RECORDS)
+
+
+def _swap_verdicts(records, a, b):
+    """Problem a gets b's verdicts and b gets a's: every mean stays the same."""
+    verdicts = {task: [r["passed"] for r in records if r["task_id"] == task and r["mode"] == "greedy"] for task in (a, b)}
+    swapped, seen = [], {a: 0, b: 0}
+    for record in records:
+        task = record["task_id"]
+        if record["mode"] == "greedy" and task in seen:
+            other = b if task == a else a
+            record = {**record, "passed": verdicts[other][seen[task]]}
+            seen[task] += 1
+        swapped.append(record)
+    return swapped
+
+
+def _rotate_ids(records, mode):
+    order = sorted({r["task_id"] for r in records if r["mode"] == mode})
+    shift = dict(zip(order, order[1:] + order[:1]))
+    return [{**r, "task_id": shift[r["task_id"]]} if r["mode"] == mode else r for r in records]
+
+
+@pytest.mark.parametrize("records, message", [
+    (_swap_verdicts(RECORDS, "a", "b"), "test greedy per-problem pass@1 of 'a': the metrics say 1.0, the per-sample records give 0.0"),
+    (_rotate_ids(RECORDS, "greedy"), "test greedy per-problem pass@1 of 'a'"),
+    ([{**r, "task_id": r["task_id"].upper()} for r in RECORDS], "test greedy: the task ids differ"),
+    ([r for r in RECORDS if r["task_id"] != "d"] + [{**RECORDS[3], "task_id": "e"}], "test greedy: the task ids differ"),
+])
+def test_records_with_the_same_means_but_other_problems_are_refused(records, message):
+    assert pass_at_k_table([r for r in records if r["mode"] == "greedy"], [1])["pass@1"] == 0.5  # the mean alone agrees
+    with pytest.raises(RecordsDisagree, match=re.escape(message)):
+        rescored_suites(CURRENT_SUITES, records)
+
+
+def test_without_stored_per_problem_scores_the_problem_count_and_samples_are_checked():
+    halved = [r for r in RECORDS if r["task_id"] in ("a", "b")]  # greedy 1 of 2 passes: the same mean as 2 of 4
+    with pytest.raises(RecordsDisagree, match="test greedy: the metrics count 4 problems, the records 2"):
+        rescored_suites(OLD_SUITES, halved)
+    with pytest.raises(RecordsDisagree, match="the metrics say 2 samples per problem, the records hold 6 samples of 2"):
+        rescored_suites({"test": {"sampled": {"pass@1": 1 / 3, "n": 2}}}, RECORDS)
+
+
+def test_ids_rotated_in_one_mode_only_show_as_two_prompts_for_one_id():
+    records = [{**r, "prompt": f"prompt of {r['task_id']}"} for r in RECORDS]
+    with pytest.raises(RecordsDisagree, match="test: task id 'b' is recorded with two different prompts"):
+        rescored_suites(OLD_SUITES, [{**r, "task_id": {"a": "b", "b": "a"}[r["task_id"]]} if r["mode"] == "sampled" else r
+                                     for r in records])
+
+
+def test_the_cli_refuses_swapped_verdicts_and_leaves_the_run_as_it_was(tmp_path):
+    experiment, run = _experiment(tmp_path, CURRENT_SUITES)
+    write_jsonl(run / "samples.jsonl", _swap_verdicts(RECORDS, "a", "b"))
+    before = {name: (run / name).read_bytes() for name in ("eval.json", "metrics.json")}
+    result = CliRunner().invoke(app, ["rescore", str(experiment)])
+    assert result.exit_code == 1 and "lora-r4-s0: left as it was: test greedy per-problem pass@1 of 'a'" in result.output
+    assert {name: (run / name).read_bytes() for name in before} == before

@@ -1,4 +1,11 @@
-from ftcompare.report.tables import markdown_table, paired_comparison_table, result_row, training_precision_line, weights_line
+from ftcompare.report.tables import (
+    markdown_table,
+    paired_comparison_table,
+    result_row,
+    suite_tables,
+    training_precision_line,
+    weights_line,
+)
 
 
 def test_result_row_reads_a_metrics_record_and_computes_the_gap():
@@ -79,3 +86,33 @@ def test_the_precision_line_says_how_each_run_held_its_trainable_weights():
         "float32 master weights, bfloat16 autocast: lora-r4-s0; bfloat16, pure: full-s0; "
         "bfloat16, pure (recorded before ftcompare kept fp32 master weights): lora-r1-s0")
     assert training_precision_line([base]) == ""
+
+
+def test_suite_table_reports_token_f1_and_keeps_line_edit_f1():
+    repaired = {"run_id": "lora-r4-s0", "suites": {"quixbugs": {"greedy": {"pass@1": 0.25, "token_f1": 0.8, "line_edit_f1": 0.1}}}}
+    older = {"run_id": "full-s0", "suites": {"quixbugs": {"greedy": {"pass@1": 0.25, "diff_f1": 0.3}}}}
+    header, body, _, _ = suite_tables([repaired, older])
+    f1, line = header.index("F1 (tokens)"), header.index("line-edit F1")
+    assert (body[0][f1], body[0][line]) == ("0.800", "0.100")
+    assert (body[1][f1], body[1][line]) == ("–", "0.300")  # recorded before token F1: line level only
+
+
+def test_robust_table_shows_where_a_family_applies():
+    scores = {"nominal_pass@1": 0.5, "robust_pass@1": 0.25, "robust_drop@1": 0.5, "robust_relative@1": 0.5}
+    none = dict.fromkeys(scores)
+    record = {"run_id": "lora-r4-s0", "suites": {"test": {"greedy": {"pass@1": 0.5}, "robustness": {
+        "docstring": {"s": 2, "problems": 4, "not_applicable": {}, **scores},
+        "code_syntax": {"s": 2, "problems": 0, "not_applicable": {f"t{i}": "no function" for i in range(4)}, **none}}}}}
+    _, _, header, body = suite_tables([record])
+    assert header[4] == "applies to"
+    assert body[0][3:] == ["2", "4/4", "0.500", "0.250", "+0.500", "0.500"]
+    assert body[1][3:] == ["2", "0/4", "n/a", "n/a", "n/a", "n/a"]
+    old = {"run_id": "r", "suites": {"test": {"robustness": {"docstring": {"s": 1, **scores}}}}}
+    assert suite_tables([old])[3][0][4:6] == ["–", "0.500"]
+
+
+def test_training_throughput_is_the_steady_state_one_where_recorded():
+    steady = {"run_id": "full-s0", "method": "full", "train": {"tokens_per_s": 800.0, "steady_tokens_per_s": 1000.0}}
+    older = {"run_id": "full-s0", "method": "full", "train": {"tokens_per_s": 800.0}}
+    assert result_row(steady)["train_tokens_per_s"] == 1000.0
+    assert result_row(older)["train_tokens_per_s"] == 800.0

@@ -1,5 +1,9 @@
+import errno
+import os
+
 import pytest
 
+from ftcompare.config import InputError
 from ftcompare.runs import store
 from ftcompare.runs.store import RunDir, atomic_write_text, read_json, read_jsonl, run_dirs, write_json, write_jsonl
 
@@ -51,3 +55,42 @@ def test_progress_names_the_last_stage_a_run_recorded(tmp_path):
     assert run.progress == "evaluated"
     write_json(run.file(store.DONE_FILE), {})
     assert run.progress == "done"
+
+
+@pytest.mark.parametrize("content, message", [(b'{"runs": [', "not valid JSON (Expecting value at line 1 column 11)"),
+                                              (b"\xff{}", "not UTF-8 text (byte 0xff at offset 0)")])
+def test_a_broken_record_is_named(tmp_path, content, message):
+    path = tmp_path / "study.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        read_json(path)
+    assert str(error.value).startswith(f"{path}: {message}")
+    (tmp_path / "s.jsonl").write_text('{"i": 1}\n{"i": \n')
+    with pytest.raises(InputError, match=r"s\.jsonl:2: not valid JSON"):
+        read_jsonl(tmp_path / "s.jsonl")
+
+
+def test_a_full_disk_is_an_output_error_naming_the_file_and_other_os_errors_stay_as_they_are(tmp_path, monkeypatch):
+    def replace_with(code):
+        def broken(src, dst):
+            raise OSError(code, os.strerror(code))
+        return broken
+
+    monkeypatch.setattr(store.os, "replace", replace_with(errno.ENOSPC))
+    with pytest.raises(store.OutputError, match=r"m\.json: cannot write there: No space left on device"):
+        atomic_write_text(tmp_path / "m.json", "x")
+    monkeypatch.setattr(store.os, "replace", replace_with(errno.EIO))  # hardware: keeps its traceback
+    with pytest.raises(OSError) as error:
+        atomic_write_text(tmp_path / "m.json", "x")
+    assert not isinstance(error.value, InputError)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_in_the_way_of_the_output_is_named_without_writing(tmp_path):
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(store.OutputError, match=r"runs: cannot write there: a file is in the way"):
+        store.check_writable(tmp_path / "runs" / "quickstart")
+    with pytest.raises(store.OutputError, match=r"runs/sub: cannot write there: a file is in the way"):
+        write_json(tmp_path / "runs" / "sub" / "m.json", {})
+    store.check_writable(tmp_path / "new" / "deeper")  # a folder that can be made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

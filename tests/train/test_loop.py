@@ -1,5 +1,7 @@
 import json
+import time
 
+import pytest
 import torch
 
 from ftcompare.train.loop import (IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train,
@@ -89,3 +91,62 @@ def test_only_trainable_parameters_are_held_in_the_master_dtype():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     with trainable_parameters_in(model, None):
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_steady_state_throughput_leaves_out_the_first_steps():
+    model, slow_first = tiny_llama(), lambda step, loss: time.sleep(0.5) if step == 1 else None
+    result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+                   TrainSettings(lr=1e-2, steps=8, throughput_skip_steps=2), on_step=slow_first)
+    assert result.steady_skipped_steps == 2 and result.steady_tokens == 6 * 8 * 5
+    assert result.steady_wall_s < result.wall_s - 0.5  # the slow first step is not in the steady window
+    assert result.steady_tokens_per_s > 2 * result.tokens_per_s
+    short = train(tiny_llama(), epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+                  TrainSettings(lr=1e-2, steps=3))
+    assert short.steady_skipped_steps == 1 and short.steady_tokens == 2 * 8 * 5  # never more than half the steps
+
+
+def test_the_optimizer_settings_are_used_and_recorded():
+    model = tiny_llama()
+    settings = TrainSettings(lr=1e-2, steps=4, warmup_steps=1, schedule="linear", weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6)
+    created = []
+    original = torch.optim.AdamW
+
+    class Recording(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            created.append(self.defaults)
+
+    torch.optim.AdamW = Recording
+    try:
+        result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), settings)
+    finally:
+        torch.optim.AdamW = original
+    assert created[0]["betas"] == (0.8, 0.99) and created[0]["eps"] == 1e-6 and created[0]["weight_decay"] == 0.1
+    assert result.recipe == {"optimizer": "AdamW", "lr": 1e-2, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.1,
+                             "schedule": "linear", "warmup_steps": 1, "steps": 4, "grad_clip": 1.0}
+
+
+class _TimedModel:
+    """generate() does nothing; the clock is scripted: each call takes the next of `durations` seconds."""
+
+    def __init__(self, durations):
+        self.durations, self.now = list(durations), 0.0
+
+    def clock(self):
+        return self.now
+
+    def generate(self, **kwargs):
+        self.now += self.durations.pop(0)
+
+
+# kept beside the training throughput: both are the speed numbers of a run (latency lives in evaluate/generation.py)
+@pytest.mark.parametrize("timed, median_s", [([1.0, 3.0], 2.0), ([1.0, 3.0, 2.0], 2.0), ([5.0], 5.0)])
+def test_latency_is_the_true_median_of_the_timed_runs(monkeypatch, timed, median_s):
+    from ftcompare.evaluate import generation
+
+    model = _TimedModel([100.0, *timed])  # the warm-up run is slow and left out
+    monkeypatch.setattr(generation.time, "perf_counter", model.clock)
+    ids = torch.ones((4, 3), dtype=torch.long)
+    tokens_per_s = generation.timed_generate_tokens_per_s(model, ids, torch.ones_like(ids), new_tokens=8, repeats=len(timed),
+                                                          pad_token_id=0)
+    assert tokens_per_s == pytest.approx(4 * 8 / median_s)

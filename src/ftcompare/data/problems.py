@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ftcompare.config import InputError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -61,29 +63,67 @@ class TaskSplits:
         return self.info.get(suite, SuiteInfo(in_domain=suite == "test"))
 
 
+# the optional fields of a problem record, all text (a list of asserts for `tests`)
+OPTIONAL_TEXT_FIELDS = ("entry_point", "family", "code_prefix", "setup")
+# suites that are scored: a problem there needs asserts, or every program would pass
+SCORED_SPLITS = ("test", "ood")
+
+
+def _problem_from_record(record: object, split: str, line_number: int) -> Problem:
+    """One JSONL record as a Problem; ValueError names the field that is missing or of the wrong type."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a JSON object but {type(record).__name__}")
+    for name in ("prompt", "completion"):
+        if name not in record:
+            raise ValueError(f"{name}: missing (a record needs prompt and completion)")
+        if not isinstance(record[name], str):
+            raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
+    tests = record.get("tests", [])
+    if isinstance(tests, str):  # iterating it would make each character an "assert"
+        raise ValueError("tests: must be a list of assert statements, got one string; write [\"assert ...\", ...]")
+    if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
+        raise ValueError(f"tests: must be a list of assert statements (strings), got {json.dumps(tests)[:80]}")
+    if split in SCORED_SPLITS and not tests:
+        raise ValueError(f"tests: a problem of the {split} suite needs at least one assert (without one any program passes)")
+    task_id = record.get("task_id", f"{split}/{line_number}")
+    if not isinstance(task_id, (str, int)) or isinstance(task_id, bool):
+        raise ValueError(f"task_id: must be text or an integer, got {type(task_id).__name__}")
+    for name in OPTIONAL_TEXT_FIELDS:
+        if name in record and not isinstance(record[name], str):
+            raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
+    return Problem(task_id=str(task_id), prompt=record["prompt"], completion=record["completion"], tests=tuple(tests),
+                   entry_point=record.get("entry_point", ""), family=record.get("family", split),
+                   code_prefix=record.get("code_prefix", ""), setup=record.get("setup", ""))
+
+
 def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
-    """Read user problems: one JSON object a line with prompt and completion, and optionally task_id,
-    tests (list of asserts; none for fine-tuning-only data), entry_point, code_prefix, setup."""
-    problems = []
-    for line_number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    """Read user problems: one JSON object a line with prompt and completion (text), and optionally task_id,
+    tests (a list of asserts; required in the scored splits, test and ood), entry_point, code_prefix, setup.
+
+    A file that is not UTF-8, a line that is not JSON, a field of the wrong type, a repeated task_id or no
+    problems at all raise InputError naming the file, the line and the field."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}", f"not UTF-8 text (byte {error.object[error.start]:#04x}); save the file as UTF-8") from None
+    except OSError as error:
+        raise InputError(path, f"cannot read it: {error.strerror or error}") from None
+    problems, first_line = [], {}
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            problems.append(
-                Problem(
-                    task_id=str(record.get("task_id", f"{split}/{line_number}")),
-                    prompt=record["prompt"],
-                    completion=record["completion"],
-                    tests=tuple(record.get("tests", ())),
-                    entry_point=record.get("entry_point", ""),
-                    family=record.get("family", split),
-                    code_prefix=record.get("code_prefix", ""),
-                    setup=record.get("setup", ""),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{line_number}: not a problem record ({error})") from None
+            problem = _problem_from_record(json.loads(line), split, line_number)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{path}:{line_number}", f"not valid JSON ({error.msg} at column {error.colno})") from None
+        except ValueError as error:
+            raise InputError(f"{path}:{line_number}", str(error)) from None
+        if problem.task_id in first_line:
+            raise InputError(f"{path}:{line_number}", f"task_id: {problem.task_id!r} is also the task_id of line "
+                                                      f"{first_line[problem.task_id]} (per-problem scores need distinct ids)")
+        first_line[problem.task_id] = line_number
+        problems.append(problem)
     if not problems:
-        raise ValueError(f"{path}: no problems")
+        raise InputError(path, "no problems (the file is empty; one JSON object a line)")
     return tuple(problems)

@@ -2,9 +2,9 @@
 
 A run evaluated by an older ftcompare lacks what scoring records now (each pass@k's standard error, every
 problem's own pass@1, which paired comparisons read); its `samples.jsonl` holds the verdicts they come from.
-`rescore_experiment` recomputes each suite's pass@k table from those verdicts. The stored pass@k values must
-come out unchanged: a difference means the records and the metrics are not of the same evaluation, and that
-run is left as it was.
+`rescore_experiment` recomputes each suite's pass@k table from those verdicts. The stored pass@k values, and
+where the metrics hold them the task ids, per-problem scores and problem count, must come out unchanged: a
+difference means the records and the metrics are not of the same evaluation, and that run is left as it was.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
         grouped.setdefault((record["suite"], record["mode"]), []).append(record)
     result = {}
     for suite, modes in suites.items():
+        check_prompts(suite, [record for (name, _), group in grouped.items() if name == suite for record in group])
         result[suite] = dict(modes)
         for mode, metrics in modes.items():
             mode_records = grouped.get((suite, mode))
@@ -52,8 +53,38 @@ def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
                 if not math.isclose(table.get(key, math.nan), value, rel_tol=0, abs_tol=1e-9):
                     raise RecordsDisagree(f"{suite} {mode} {key}: the metrics say {value}, "
                                           f"the per-sample records give {table.get(key)}")
+            check_problems(f"{suite} {mode}", metrics, table["per_problem_pass@1"], mode_records)
             result[suite][mode] = {**metrics, **table}
     return result
+
+
+def check_problems(where: str, metrics: dict, per_problem: dict[str, float], records: Sequence[dict]) -> None:
+    """Refuse records that give the stored means from other problems: task ids or per-problem scores that
+    differ from the metrics' (swapped verdicts, rotated ids keep every mean), a problem count or samples per
+    problem other than the metrics'."""
+    stored = metrics.get("per_problem_pass@1")
+    if stored is not None:
+        if set(stored) != set(per_problem):
+            only_metrics, only_records = sorted(set(stored) - set(per_problem)), sorted(set(per_problem) - set(stored))
+            raise RecordsDisagree(f"{where}: the task ids differ: only in the metrics {only_metrics[:5]}, "
+                                  f"only in the records {only_records[:5]}")
+        for task_id, value in stored.items():
+            if not math.isclose(per_problem[task_id], value, rel_tol=0, abs_tol=1e-9):
+                raise RecordsDisagree(f"{where} per-problem pass@1 of {task_id!r}: the metrics say {value}, "
+                                      f"the per-sample records give {per_problem[task_id]}")
+    if metrics.get("problems") is not None and metrics["problems"] != len(per_problem):
+        raise RecordsDisagree(f"{where}: the metrics count {metrics['problems']} problems, the records {len(per_problem)}")
+    if metrics.get("n") is not None and len(records) != metrics["n"] * len(per_problem):
+        raise RecordsDisagree(f"{where}: the metrics say {metrics['n']} samples per problem, the records hold "
+                              f"{len(records)} samples of {len(per_problem)} problems")
+
+
+def check_prompts(suite: str, records: Sequence[dict]) -> None:
+    """Refuse a suite whose records give one task id two prompts (ids rotated in one mode's records only)."""
+    prompts: dict[str, str] = {}
+    for record in records:
+        if "prompt" in record and prompts.setdefault(record["task_id"], record["prompt"]) != record["prompt"]:
+            raise RecordsDisagree(f"{suite}: task id {record['task_id']!r} is recorded with two different prompts")
 
 
 def rescore_run(run_dir: RunDir) -> Rescored:

@@ -8,15 +8,17 @@ Python version: the corpus is that version's standard library), so a machine pay
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -113,16 +115,21 @@ def window_batches(ids: torch.Tensor, *, batch_size: int, seq_len: int, seed: in
 
 
 def pretrain_builtin(settings: BuiltinPretraining, device: torch.device, console: Console) -> Path:
-    """Return the cached directory of the built-in model, pre-training it first if needed."""
+    """Return the cached directory of the built-in model, pre-training it first if needed (once per machine:
+    concurrent processes wait for the first, see `build_once`)."""
     size, spec = resolve_spec(settings, device)
     corpus = stdlib_corpus()
     key = fingerprint({"spec": asdict(spec), "lr": settings.lr, "seed": settings.seed, "python": corpus.python_version, "v": 1})
     target = cache_root() / "builtin" / f"tiny-code-{size}-{key}"
-    if (target / "provenance.json").is_file():
-        return target
+    return build_once(target, lambda folder: _pretrain_into(folder, settings, size, spec, device, console), console)
 
+
+def _pretrain_into(folder: Path, settings: BuiltinPretraining, size: str, spec: BuiltinSpec, device: torch.device,
+                   console: Console) -> None:
+    """Pre-train the built-in model and save it, its tokenizer, log and provenance.json into `folder`."""
+    corpus = stdlib_corpus()
     console.print(f"[bold]Pre-training builtin:tiny-code ({size})[/] on the standard library of Python {corpus.python_version} "
-                  f"({len(corpus.train_files)} files; {len(corpus.held_out_files)} held out) — once, cached at {target}")
+                  f"({len(corpus.train_files)} files; {len(corpus.held_out_files)} held out) — once, cached in {cache_root()}")
     started = time.perf_counter()
     seed_everything(settings.seed)
     # a deterministic sample of files for the tokenizer: training BPE on all of it costs more than it gains
@@ -136,43 +143,101 @@ def pretrain_builtin(settings: BuiltinPretraining, device: torch.device, console
     batches = window_batches(ids, batch_size=spec.batch_size, seq_len=spec.seq_len, seed=settings.seed)
     pretrain_settings = TrainSettings(lr=settings.lr, steps=spec.steps, warmup_steps=spec.steps // 20, schedule="cosine",
                                       weight_decay=0.1, grad_clip=1.0, log_every=50, seed=settings.seed)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=_ensure(target.parent)))
-    try:
-        with step_progress(console, "pre-training", spec.steps) as advance:
-            result = train(model, batches, pretrain_settings, accelerator=accelerator, log_path=tmp / "pretrain_log.jsonl", on_step=advance)
-        model = accelerator.unwrap_model(model).to("cpu")
-        chunks = heldout_chunks(tokenizer, n_chunks=32, chunk_tokens=256)
-        heldout_loss = mean_token_loss(model, chunks)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        provenance = {
-            "name": "builtin:tiny-code",
-            "size": size,
-            "spec": asdict(spec),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "corpus": f"Python {corpus.python_version} standard library at {corpus.root}",
-            "train_files": len(corpus.train_files),
-            "held_out_files": len(corpus.held_out_files),
-            "train_tokens": len(ids),
-            "pretrain_steps": result.steps,
-            "pretrain_tokens": result.tokens,
-            "pretrain_tokens_per_s": result.tokens_per_s,
-            "final_train_loss": result.final_loss,
-            "heldout_loss": heldout_loss,
-            "device": str(device),
-            "wall_s": time.perf_counter() - started,
-        }
-        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "provenance.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with step_progress(console, "pre-training", spec.steps) as advance:
+        result = train(model, batches, pretrain_settings, accelerator=accelerator, log_path=folder / "pretrain_log.jsonl",
+                       on_step=advance)
+    model = accelerator.unwrap_model(model).to("cpu")
+    chunks = heldout_chunks(tokenizer, n_chunks=32, chunk_tokens=256)
+    heldout_loss = mean_token_loss(model, chunks)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    provenance = {
+        "name": "builtin:tiny-code",
+        "size": size,
+        "spec": asdict(spec),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus": f"Python {corpus.python_version} standard library at {corpus.root}",
+        "train_files": len(corpus.train_files),
+        "held_out_files": len(corpus.held_out_files),
+        "train_tokens": len(ids),
+        "pretrain_steps": result.steps,
+        "pretrain_tokens": result.tokens,
+        "pretrain_tokens_per_s": result.tokens_per_s,
+        "pretrain_steady_tokens_per_s": result.steady_tokens_per_s,
+        "pretrain_steady_skipped_steps": result.steady_skipped_steps,
+        "pretrain_recipe": result.recipe,
+        "final_train_loss": result.final_loss,
+        "heldout_loss": heldout_loss,
+        "device": str(device),
+        "wall_s": time.perf_counter() - started,
+    }
+    (folder / "provenance.json").write_text(json.dumps(provenance, indent=2))
     console.print(f"builtin:tiny-code ready: held-out loss {heldout_loss:.3f} nats/token after {result.steps} steps "
-                  f"({provenance['wall_s']:.0f} s, {result.tokens_per_s:,.0f} tokens/s)")
+                  f"({provenance['wall_s']:.0f} s, {result.steady_tokens_per_s:,.0f} tokens/s after the first "
+                  f"{result.steady_skipped_steps} steps)")
+
+
+READY_FILE = "provenance.json"  # written last into a cached folder: its presence means the folder is complete
+TEMP_MARK = ".tmp-"  # <target>.tmp-<host>-<pid>-<random>: a folder being built, and who builds it
+
+
+def build_once(target: Path, build: Callable[[Path], None], console: Console) -> Path:
+    """The cached folder `target`, made by `build(folder)` (which must write READY_FILE last) if it is not there.
+
+    One process builds while the others wait on a lock beside it (fcntl.flock, released by the kernel when
+    its holder dies), then find it built. The build writes into a temporary folder named after its host and
+    process, moved into place in one rename; temporaries whose process is gone (a kill mid-build) are removed
+    the next time any build starts here."""
+    if (target / READY_FILE).is_file():
+        return target
+    cache = _ensure(target.parent)
+    with open(cache / f"{target.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"waiting for another process that is building {target} ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (target / READY_FILE).is_file():  # built by the process we waited for
+                return target
+            remove_stale_temporaries(cache, holding=target.name)
+            shutil.rmtree(target, ignore_errors=True)  # incomplete (no READY_FILE): from before builds were atomic
+            tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}-", dir=cache))
+            try:
+                build(tmp)
+                if not (tmp / READY_FILE).is_file():
+                    raise RuntimeError(f"building {target} wrote no {READY_FILE}")
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return target
+
+
+def remove_stale_temporaries(cache: Path, holding: str | None = None) -> list[Path]:
+    """Remove the temporary build folders in `cache` whose builder is gone: those of this host whose process
+    no longer runs, and, under the lock of the target named `holding`, every one of that target (only the
+    lock's holder builds it; this also catches an older ftcompare's `<target>.<random>`). Returns them."""
+    removed = []
+    for folder in cache.iterdir():
+        _, _, owner = folder.name.partition(TEMP_MARK)
+        host, pid, _ = owner.rsplit("-", 2) if owner.count("-") >= 2 else ("", "", "")  # mkdtemp's suffix has no "-"
+        orphan = host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+        if folder.is_dir() and ((holding and folder.name.startswith(holding + ".")) or orphan):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _ensure(path: Path) -> Path:

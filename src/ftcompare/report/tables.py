@@ -25,6 +25,15 @@ def _get(record: dict, *path: str) -> object:
     return value
 
 
+def intruder_total(record: dict) -> int | None:
+    """A run's total intruder dimensions; None ("–") when its spectral record analysed no matrix, which
+    records written before the spectral stage refused that can hold (GPT-2's Conv1D went unseen): a
+    count over no matrices is not a zero."""
+    if _get(record, "spectral", "matrices") == 0:
+        return None
+    return _get(record, "spectral", "total_intruders")
+
+
 def weights_line(provenance: dict) -> str:
     """Which weights the base was, from its provenance record: source, revision or file and checksum,
     quantization, and the record's own caveat (a quantized file is not the upstream model)."""
@@ -103,12 +112,13 @@ def result_row(record: dict) -> dict:
         "forgetting_prose": _get(record, "forgetting", "corpora", "prose", "increase") if record.get("method") != "base" else None,
         # QLoRA: the loss moved by the adapter alone, over the quantized base it was trained on
         "forgetting_over_quantized": _get(record, "forgetting", "increase_over_quantized_base"),
-        "train_tokens_per_s": _get(record, "train", "tokens_per_s"),
+        # steady state: the first steps' one-time costs left out (records from before it have only the overall)
+        "train_tokens_per_s": _get(record, "train", "steady_tokens_per_s") or _get(record, "train", "tokens_per_s"),
         "peak_memory_mb": _get(record, "train", "peak_memory_mb"),
         "memory_measure": _get(record, "train", "memory_measure"),
         "merged_tokens_per_s": _get(record, "latency", "merged_tokens_per_s"),
         "unmerged_tokens_per_s": _get(record, "latency", "unmerged_tokens_per_s"),
-        "intruders": _get(record, "spectral", "total_intruders"),
+        "intruders": intruder_total(record),
     }
     id_pass1, ood_pass1 = row["id_pass1"], row["ood_pass1"]
     row["generalisation_gap"] = id_pass1 - ood_pass1 if id_pass1 is not None and ood_pass1 is not None else None
@@ -193,26 +203,39 @@ def _cells(values: Sequence[tuple[object, str]]) -> list[str]:
 
 
 def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    """Per run and suite (greedy decoding): accuracy, repair F1 where scored, and the generation cost that
-    matters for reasoning models; then per run, suite and perturbation family: ReCode's robust metrics."""
-    suite_header = ["run", "suite", "in domain", "pass@1", "± s.e.", "diff F1", "mean new tokens", "reasoning tokens",
-                    "s / problem", "cut by budget"]
-    robust_header = ["run", "suite", "perturbation", "s", "nominal pass@1", "robust pass@1", "robust drop@1",
-                     "robust relative@1"]
+    """Per run and suite (greedy decoding): accuracy, repair F1 where scored (token level, and line level;
+    records from before token F1 have only the line-level one, as "diff_f1"), and the generation cost that
+    matters for reasoning models; then per run, suite and perturbation family: ReCode's robust metrics over
+    the problems the family applies to ("applies to": perturbed / all; a family that applies to none
+    shows n/a)."""
+    suite_header = ["run", "suite", "in domain", "pass@1", "± s.e.", "F1 (tokens)", "line-edit F1", "mean new tokens",
+                    "reasoning tokens", "s / problem", "cut by budget"]
+    robust_header = ["run", "suite", "perturbation", "s", "applies to", "nominal pass@1", "robust pass@1",
+                     "robust drop@1", "robust relative@1"]
     suite_body, robust_body = [], []
     for record in records:
         for suite, metrics in (record.get("suites") or {}).items():
             greedy = metrics.get("greedy", {})
             suite_body.append([str(record.get("run_id")), suite, "yes" if metrics.get("in_domain") else "no", *_cells([
                 (greedy.get("pass@1"), ".3f"), ((greedy.get("stderr") or {}).get("pass@1"), ".3f"),
-                (greedy.get("diff_f1"), ".3f"), (greedy.get("mean_new_tokens"), ".1f"),
-                (greedy.get("mean_reasoning_tokens"), ".1f"), (greedy.get("seconds_per_problem"), ".3f"),
-                (greedy.get("hit_budget_fraction"), ".2f")])])
+                (greedy.get("token_f1"), ".3f"), (greedy.get("line_edit_f1", greedy.get("diff_f1")), ".3f"),
+                (greedy.get("mean_new_tokens"), ".1f"), (greedy.get("mean_reasoning_tokens"), ".1f"),
+                (greedy.get("seconds_per_problem"), ".3f"), (greedy.get("hit_budget_fraction"), ".2f")])])
             for family, robust in (metrics.get("robustness") or {}).items():
-                robust_body.append([str(record.get("run_id")), suite, family, str(robust["s"]), *_cells([
-                    (robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"), (robust["robust_drop@1"], "+.3f"),
-                    (robust["robust_relative@1"], ".3f")])])
+                robust_body.append([str(record.get("run_id")), suite, family, str(robust["s"]), *_robust_cells(robust)])
     return suite_header, suite_body, robust_header, robust_body
+
+
+def _robust_cells(robust: dict) -> list[str]:
+    """The "applies to" cell and the four metric cells of one family's robustness record."""
+    if "problems" not in robust:  # recorded before not-applicable problems were
+        applies = "–"
+    else:
+        applies = f"{robust['problems']}/{robust['problems'] + len(robust['not_applicable'])}"
+        if robust["problems"] == 0:
+            return [applies, *["n/a"] * 4]
+    return [applies, *_cells([(robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"),
+                              (robust["robust_drop@1"], "+.3f"), (robust["robust_relative@1"], ".3f")])]
 
 
 def _reference_full(record: dict, records: Sequence[dict]) -> dict | None:

@@ -7,29 +7,78 @@ done and is skipped when a sweep is re-run, so an interrupted sweep resumes wher
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from ftcompare.config import InputError
+
 STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
 BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+# why a folder cannot be written that the user can fix (a full disk, no permission, a file where a folder
+# should be); other OS errors are bugs or hardware and keep their traceback
+FIXABLE_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                        errno.EISDIR}
+
+
+class OutputError(InputError):
+    """A record or folder of the output could not be written, for a reason the user can fix."""
+
+
+def writable_folder(folder: Path) -> Path:
+    """Create `folder` (and its parents) if needed; OutputError, naming it, if that cannot be done."""
+    folder = Path(folder)
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _raise_if_fixable(folder, error)
+        raise
+    return folder
+
+
+def check_writable(folder: Path) -> None:
+    """OutputError if `folder` could not be created and written, judged without writing anything (a full disk
+    shows only when writing): its nearest existing ancestor must be a folder this process may write in."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(existing, "cannot write there: a file is in the way of a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(existing, "cannot write there: permission denied (or a read-only file system)")
+
+
+def _raise_if_fixable(path: Path, error: OSError) -> None:
+    """Raise OutputError naming `path` when `error` is one the user can fix; return otherwise."""
+    if error.errno in FIXABLE_WRITE_ERRORS:
+        reason = "a file is in the way of a folder" if error.errno in (errno.ENOTDIR, errno.EEXIST) else os.strerror(error.errno)
+        raise OutputError(path, f"cannot write there: {reason} ({error.filename or path}); fix that and run the same "
+                                "command again (what was finished is kept)") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace: readers see old or new, never half.
+    A full disk, a read-only folder or a file in the way raise OutputError naming the path."""
+    writable_folder(path.parent)
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            _raise_if_fixable(path, error)
         raise
 
 
@@ -42,11 +91,33 @@ def write_jsonl(path: Path, records: Iterable[dict]) -> None:
 
 
 def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A record; InputError naming the file if it is not JSON (records are written atomically, so a broken one
+    was changed by something else)."""
+    text = _read_record_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                               "repair it or delete it (and what was recorded with it)") from None
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(_read_record_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path}:{number}", f"not valid JSON ({error.msg} at column {error.colno})") from None
+    return records
+
+
+def _read_record_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+                               "repair it or delete it") from None
 
 
 class RunDir:

@@ -32,11 +32,22 @@ class TrainSettings:
     warmup_steps: int = 0
     schedule: str = "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup...
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW's
+    eps: float = 1e-8  # AdamW's
     grad_clip: float | None = 1.0
     log_every: int = 10
     seed: int = 0
     # the forward under torch.autocast in this dtype (bf16 with fp32 master weights: mixed precision)
     autocast_dtype: torch.dtype | None = None
+    # steady-state throughput leaves out the first steps (at most half of them): they pay one-time costs
+    # (allocator growth, kernel selection, compilation) that later steps do not
+    throughput_skip_steps: int = 5
+
+    def recipe(self) -> dict:
+        """The optimizer and schedule as run, for the records."""
+        return {"optimizer": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
+                "steps": self.steps, "grad_clip": self.grad_clip}
 
 
 @contextmanager
@@ -60,11 +71,16 @@ class TrainResult:
     tokens: int  # tokens processed (attention mask), the throughput numerator
     loss_tokens: int  # tokens that carried the loss
     wall_s: float
-    tokens_per_s: float
+    tokens_per_s: float  # over every step
+    steady_tokens_per_s: float  # over the steps after the first `steady_skipped_steps`
+    steady_skipped_steps: int
+    steady_tokens: int
+    steady_wall_s: float
     peak_memory_mb: float
     memory_measure: str  # what peak_memory_mb measures on this device
     final_loss: float  # mean loss over the last logging window
     trainable_params: int
+    recipe: dict  # TrainSettings.recipe(): optimizer and schedule as run
 
 
 def seed_everything(seed: int) -> None:
@@ -118,7 +134,8 @@ def train(
     accelerator = accelerator or Accelerator()
     seed_everything(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas,
+                                  eps=settings.eps)
     scheduler = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
@@ -127,8 +144,9 @@ def train(
     tokens = loss_tokens = 0
     window_losses: list[float] = []
     final_loss = math.nan
-    start = window_start = time.perf_counter()
-    window_tokens = 0
+    skip = min(settings.throughput_skip_steps, settings.steps // 2)
+    start = window_start = steady_start = time.perf_counter()
+    window_tokens = steady_from_tokens = 0
     try:
         for step in range(1, settings.steps + 1):
             batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
@@ -164,12 +182,16 @@ def train(
                 window_losses, window_tokens, window_start = [], 0, now
             if on_step:
                 on_step(step, loss.item())
+            if step == skip:  # loss.item() above waited for the device, so the clock reads the step's end
+                steady_start, steady_from_tokens = time.perf_counter(), tokens
     finally:
         if log_file:
             log_file.close()
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize()
-    wall_s = time.perf_counter() - start
+    end = time.perf_counter()
+    wall_s = end - start
+    steady_tokens = tokens - steady_from_tokens
     model.eval()
     return TrainResult(
         steps=settings.steps,
@@ -177,10 +199,15 @@ def train(
         loss_tokens=loss_tokens,
         wall_s=wall_s,
         tokens_per_s=tokens / max(wall_s, 1e-9),
+        steady_tokens_per_s=steady_tokens / max(end - steady_start, 1e-9),
+        steady_skipped_steps=skip,
+        steady_tokens=steady_tokens,
+        steady_wall_s=end - steady_start,
         peak_memory_mb=meter.sample(),
         memory_measure=meter.measure,
         final_loss=final_loss,
         trainable_params=sum(p.numel() for p in params),
+        recipe=settings.recipe(),
     )
 
 
