@@ -1,5 +1,9 @@
 """Small builders shared by tests."""
 
+import os
+import time
+import uuid
+
 import torch
 from tokenizers import Tokenizer, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -34,3 +38,41 @@ def chat_tokenizer():
         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
     return tokenizer
+
+
+def sleeper_marker() -> str:
+    """A `sleep` argument no other process has (a sandboxed program's pids are its own namespace's, so its
+    processes are found by command line)."""
+    return f"300.{uuid.uuid4().int % 10**9:09d}"
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids of live (not zombie) processes whose command line holds `marker`."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as file:
+                cmdline = file.read()
+            with open(f"/proc/{name}/stat") as file:
+                zombie = file.read().rpartition(")")[2].split()[0] == "Z"
+        except OSError:
+            continue
+        if marker.encode() in cmdline and not zombie:
+            found.append(int(name))
+    return found
+
+
+def assert_gone(marker: str, grace_s: float = 2.0) -> None:
+    """No live process holds `marker` in its command line within grace_s; a zombie counts as gone."""
+    deadline = time.monotonic() + grace_s
+    while alive := processes_with(marker):
+        assert time.monotonic() < deadline, f"processes {alive} are still running"
+        time.sleep(0.05)
+
+
+def python_folders_in_tmp() -> list[str]:
+    """The entries a bubblewrap sandbox's /tmp holds besides the program's own files: the top folders of a
+    Python installed below /tmp (a CI virtual environment), bound read-only so the program can run."""
+    from ftcompare.evaluate.sandbox import _readable_paths
+
+    return sorted({path.split("/")[2] for path in _readable_paths() if path.startswith("/tmp/")})

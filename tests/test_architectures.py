@@ -4,7 +4,6 @@ adapter's exact update."""
 
 import inspect
 import json
-import os
 
 import pytest
 import torch

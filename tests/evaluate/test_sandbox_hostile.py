@@ -9,14 +9,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 import warnings
 
 import pytest
 
 from ftcompare.evaluate import sandbox
-from ftcompare.evaluate.sandbox import TESTS_MARKER, SandboxWarning, run_program, run_programs, marked_setup
+from ftcompare.evaluate.sandbox import TESTS_MARKER, SandboxWarning, marked_setup, run_program, run_programs
+from tests.helpers import assert_gone, python_folders_in_tmp, sleeper_marker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's isolation is Linux's")
 
@@ -57,27 +57,6 @@ def run(source: str, **limits):
 def with_tests(program: str, *tests: str) -> str:
     """A program as mbpp/codegen/humaneval build it: the program, the marker, then the tests."""
     return textwrap.dedent(program) + "\n\n" + marked_setup() + "\n\n" + "\n".join(tests) + "\n"
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of live (not zombie) processes whose command line holds `marker`."""
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as file:
-                cmdline = file.read()
-            with open(f"/proc/{name}/stat") as file:
-                zombie = file.read().rpartition(")")[2].split()[0] == "Z"
-        except OSError:
-            continue
-        if marker.encode() in cmdline and not zombie:
-            found.append(int(name))
-    return found
-
-
-def sleeper_marker() -> str:
-    """A `sleep` argument no other process has: its duration's fraction is random."""
-    return f"300.{uuid.uuid4().int % 10**9:09d}"
 
 
 # ---- forged verdicts -------------------------------------------------------------------------------------
@@ -218,7 +197,7 @@ def test_programs_run_two_at_a_time_cannot_touch_each_others_files(mode, another
         time.sleep(0.6)
         with open("mine.txt") as file:
             assert file.read() == "mine"
-        assert sorted(os.listdir(".")) == ["mine.txt"]
+        assert sorted(name for name in os.listdir(".") if os.path.isfile(name)) == ["mine.txt"]
         """
     sources = [textwrap.dedent(victim)] + [textwrap.dedent(vandal)] * 3
     results = run_programs(sources, timeout_s=10.0, memory_mb=512, workers=2)
@@ -305,10 +284,7 @@ def test_a_new_session_child_that_kills_the_supervisor_does_not_outlive_the_run(
         """
     )
     assert not result.passed
-    deadline = time.monotonic() + 3.0
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert processes_with(marker) == []
+    assert_gone(marker, grace_s=3.0)
 
 
 # ---- limits over the whole process tree ------------------------------------------------------------------
@@ -432,7 +408,8 @@ def test_bubblewrap_records_what_was_in_force(bubblewrap):
     assert {"pid", "mount", "network", "ipc", "uts"} <= set(isolation["namespaces"])
     assert "pid-namespace" in isolation["kill"] and isolation["environment"] == "cleared"
     pid, uid, listing = result.stdout.split(maxsplit=2)
-    assert int(pid) < 10 and listing.strip() == "[]"  # its own PID namespace and an empty /tmp
+    # its own PID namespace, and a /tmp of its own (holding only a Python installed below the host's /tmp)
+    assert int(pid) < 10 and listing.strip() == repr(python_folders_in_tmp())
     assert (int(uid) == 65534) == ROOT and isolation["user"] == ("nobody (65534)" if ROOT else "same")
 
 

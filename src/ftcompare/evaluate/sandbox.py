@@ -897,15 +897,16 @@ def _bubblewrap_options(memory_mb: int) -> list[str]:
     options += ["--unshare-user"] if not root else ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     for name, value in _environment().items():
         options += ["--setenv", name, value]
+    # /tmp first: a Python installed below it (a CI virtual environment) is then bound on top, not hidden
+    options += ["--perms", "1777", "--size", str(memory_mb * 2**20), "--tmpfs", "/tmp"]
     paths = _readable_paths()
     # Their parents are made here, traversable: bwrap would copy a parent's mode (/root's 0700 hides a pyenv).
-    parents = {parent for path in paths for parent in _ancestors(path)} - set(paths)
+    parents = {parent for path in paths for parent in _ancestors(path)} - set(paths) - {"/tmp"}
     for parent in sorted(parents):
         options += ["--perms", "0755", "--dir", parent]
     for path in paths:
         options += ["--ro-bind-try", path, path]
-    options += ["--perms", "1777", "--size", str(memory_mb * 2**20), "--tmpfs", "/tmp",
-                "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--chdir", "/tmp"]
+    options += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--chdir", "/tmp"]
     return options
 
 
