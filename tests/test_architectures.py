@@ -55,7 +55,8 @@ def study(architecture: str, model_dir) -> dict:
     return {"experiment": architecture,
             "base": {"model": str(model_dir), "dtype": "bfloat16"},
             "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
-            "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [RANK], "alpha_lr_product": 0.02}],
+            "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [RANK], "alpha_lr_product": 0.02},
+                        {"kind": "qlora", "rank": [RANK], "alpha_lr_product": 0.02}],
             "training": {"max_steps": 2, "batch_size": 8, "max_length": 128},
             "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "timeout_s": 3, "forgetting": None, "latency": None},
             "analyses": {"spectral": {"k": 4}}}
@@ -74,7 +75,7 @@ def test_every_adapted_matrix_is_analysed_with_its_exact_update(architecture, to
 
     modules, pattern = ARCHITECTURES[architecture]
     expected = {pattern.format(layer=layer, module=module) for layer in range(LAYERS) for module in modules}
-    for run_id in ("full-s0", f"lora-r{RANK}-s0"):
+    for run_id in ("full-s0", f"lora-r{RANK}-s0", f"qlora-r{RANK}-s0"):
         record = json.loads((tmp_path / architecture / run_id / "spectral.json").read_text())
         assert record["delta"] == record["summary"]["delta"] == "exact-fp32"
         assert {m["name"] for m in record["matrices"]} == expected and record["summary"]["matrices"] == len(expected) > 0

@@ -243,6 +243,32 @@ def test_qlora_computes_the_same_on_every_cpu_in_training_and_inference():
     assert "bf16" in method_record(adapter_run("qlora"))["quantization"]["cpu_kernel"]
 
 
+def test_qlora_quantizes_gpt2_conv1d_layers_as_the_linear_maps_they_compute():
+    """GPT-2 holds its linear layers as Conv1D, weight stored (in, out): they are quantized as (out, in)
+    4-bit layers, not left in full precision under an adapter labelled QLoRA."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=16, vocab_size=32,
+                                      bos_token_id=1, eos_token_id=1))
+    original = {name: weight.detach().clone() for name, weight in gpt2.named_parameters()}
+    names = adapted_weight_names(gpt2, None)
+    model = apply_method(gpt2, adapter_run("qlora"))
+    inner = model.base_model.model
+    quantized = {f"{n.replace('.base_layer', '')}.weight" for n, m in inner.named_modules() if type(m).__name__ == "Linear4bit"}
+    assert quantized == set(names) and len(names) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in 2 layers
+    assert model.peft_config["default"].fan_in_fan_out is False  # the 4-bit layers are (out, in)
+    base = quantized_base_weights(model)
+    assert sorted(base) == sorted(names)
+    for name in names:  # NF4 of the transposed Conv1D weight (on square c_proj only the values tell)
+        assert base[name].shape == original[name].T.shape and (base[name] - original[name].T).abs().max() < 0.02
+        if base[name].shape[0] == base[name].shape[1]:
+            assert (base[name] - original[name].T).abs().mean() < (base[name] - original[name]).abs().mean() / 4
+    train_steps(model)
+    unmerged = logits(model)
+    torch.testing.assert_close(logits(merge_adapter(model)), unmerged, rtol=1e-4, atol=1e-5)
+
+
 def test_qlora_computes_and_keeps_adapters_in_the_base_dtype():
     model = apply_method(tiny_llama(dtype=torch.bfloat16), adapter_run("qlora"))
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}

@@ -35,7 +35,8 @@ default), so both methods get the same numerics. What each kind did is recorded 
 
 GPT-2-style models hold their linear layers as transformers' Conv1D, weight stored (in, out): they count
 as linear layers ("all-linear", `adapted_weight_names`), PEFT is told `fan_in_fan_out`, and the spectral
-analysis reads them as (out, in) (`as_out_in`). `weight_updates` gives each adapted matrix's exact ΔW
+analysis reads them as (out, in) (`as_out_in`); QLoRA quantizes them as the (out, in) 4-bit linear layers
+they compute with (so its adapters need no fan_in_fan_out). `weight_updates` gives each adapted matrix's exact ΔW
 from the adapter's own factors, for the spectral analysis.
 """
 
@@ -186,21 +187,23 @@ def merge_adapter(model: torch.nn.Module) -> PreTrainedModel:
 
 
 def quantize_4bit(model: PreTrainedModel) -> PreTrainedModel:
-    """Quantize, in place, every nn.Linear but the output head to bitsandbytes 4-bit NF4 with double
-    quantization, computing in the model's dtype (QLoRA's recipe); marks the model `is_loaded_in_4bit`
-    as a `BitsAndBytesConfig` load does, which is what PEFT keys its 4-bit LoRA layers on."""
+    """Quantize, in place, every linear layer but the output head (nn.Linear, and GPT-2's Conv1D as the
+    (out, in) linear map it computes) to bitsandbytes 4-bit NF4 with double quantization, computing in the
+    model's dtype (QLoRA's recipe); marks the model `is_loaded_in_4bit` as a `BitsAndBytesConfig` load does,
+    which is what PEFT keys its 4-bit LoRA layers on."""
     import bitsandbytes as bnb
 
     dtype = model.dtype
     head = model.get_output_embeddings()
     for name, module in list(model.named_modules()):
-        if type(module) is not torch.nn.Linear or module is head:
+        if type(module) not in (torch.nn.Linear, Conv1D) or module is head:
             continue
         device = module.weight.device
-        quantized = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
+        weight = module.weight.data.T.contiguous() if type(module) is Conv1D else module.weight.data  # (out, in)
+        quantized = bnb.nn.Linear4bit(weight.shape[1], weight.shape[0], bias=module.bias is not None,
                                       compute_dtype=dtype, compress_statistics=DOUBLE_QUANT, quant_type=QUANT_TYPE,
                                       quant_storage=torch.uint8, device="meta")
-        quantized.weight = bnb.nn.Params4bit(module.weight.data, requires_grad=False, blocksize=QUANT_BLOCKSIZE,
+        quantized.weight = bnb.nn.Params4bit(weight, requires_grad=False, blocksize=QUANT_BLOCKSIZE,
                                              compress_statistics=DOUBLE_QUANT, quant_type=QUANT_TYPE,
                                              quant_storage=torch.uint8, module=quantized).to(device)  # quantizes
         if module.bias is not None:
