@@ -137,6 +137,11 @@ def test_report_renders_from_records(experiment):
     assert "## Paired comparisons (greedy)" in markdown and "<h2>Paired comparisons (greedy)</h2>" in html
     paired = [line for line in markdown.splitlines() if line.startswith(("| lora-r2-s0 | base |", "| lora-r2-s0 | full FT |"))]
     assert len(paired) == 2 and all("↑" in line and "p " in line for line in paired)
+    # which sandbox scored the programs: every sample counted in each suite's metrics, and named in the report
+    greedy = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())["suites"]["test"]["greedy"]
+    isolation, programs = next(iter(greedy["isolation_counts"].items()))
+    assert len(greedy["isolation_counts"]) == 1 and isolation in ("bubblewrap", "fallback") and programs > 0
+    assert f"Generated programs ran in the sandbox under {isolation}: " in markdown
     metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
     greedy = metrics["suites"]["test"]["greedy"]
     assert len(greedy["per_problem_pass@1"]) == greedy["problems"] and greedy["stderr"]["pass@1"] is not None

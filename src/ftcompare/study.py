@@ -685,6 +685,8 @@ def generation_statistics(scored: list[dict], generate_s: float, problems: int) 
         "generate_tokens_per_s": new_tokens / max(generate_s, 1e-9),
         "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
         "extraction_counts": {m: sum(r["extraction"] == m for r in scored) for m in sorted({r["extraction"] for r in scored})},
+        # bubblewrap or the weaker fallback (ftcompare.evaluate.sandbox): the report says which scored each run
+        "isolation_counts": {i: sum(r.get("isolation") == i for r in scored) for i in sorted({str(r.get("isolation")) for r in scored})},
     }
 
 

@@ -2,6 +2,7 @@ from ftcompare.report.tables import (
     markdown_table,
     paired_comparison_table,
     result_row,
+    sandbox_line,
     suite_tables,
     training_precision_line,
     weights_line,
@@ -116,3 +117,14 @@ def test_training_throughput_is_the_steady_state_one_where_recorded():
     older = {"run_id": "full-s0", "method": "full", "train": {"tokens_per_s": 800.0}}
     assert result_row(steady)["train_tokens_per_s"] == 1000.0
     assert result_row(older)["train_tokens_per_s"] == 800.0
+
+
+def test_the_sandbox_line_names_the_runs_scored_under_the_fallback():
+    def record(run_id, isolation_counts):
+        return {"run_id": run_id, "suites": {"test": {"greedy": {"isolation_counts": isolation_counts}},
+                                             "ood": {"greedy": {"isolation_counts": isolation_counts}}}}
+
+    assert sandbox_line([record("full-s0", {"bubblewrap": 3})]) == "bubblewrap: 6 programs"
+    line = sandbox_line([record("full-s0", {"bubblewrap": 3}), record("lora-r4-s0", {"fallback": 2})])
+    assert line == "bubblewrap: 6 programs; fallback: 4 programs (runs: lora-r4-s0)"
+    assert sandbox_line([{"run_id": "old", "suites": {"test": {"greedy": {"pass@1": 0.5}}}}]) == ""

@@ -11,8 +11,8 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
-from ftcompare.report.tables import (markdown_from_cells, markdown_table, paired_comparison_table, result_row, sequence_tables,
-                                     suite_tables, table_cells, training_precision_line, weights_line)
+from ftcompare.report.tables import (markdown_from_cells, markdown_table, paired_comparison_table, result_row, sandbox_line,
+                                     sequence_tables, suite_tables, table_cells, training_precision_line, weights_line)
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -136,6 +136,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "study": study,
         "weights": weights_line((study.get("base") or {}).get("provenance") or {}),
         "precision": training_precision_line(records),
+        "sandbox": sandbox_line(records),
         "gpu": str(study.get("device", "")).startswith("cuda"),
         "rows": rows,
         "quantized_forgetting": any(row["forgetting_over_quantized"] is not None for row in rows),

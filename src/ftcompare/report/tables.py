@@ -68,6 +68,25 @@ def training_precision_line(records: Sequence[dict]) -> str:
     return "; ".join(f"{precision}: {', '.join(runs)}" for precision, runs in runs_by_precision.items())
 
 
+def sandbox_line(records: Sequence[dict]) -> str:
+    """Which sandbox isolation scored the generated programs, over every run and suite: bubblewrap, or the
+    weaker fallback (named with its runs, so a result scored without namespaces is never mistaken for one
+    scored with them). Empty where no record says (evaluated before the sandbox recorded it)."""
+    samples: dict[str, int] = {}
+    runs_by_isolation: dict[str, set[str]] = {}
+    for record in records:
+        for suite in (record.get("suites") or {}).values():
+            for mode in ("greedy", "sampled"):
+                for isolation, count in ((suite.get(mode) or {}).get("isolation_counts") or {}).items():
+                    samples[isolation] = samples.get(isolation, 0) + count
+                    runs_by_isolation.setdefault(isolation, set()).add(str(record.get("run_id")))
+    parts = []
+    for isolation in sorted(samples):
+        runs = "" if isolation == "bubblewrap" else f" (runs: {', '.join(sorted(runs_by_isolation[isolation]))})"
+        parts.append(f"{isolation}: {samples[isolation]:,} programs{runs}")
+    return "; ".join(parts)
+
+
 def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
     sampled = _get(record, "suites", suite, "sampled") or {}
     keys = sorted((k for k in sampled if k.startswith("pass@")), key=lambda k: int(k.split("@")[1]))
