@@ -5,7 +5,7 @@ One run, on Linux with bubblewrap (`bwrap`) installed::
     harness (run_program, any thread)
       └─ [sh: joins the run's memory and pids cgroups, then execs]
          └─ bwrap: own PID, mount, network, IPC and UTS namespaces; read-only system directories and Python,
-            nothing else of the host's filesystem; an empty tmpfs /tmp as cwd and HOME; a cleared environment
+            nothing else of the host's filesystem; a private tmpfs /tmp as cwd and HOME; a cleared environment
               └─ supervisor: `python -S -s -P -c BOOT`, its code and the request read from stdin (no file of
                  the run is on any disk), not dumpable, child subreaper; writes records (Python literals) on
                  its stdout, the harness's pipe
