@@ -64,10 +64,17 @@ def test_a_study_on_mbpp_and_quixbugs_runs_end_to_end(tmp_path, tiny_base, cache
     config = _config(base={"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
                      training={"max_steps": 2, "batch_size": 2, "max_length": 256},
                      evaluation={"n_samples": 0, "k": [1], "max_new_tokens": 8, "limit": 2, "timeout_s": 5,
-                                 "forgetting": None, "latency": None},
+                                 "forgetting": None, "latency": None,
+                                 "robustness": {"s": 1, "perturbations": ["code_syntax", "function_name"]}},
                      analyses={"spectral": None})
     experiment = run_study(config, tmp_path)
     metrics = yaml.safe_load((experiment / "full-s0" / "metrics.json").read_text())
+    # code_syntax renames variables of the target's code: MBPP's prompt shows none, so it is not applicable
+    # (recorded, never scored as the unperturbed prompt); function_name perturbs both problems
+    robustness = metrics["suites"]["test"]["robustness"]
+    assert robustness["code_syntax"]["problems"] == 0 and robustness["code_syntax"]["robust_pass@1"] is None
+    assert sorted(robustness["code_syntax"]["not_applicable"]) == ["mbpp/11", "mbpp/12"]
+    assert robustness["function_name"]["problems"] == 2 and robustness["function_name"]["not_applicable"] == {}
     assert set(metrics["suites"]) == {"test", "quixbugs"}
     assert metrics["suites"]["test"]["in_domain"] and not metrics["suites"]["quixbugs"]["in_domain"]
     repair = metrics["suites"]["quixbugs"]["greedy"]
