@@ -1,6 +1,7 @@
 from ftcompare.data.codegen import IN_DOMAIN, OUT_OF_DOMAIN, generate_task
 from ftcompare.data.tasks import finetune_examples, training_subset
-from ftcompare.evaluate.sandbox import TESTS_MARKER, run_programs
+from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate.sandbox import run_programs
 from ftcompare.train.loop import IGNORE_INDEX
 
 
@@ -81,7 +82,7 @@ def test_training_subsets_are_nested_fixed_and_sized_by_the_fraction():
 
 def test_generated_asserts_are_checked_on_plain_data():
     problem = generate_task(seed=0, n_train=1, n_test=1, n_ood=0).suites["test"][0]
-    assert problem.setup == TESTS_MARKER and problem.program("X").index(TESTS_MARKER) < problem.program("X").index("assert")
+    assert problem.program("X").index(TESTS_MARKER) < problem.program("X").index("assert")
     patched = "    import builtins\n    builtins.int = str\n    class Same(int):\n        __eq__ = lambda s, o: True\n    return Same()\n"
     right, wrong = run_programs([problem.program(problem.completion), problem.program(patched)],
                                 timeout_s=10, memory_mb=512, workers=2)

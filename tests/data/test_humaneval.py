@@ -17,7 +17,8 @@ from ftcompare.data.humaneval import (
     to_problem,
 )
 from ftcompare.evaluate.extraction import extract_code
-from ftcompare.evaluate.sandbox import TESTS_MARKER, run_programs
+from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate.sandbox import run_programs
 from tests.helpers import chat_tokenizer
 from ftcompare.evaluate.verify import verify_benchmark
 
@@ -232,7 +233,8 @@ def test_cli_fails_on_a_reference_that_fails(tmp_path):
 
 def test_check_runs_after_the_program_with_its_patches_undone(bundled):
     problem = to_problem(bundled[0], "completion")
-    assert problem.setup == TESTS_MARKER  # the program, then the marker, then `check`
+    program = problem.program(problem.completion)  # the program, then the marker, then `check`
+    assert program.index(TESTS_MARKER) < program.index("def check(")
     # A wrong body that makes every comparison true and swaps `check` through a trace function.
     cheat = ("    import builtins, sys\n"
              "    builtins.abs = lambda x: 0\n"

@@ -30,7 +30,8 @@ from ftcompare.data.mbpp import (
     to_problem,
     with_extra_tests,
 )
-from ftcompare.evaluate.sandbox import TESTS_MARKER, run_programs
+from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate.sandbox import run_programs
 from tests.helpers import chat_tokenizer
 
 DATA = Path(__file__).parents[2] / ".." / "shared" / "data"
@@ -310,19 +311,19 @@ def test_to_problem_assembles_solution_then_setup_then_asserts():
     assert problem.task_id == "mbpp/7" and problem.family == "mbpp" and problem.code_prefix == ""
     assert problem.prompt == render_prompt(rec, "zeroshot")
     assert problem.completion == rec.code and problem.tests == rec.test_list
-    assert problem.setup == TESTS_MARKER + "\nroot = make()"  # the sandbox runs setup and tests after the program
+    assert problem.setup == "root = make()"
     assert problem.entry_point == "add"
     assert problem.meta == {"task_id": 7, "source": "mbpp", "format": "zeroshot"}
     assert problem.program(problem.completion) == (
         "def make():\n    return 3\ndef add(a, b):\n    return a + b\n\n"
-        f"{TESTS_MARKER}\nroot = make()\n\n"
+        f"{TESTS_MARKER}\n\nroot = make()\n\n"  # the sandbox runs setup and tests after the program
         "assert add(root, 1) == 4\nassert add(0, 0) == 0\nassert add(1, 1) == 2\n"
     )
 
 
 def test_to_problem_sanitized_setup_is_its_test_imports(sanitized):
     problem = to_problem(by_id(sanitized)[82], "zeroshot")
-    assert problem.task_id == "mbpp-sanitized/82" and problem.setup == TESTS_MARKER + "\nimport math"
+    assert problem.task_id == "mbpp-sanitized/82" and problem.setup == "import math"
     assert problem.entry_point == "volume_sphere"
     program = problem.program(problem.completion)
     assert program.index("def volume_sphere") < program.index("import math\n\nassert") < program.index("assert")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ftcompare.data.problems import TESTS_MARKER
 from ftcompare.data.quixbugs import (
     QuixBugsProgram,
     excluded_programs,
@@ -115,9 +116,9 @@ def test_problem_assembly(programs):
     assert problem.meta == {"name": "gcd", "buggy": gcd.buggy, "correct": gcd.correct, "harness_kind": "json",
                             "skipped_cases": []}
     assert gcd.buggy.strip("\n") in problem.prompt
-    assert problem.program(gcd.correct) == gcd.correct + "\n\n" + "\n".join(gcd.checks) + "\n"
+    assert problem.program(gcd.correct) == gcd.correct + "\n\n" + TESTS_MARKER + "\n\n" + "\n".join(gcd.checks) + "\n"
     graph = to_problem(programs["detect_cycle"])
-    assert graph.program("X").startswith("X\n\nclass Node:")
+    assert graph.program("X").startswith(f"X\n\n{TESTS_MARKER}\n\nclass Node:")
 
 
 @needs_data

@@ -94,3 +94,18 @@ def test_a_task_file_broken_after_the_config_loaded_still_fails_as_one_named_lin
     (tmp_path / "test.jsonl").write_text(json.dumps({**problem, "tests": "assert f(1) == 1"}) + "\n")
     with pytest.raises(InputError, match=r"test\.jsonl:1: tests: must be a list of assert statements, got one string"):
         load_task(config.task)
+
+
+def test_a_jsonl_problem_is_checked_on_plain_data_like_every_suite(tmp_path):
+    from ftcompare.data.problems import load_jsonl_problems
+    from ftcompare.evaluate.sandbox import run_programs
+
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"prompt": "def f(x):\n", "completion": "    return x + 1\n",
+                                "code_prefix": "def f(x):\n", "tests": ["assert f(1) == 2"]}) + "\n")
+    (problem,) = load_jsonl_problems(path, "test")
+    always_equal = "    class Same:\n        __eq__ = lambda self, other: True\n    return Same()\n"
+    right, wrong = run_programs([problem.program(problem.completion), problem.program(always_equal)],
+                                timeout_s=10, memory_mb=512)
+    assert right.passed and right.checks["plain_data"] == 1
+    assert not wrong.passed and "not plain data" in wrong.exception

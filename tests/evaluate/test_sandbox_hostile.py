@@ -15,7 +15,8 @@ import warnings
 import pytest
 
 from ftcompare.evaluate import sandbox
-from ftcompare.evaluate.sandbox import TESTS_MARKER, SandboxWarning, marked_setup, run_program, run_programs
+from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate.sandbox import SandboxWarning, run_program, run_programs
 from tests.helpers import assert_gone, python_folders_in_tmp, sleeper_marker
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's isolation is Linux's")
@@ -56,7 +57,7 @@ def run(source: str, **limits):
 
 def with_tests(program: str, *tests: str) -> str:
     """A program as mbpp/codegen/humaneval build it: the program, the marker, then the tests."""
-    return textwrap.dedent(program) + "\n\n" + marked_setup() + "\n\n" + "\n".join(tests) + "\n"
+    return textwrap.dedent(program) + "\n\n" + TESTS_MARKER + "\n\n" + "\n".join(tests) + "\n"
 
 
 # ---- forged verdicts -------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ftcompare.data.problems import Problem, TaskSplits
-from ftcompare.evaluate.sandbox import marked_setup
 
 INT_ARGS = ("x", "n", "value")
 LIST_ARGS = ("xs", "nums", "values")
@@ -114,7 +113,7 @@ def _reference(body: str, name: str, arg: str) -> Callable:
 
 def make_problem(key: tuple[Family, str, tuple], rng: random.Random, task_id: str) -> Problem:
     """Render one problem from its key, drawing the function name and test inputs from `rng`. Its tests,
-    `assert NAME(VALUE) == EXPECTED` with literal values, follow the sandbox's TESTS_MARKER (the setup)."""
+    `assert NAME(VALUE) == EXPECTED` with literal values, are compared on plain data by the sandbox."""
     family, arg, consts = key
     values = dict(zip("ab", consts), arg=arg)
     name = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}"
@@ -132,7 +131,6 @@ def make_problem(key: tuple[Family, str, tuple], rng: random.Random, task_id: st
         entry_point=name,
         family=family.name,
         code_prefix=prompt,
-        setup=marked_setup(),  # the asserts are then compared on plain data, outside the program's interpreter
     )
 
 

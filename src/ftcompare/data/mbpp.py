@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ftcompare.data.problems import Problem
-from ftcompare.evaluate.sandbox import marked_setup
 
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 HUB_DATASET = "google-research-datasets/mbpp"  # configs "full" and "sanitized"
@@ -145,9 +144,9 @@ def called_function(assertion: str) -> str:
 
 def to_problem(record: MbppRecord, fmt: str, *, few_shot: Sequence[MbppRecord] = (), tokenizer=None) -> Problem:
     """The record as a Problem: the prompt in `fmt`, the reference code as completion, test_list as tests,
-    test_setup_code as setup (run after the solution, before the asserts), no code prefix. The setup starts
-    with the sandbox's TESTS_MARKER: each `assert f(...) == LITERAL` is then checked on plain data outside
-    the program's interpreter, and the rest run after the program with its patches to modules undone."""
+    test_setup_code as setup (run after the solution, before the asserts), no code prefix. In the sandbox each
+    `assert f(...) == LITERAL` is checked on plain data outside the program's interpreter, and the rest run
+    after the program with its patches to modules undone (see Problem.program)."""
     return Problem(
         task_id=f"{record.source}/{record.task_id}",
         prompt=render_prompt(record, fmt, few_shot=few_shot, tokenizer=tokenizer),
@@ -156,7 +155,7 @@ def to_problem(record: MbppRecord, fmt: str, *, few_shot: Sequence[MbppRecord] =
         entry_point=called_function(record.test_list[0]),
         family=record.source,
         code_prefix="",
-        setup=marked_setup(record.test_setup_code),
+        setup=record.test_setup_code,
         meta={"task_id": record.task_id, "source": record.source, "format": fmt},
     )
 

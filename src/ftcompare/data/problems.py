@@ -9,6 +9,12 @@ from pathlib import Path
 from ftcompare.config import InputError
 
 
+# The line between a program and its checks (setup, then tests) in what Problem.program builds: the sandbox
+# runs what follows it after the program has finished, and compares `assert CALL == LITERAL` on plain data
+# outside the program's interpreter (ftcompare.evaluate.sandbox).
+TESTS_MARKER = "# ---- tests (ftcompare sandbox: run after the program) ----"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One code-synthesis problem.
@@ -29,8 +35,10 @@ class Problem:
     meta: dict = field(default_factory=dict)
 
     def program(self, completion: str) -> str:
-        """The program the sandbox runs: the code prefix, the completion, setup code, then the asserts."""
-        parts = [self.code_prefix + completion, self.setup, "\n".join(self.tests)]
+        """The program the sandbox runs: the code prefix and the completion, then (after TESTS_MARKER, where
+        there is any) the setup code and the asserts."""
+        checks = [part for part in (self.setup, "\n".join(self.tests)) if part]
+        parts = [self.code_prefix + completion, *([TESTS_MARKER, *checks] if checks else [])]
         return "\n\n".join(part for part in parts if part) + "\n"
 
     def to_json(self) -> dict:

