@@ -9,6 +9,7 @@ starts in column 0), since the prompt already opened the function whose body the
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
@@ -279,8 +280,6 @@ def timed_generate_tokens_per_s(model, input_ids: torch.Tensor, attention_mask: 
                                 repeats: int, pad_token_id: int, cache: str = "dynamic", compile: bool = False) -> float:
     """Tokens/s of greedy `generate` on a prepared batch (batch, prompt_len), forced to `new_tokens` tokens;
     the median of `repeats` timed runs after a warm-up run (which also absorbs compilation)."""
-    import statistics  # here, not at the top: this function is edited apart from the rest of the module
-
     device = input_ids.device
     check_compile(compile, device)
     timings = []
