@@ -417,3 +417,21 @@ def test_values_that_are_not_plain_data_are_refused():
         assert encoded[0] == "x"
         with pytest.raises(ValueError):
             sandbox._decode_plain(encoded)
+
+
+def test_numpy_scalars_are_compared_as_the_assert_would_and_their_subclasses_are_not():
+    # np.int64(6) == 6 holds in the assert, so a correct answer computed with numpy passes; a larger array,
+    # whose == the assert could not use, and a program's subclass of a numpy type are refused
+    from ftcompare.data.problems import TESTS_MARKER
+
+    cases = [("return np.int64(x) * 2", "assert f(3) == 6", True),
+             ("return [np.float64(x) / 2, np.bool_(True)]", "assert f(3) == [1.5, True]", True),
+             ("return np.array([x])", "assert f(3) == 3", True),
+             ("return np.int64(5)", "assert f(3) == 6", False),
+             ("return np.array([x, x])", "assert f(3) == [3, 3]", False),
+             ("return Same(1)", "assert f(3) == 6", False)]
+    header = "import numpy as np\nclass Same(np.int64):\n    __eq__ = lambda self, other: True\n"
+    sources = [f"{header}def f(x):\n    {body}\n\n{TESTS_MARKER}\n\n{test}\n" for body, test, _ in cases]
+    results = run_programs(sources, timeout_s=10.0, memory_mb=1024)
+    assert [result.passed for result in results] == [passed for _, _, passed in cases], [r.exception for r in results]
+    assert all(result.checks["plain_data"] == 1 for result in results)

