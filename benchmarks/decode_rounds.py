@@ -48,8 +48,10 @@ def main() -> None:
     if not lengths:
         raise SystemExit(f"no {args.mode} samples of suite {args.suite!r} in {args.samples}")
     useful = sum(lengths)
-    print(f"{len(lengths)} answers, {useful:,} tokens, {sum(n >= args.budget for n in lengths)} at the {args.budget}-token "
-          f"budget; batch {args.batch}")
+    print(
+        f"{len(lengths)} answers, {useful:,} tokens, {sum(n >= args.budget for n in lengths)} at the {args.budget}-token "
+        f"budget; batch {args.batch}"
+    )
     print("| decoding | sequence-steps | useful share | generate calls |")
     print("|---|---:|---:|---:|")
     for round_tokens in [None] + [int(r) for r in args.rounds.split(",")]:

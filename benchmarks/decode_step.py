@@ -57,11 +57,14 @@ def main() -> None:
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = "left"
     problems, _ = load_benchmark(args.benchmark, args.data, "chat", tokenizer)
-    encoded = tokenizer([p.prompt for p in problems[: args.limit]], return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(device)
+    encoded = tokenizer(
+        [p.prompt for p in problems[: args.limit]], return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(device)
     lengths = encoded["attention_mask"].sum(1).float()
-    print(f"{args.model}, {source.dtype}, {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}; batch {len(lengths)}, prompt tokens "
-          f"mean {lengths.mean():.0f}, max {lengths.max():.0f} (padded to {encoded['input_ids'].shape[1]})")
+    print(
+        f"{args.model}, {source.dtype}, {torch.cuda.get_device_name(0) if device.type == 'cuda' else 'cpu'}; batch {len(lengths)}, prompt tokens "
+        f"mean {lengths.mean():.0f}, max {lengths.max():.0f} (padded to {encoded['input_ids'].shape[1]})"
+    )
     pretrained = load_model(source, device).eval()
     random = AutoModelForCausalLM.from_config(pretrained.config, dtype=pretrained.dtype).to(device).eval()
     common = dict(**encoded, pad_token_id=tokenizer.pad_token_id, do_sample=False)
@@ -87,12 +90,14 @@ def main() -> None:
         output = pretrained.generate(**common, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id)
 
     seconds = timed(natural)
-    new = output[:, encoded["input_ids"].shape[1]:]
+    new = output[:, encoded["input_ids"].shape[1] :]
     steps = new.shape[1]
     ended = (new == tokenizer.eos_token_id).int()
     useful = torch.where(ended.any(1), ended.argmax(1) + 1, torch.full_like(ended[:, 0], steps)).sum().item()
-    print(f"\nnatural greedy run: {steps} steps in {seconds:.1f} s ({seconds / steps * 1000:.1f} ms/step); "
-          f"{useful:,} useful tokens = {useful / (steps * len(lengths)):.0%} of the batch's slots, {useful / seconds:,.0f} tokens/s")
+    print(
+        f"\nnatural greedy run: {steps} steps in {seconds:.1f} s ({seconds / steps * 1000:.1f} ms/step); "
+        f"{useful:,} useful tokens = {useful / (steps * len(lengths)):.0%} of the batch's slots, {useful / seconds:,.0f} tokens/s"
+    )
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -100,7 +105,13 @@ def main() -> None:
     with profile(activities=activities) as prof:
         pretrained.generate(**common, max_new_tokens=args.profile_steps, min_new_tokens=args.profile_steps)
         synchronize()
-    print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=15, max_name_column_width=60))
+    print(
+        prof.key_averages().table(
+            sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total",
+            row_limit=15,
+            max_name_column_width=60,
+        )
+    )
 
 
 if __name__ == "__main__":

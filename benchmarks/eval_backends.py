@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ftcompare.config import EvaluationConfig
-from ftcompare.study import evaluate_benchmark
+from ftcompare.evaluate.stage import evaluate_benchmark
 
 BACKENDS = {  # name: (description, evaluation settings)
     "dynamic": ("generate, dynamic cache (HF default)", dict(backend="generate", cache="dynamic", compile=False)),
@@ -43,19 +43,39 @@ def main() -> None:
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.backends.split(","):
-            evaluation = EvaluationConfig(n_samples=0, k=[1], max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                          limit=args.limit, forgetting=None, latency=None, **BACKENDS[name][1],
-                                          **({"round_tokens": args.round_tokens} if name == "rounds" else {}))
+            evaluation = EvaluationConfig(
+                n_samples=0,
+                k=[1],
+                max_new_tokens=args.max_new_tokens,
+                batch_size=args.batch_size,
+                limit=args.limit,
+                forgetting=None,
+                latency=None,
+                **BACKENDS[name][1],
+                **({"round_tokens": args.round_tokens} if name == "rounds" else {}),
+            )
             output = Path(scratch) / name
-            result = evaluate_benchmark(args.model, args.benchmark, output, data=args.data, prompt_format="chat",
-                                        evaluation=evaluation)
+            result = evaluate_benchmark(
+                args.model, args.benchmark, output, data=args.data, prompt_format="chat", evaluation=evaluation
+            )
             completions = [json.loads(line)["completion"] for line in (output / "samples.jsonl").open()]
             reference = reference or completions
             greedy = result["modes"]["greedy"]
             same = sum(a == b for a, b in zip(completions, reference))
-            rows.append((BACKENDS[name][0].replace("--round-tokens", str(args.round_tokens)), greedy["generate_s"], greedy["generate_tokens_per_s"], result["pass@1"], same, len(completions)))
-    print(f"{args.model} on {args.benchmark}: {args.limit} problems, greedy, ≤{args.max_new_tokens} new tokens, "
-          f"batch {args.batch_size} (generate backends)")
+            rows.append(
+                (
+                    BACKENDS[name][0].replace("--round-tokens", str(args.round_tokens)),
+                    greedy["generate_s"],
+                    greedy["generate_tokens_per_s"],
+                    result["pass@1"],
+                    same,
+                    len(completions),
+                )
+            )
+    print(
+        f"{args.model} on {args.benchmark}: {args.limit} problems, greedy, ≤{args.max_new_tokens} new tokens, "
+        f"batch {args.batch_size} (generate backends)"
+    )
     print("| backend | generating (s) | useful tokens/s | pass@1 | completions identical to the first row |")
     print("|---|---:|---:|---:|---:|")
     for name, seconds, tokens_per_s, pass1, same, total in rows:

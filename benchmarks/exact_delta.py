@@ -22,8 +22,12 @@ from ftcompare.models.builtin import pretrain_builtin
 from ftcompare.models.methods import adapted_weight_names, apply_method, merge_adapter, weight_updates
 from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, train
 
-FEATURES = (("mean_delta_effective_rank", "effective rank", ".2f"), ("mean_delta_stable_rank", "stable rank", ".2f"),
-            ("mean_delta_sv_entropy", "SV entropy", ".3f"), ("mean_relative_delta_norm", "‖ΔW‖/‖W0‖", ".3e"))
+FEATURES = (
+    ("mean_delta_effective_rank", "effective rank", ".2f"),
+    ("mean_delta_stable_rank", "stable rank", ".2f"),
+    ("mean_delta_sv_entropy", "SV entropy", ".3f"),
+    ("mean_relative_delta_norm", "‖ΔW‖/‖W0‖", ".3e"),
+)
 
 
 def copy_task(n: int = 32) -> list[tuple[list[int], list[int]]]:
@@ -51,8 +55,11 @@ def main() -> None:
         torch.manual_seed(0)
         run = RunSpec(run_id=method, method=method, seed=0, lr=args.lr, rank=1, alpha=2, target_modules="all-linear")
         model = apply_method(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16), run)
-        train(model, epoch_batches(copy_task(), batch_size=8, pad_id=0, max_length=8, seed=0),
-              TrainSettings(lr=args.lr, steps=args.steps))
+        train(
+            model,
+            epoch_batches(copy_task(), batch_size=8, pad_id=0, max_length=8, seed=0),
+            TrainSettings(lr=args.lr, steps=args.steps),
+        )
         exact = [analyze_matrix(u.name, base_spectrum(u.base), u.base, u.tuned, delta=u.delta) for u in weight_updates(model, w0)]
         merged_weights = dict(merge_adapter(model).named_parameters())
         merged = [analyze_matrix(name, base_spectrum(w0[name]), w0[name], merged_weights[name].detach()) for name in names]

@@ -23,13 +23,34 @@ from ftcompare.evaluate.generation import timed_generate_tokens_per_s
 
 SHAPES = {
     # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M-Instruct config.json)
-    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        tie_word_embeddings=True,
+    ),
     # builtin:tiny-code, large variant
-    "tiny-code-large": dict(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
-                            num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
+    "tiny-code-large": dict(
+        vocab_size=8192,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=True,
+    ),
 }
 
 
@@ -47,31 +68,51 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--ragged", action="store_true",
-                        help="left-pad each prompt by a random 0-50%% of its length, as a batch of real prompts is")
+    parser.add_argument(
+        "--ragged",
+        action="store_true",
+        help="left-pad each prompt by a random 0-50%% of its length, as a batch of real prompts is",
+    )
     parser.add_argument("--base-only", action="store_true", help="skip the LoRA rows")
-    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
-                        help="instead of the table: profile STEPS decoding steps of the default generate at the "
-                             "largest batch and print the operators that take the most time")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="instead of the table: profile STEPS decoding steps of the default generate at the "
+        "largest batch and print the operators that take the most time",
+    )
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     where = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    print(f"shape {args.shape}, {dtype}, {where}, torch {torch.__version__}; prompt {args.prompt_tokens} tokens, "
-          f"{args.new_tokens} new tokens, median of {args.repeats}")
+    print(
+        f"shape {args.shape}, {dtype}, {where}, torch {torch.__version__}; prompt {args.prompt_tokens} tokens, "
+        f"{args.new_tokens} new tokens, median of {args.repeats}"
+    )
     if args.profile:
         profile_generate(args, device, dtype)
         return
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
         generator = torch.Generator().manual_seed(batch)
-        input_ids = torch.randint(2, SHAPES[args.shape]["vocab_size"], (batch, args.prompt_tokens), generator=generator).to(device)
+        input_ids = torch.randint(2, SHAPES[args.shape]["vocab_size"], (batch, args.prompt_tokens), generator=generator).to(
+            device
+        )
         mask = prompt_mask(input_ids, args.ragged)
 
-        def measure(model, cache="dynamic", compile=False) -> float:
-            return timed_generate_tokens_per_s(model, input_ids, mask, new_tokens=args.new_tokens, repeats=args.repeats,
-                                               pad_token_id=0, cache=cache, compile=compile)
+        def measure(model, cache="dynamic", compile=False, input_ids=input_ids, mask=mask) -> float:
+            return timed_generate_tokens_per_s(
+                model,
+                input_ids,
+                mask,
+                new_tokens=args.new_tokens,
+                repeats=args.repeats,
+                pad_token_id=0,
+                cache=cache,
+                compile=compile,
+            )
 
         model = build(args.shape, device, dtype)
         rows.append((batch, "HF generate, dynamic cache (default)", measure(model)))
@@ -83,15 +124,22 @@ def main() -> None:
             rows.append((batch, "HF generate, static cache + torch.compile", "not run: compiled generate needs a GPU"))
         if args.base_only:
             continue
-        lora = get_peft_model(model, LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear"),
-                              autocast_adapter_dtype=False)
+        lora = get_peft_model(
+            model,
+            LoraConfig(r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear"),
+            autocast_adapter_dtype=False,
+        )
         rows.append((batch, f"PEFT LoRA r{args.lora_rank} unmerged, dynamic cache", measure(lora)))
         merged = lora.merge_and_unload()
         rows.append((batch, f"PEFT LoRA r{args.lora_rank} merged, dynamic cache", measure(merged)))
         del model, lora, merged
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    vllm = "installed but not wired into this benchmark" if importlib.util.find_spec("vllm") else "unavailable: vllm is not installed"
+    vllm = (
+        "installed but not wired into this benchmark"
+        if importlib.util.find_spec("vllm")
+        else "unavailable: vllm is not installed"
+    )
     print()
     print("| batch | backend | tokens/s |")
     print("|---:|---|---:|")
@@ -118,10 +166,17 @@ def profile_generate(args, device: torch.device, dtype: torch.dtype) -> None:
 
     batch = max(int(b) for b in args.batch_sizes.split(","))
     model = build(args.shape, device, dtype)
-    input_ids = torch.randint(2, SHAPES[args.shape]["vocab_size"], (batch, args.prompt_tokens),
-                              generator=torch.Generator().manual_seed(0)).to(device)
-    kwargs = dict(input_ids=input_ids, attention_mask=prompt_mask(input_ids, args.ragged), do_sample=False, pad_token_id=0,
-                  max_new_tokens=args.profile, min_new_tokens=args.profile)
+    input_ids = torch.randint(
+        2, SHAPES[args.shape]["vocab_size"], (batch, args.prompt_tokens), generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=prompt_mask(input_ids, args.ragged),
+        do_sample=False,
+        pad_token_id=0,
+        max_new_tokens=args.profile,
+        min_new_tokens=args.profile,
+    )
     model.generate(**kwargs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

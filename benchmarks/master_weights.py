@@ -46,8 +46,10 @@ def main() -> None:
     tokenizer = load_tokenizer(source)
 
     weights = torch.cat([w.flatten() for w in matrices(load_model(source, device)).values()])
-    print(f"{args.model}: {weights.numel():,} entries in its decoder's weight matrices, median |w| "
-          f"{weights.float().abs().median():.3g}\n")
+    print(
+        f"{args.model}: {weights.numel():,} entries in its decoder's weight matrices, median |w| "
+        f"{weights.float().abs().median():.3g}\n"
+    )
     print("| step size | weights a bf16 step changes |")
     print("|---:|---:|")
     for step in (1e-6, 1e-5, 1.875e-5, 7.5e-5, 1e-4, 1e-3):
@@ -61,18 +63,27 @@ def main() -> None:
     for label, master in (("bf16 (pure)", None), ("fp32 master, bf16 autocast", torch.float32)):
         model = load_model(source, device)
         before = matrices(model)
-        settings = TrainSettings(lr=args.lr, steps=args.steps, schedule="constant", grad_clip=None,
-                                 log_every=args.steps, autocast_dtype=torch.bfloat16 if master else None)
-        batches = epoch_batches(examples, batch_size=args.batch_size, pad_id=tokenizer.pad_token_id,
-                                max_length=args.max_length, seed=0)
+        settings = TrainSettings(
+            lr=args.lr,
+            steps=args.steps,
+            schedule="constant",
+            grad_clip=None,
+            log_every=args.steps,
+            autocast_dtype=torch.bfloat16 if master else None,
+        )
+        batches = epoch_batches(
+            examples, batch_size=args.batch_size, pad_id=tokenizer.pad_token_id, max_length=args.max_length, seed=0
+        )
         with trainable_parameters_in(model, master):
             result = train(model, batches, settings)
         after = matrices(model)
         moved = sum(int((after[n] != before[n]).sum()) for n in before) / sum(w.numel() for w in before.values())
         delta = torch.sqrt(sum(((after[n].float() - before[n].float()) ** 2).sum() for n in before))
         norm = torch.sqrt(sum((w.float() ** 2).sum() for w in before.values()))
-        print(f"| {label} | {moved:.1%} | {delta / norm:.2e} | {result.final_loss:.3f} | {result.tokens_per_s:,.0f} | "
-              f"{result.peak_memory_mb:,.0f} |")
+        print(
+            f"| {label} | {moved:.1%} | {delta / norm:.2e} | {result.final_loss:.3f} | {result.tokens_per_s:,.0f} | "
+            f"{result.peak_memory_mb:,.0f} |"
+        )
         del model
 
 

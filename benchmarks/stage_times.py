@@ -20,8 +20,10 @@ def main(experiment: Path) -> None:
     provenance = study["base"].get("provenance", {})
     print(f"device: {study['device']} ({study['environment'].get('cuda') or 'cpu'}), torch {study['environment']['torch']}")
     if "wall_s" in provenance:
-        print(f"base pre-training: {provenance['wall_s']:.0f} s, {provenance['pretrain_tokens_per_s']:,.0f} tokens/s, "
-              f"{provenance['parameters']:,} parameters, held-out loss {provenance['heldout_loss']:.3f}")
+        print(
+            f"base pre-training: {provenance['wall_s']:.0f} s, {provenance['pretrain_tokens_per_s']:,.0f} tokens/s, "
+            f"{provenance['parameters']:,} parameters, held-out loss {provenance['heldout_loss']:.3f}"
+        )
     base_eval = read_json(experiment / "_base" / "eval.json")
     print(f"base evaluation: {base_eval['wall_s']:.1f} s")
     stages = ("train", "evaluate", "spectral", "representations", "intervene")
@@ -38,8 +40,14 @@ def main(experiment: Path) -> None:
         timings = (f"{stage_s[stage]:.1f}" if stage_s.get(stage) is not None else "–" for stage in stages)
         unmerged = latency.get("unmerged_tokens_per_s")
         merged = latency.get("merged_tokens_per_s")
-        cells = (run.run_id, *timings, f"{metrics['train']['tokens_per_s']:,.0f}", f"{metrics['train']['peak_memory_mb']:,.0f}",
-                 f"{merged:,.0f}" if merged else "–", f"{unmerged:,.0f}" if unmerged else "–")
+        cells = (
+            run.run_id,
+            *timings,
+            f"{metrics['train']['tokens_per_s']:,.0f}",
+            f"{metrics['train']['peak_memory_mb']:,.0f}",
+            f"{merged:,.0f}" if merged else "–",
+            f"{unmerged:,.0f}" if unmerged else "–",
+        )
         print("| " + " | ".join(cells) + " |")
 
 

@@ -12,18 +12,26 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from typer.testing import CliRunner
 
 from ftcompare.analyze.spectral import SpectrumCache
+from ftcompare.analyze.stage import Reference, spectral_stage
 from ftcompare.cli import app
-from ftcompare.config import RunSpec, SpectralConfig, StudyConfig
+from ftcompare.config import SpectralConfig, StudyConfig
+from ftcompare.matrix import RunSpec
 from ftcompare.models.builtin import build_tokenizer
 from ftcompare.report.tables import intruder_total
 from ftcompare.runs.store import RunDir
-from ftcompare.study import Reference, spectral_stage
 
 pytestmark = pytest.mark.slow
 
 HIDDEN, LAYERS, HEADS, POSITIONS = 64, 2, 4, 1024
-LLAMA_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+LLAMA_TARGETS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
 # the modules "all-linear" adapts in each decoder layer
 ARCHITECTURES = {
     "llama": (LLAMA_TARGETS, "model.layers.{layer}.{module}.weight"),
@@ -36,10 +44,20 @@ RANK = 2
 def tiny_model(architecture: str, tokenizer):
     special = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     if architecture == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=POSITIONS,
-                                          bos_token_id=tokenizer.eos_token_id, **special))
-    common = {"hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-              "max_position_embeddings": POSITIONS, "bos_token_id": None, **special}
+        return GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=POSITIONS, bos_token_id=tokenizer.eos_token_id, **special
+            )
+        )
+    common = {
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "max_position_embeddings": POSITIONS,
+        "bos_token_id": None,
+        **special,
+    }
     if architecture == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=HEADS // 2, **common))
     return LlamaForCausalLM(LlamaConfig(num_key_value_heads=HEADS, **common))
@@ -52,14 +70,19 @@ def tokenizer():
 
 
 def study(architecture: str, model_dir) -> dict:
-    return {"experiment": architecture,
-            "base": {"model": str(model_dir), "dtype": "bfloat16"},
-            "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
-            "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [RANK], "alpha_lr_product": 0.02},
-                        {"kind": "qlora", "rank": [RANK], "alpha_lr_product": 0.02}],
-            "training": {"max_steps": 2, "batch_size": 8, "max_length": 128},
-            "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "timeout_s": 3, "forgetting": None, "latency": None},
-            "analyses": {"spectral": {"k": 4}}}
+    return {
+        "experiment": architecture,
+        "base": {"model": str(model_dir), "dtype": "bfloat16"},
+        "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
+        "methods": [
+            {"kind": "full", "lr": 1e-3},
+            {"kind": "lora", "rank": [RANK], "alpha_lr_product": 0.02},
+            {"kind": "qlora", "rank": [RANK], "alpha_lr_product": 0.02},
+        ],
+        "training": {"max_steps": 2, "batch_size": 8, "max_length": 128},
+        "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "timeout_s": 3, "forgetting": None, "latency": None},
+        "analyses": {"spectral": {"k": 4}},
+    }
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
@@ -70,7 +93,9 @@ def test_every_adapted_matrix_is_analysed_with_its_exact_update(architecture, to
     tokenizer.save_pretrained(model_dir)
     config_path = tmp_path / "study.yaml"
     config_path.write_text(yaml.safe_dump(study(architecture, model_dir)))
-    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    result = CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
+    )
     assert result.exit_code == 0, result.output
 
     modules, pattern = ARCHITECTURES[architecture]

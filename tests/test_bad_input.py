@@ -21,14 +21,25 @@ from ftcompare.models.builtin import TEMP_MARK, build_once, remove_stale_tempora
 from ftcompare.runs import store
 from tests.conftest import TINY_BUILTIN
 
-PROBLEMS = [{"task_id": f"p{i}", "prompt": f"def f(x):\n    \"\"\"Return x plus {i}.\"\"\"\n", "completion": f"    return x + {i}\n",
-             "tests": [f"assert f(1) == {1 + i}"]} for i in range(4)]
+PROBLEMS = [
+    {
+        "task_id": f"p{i}",
+        "prompt": f'def f(x):\n    """Return x plus {i}."""\n',
+        "completion": f"    return x + {i}\n",
+        "tests": [f"assert f(1) == {1 + i}"],
+    }
+    for i in range(4)
+]
 # a study on a user task small enough to run in seconds on the session's tiny base
-STUDY = {"experiment": "bad", "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-         "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"},
-         "methods": [{"kind": "full", "lr": 1e-3}], "training": {"max_steps": 2, "batch_size": 2},
-         "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "timeout_s": 3, "forgetting": None, "latency": None},
-         "analyses": {"spectral": None}}
+STUDY = {
+    "experiment": "bad",
+    "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+    "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"},
+    "methods": [{"kind": "full", "lr": 1e-3}],
+    "training": {"max_steps": 2, "batch_size": 2},
+    "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "timeout_s": 3, "forgetting": None, "latency": None},
+    "analyses": {"spectral": None},
+}
 
 
 def _write_jsonl(path: Path, records) -> None:
@@ -78,12 +89,16 @@ BAD_TASK_FILES = {
     "not JSON": (b'{"prompt": "x", "completion": \n', "train.jsonl:1: not valid JSON"),
     "not UTF-8": (b'{"prompt": "caf\xe9", "completion": "x"}\n', "train.jsonl:1: not UTF-8"),
     "mistyped": (b'{"prompt": ["x"], "completion": "y"}\n', "train.jsonl:1: prompt: must be text"),
-    "tests as one string": (b'{"prompt": "x", "completion": "y", "tests": "assert f(1) == 2"}\n',
-                            "train.jsonl:1: tests: must be a list of assert statements, got one string"),
+    "tests as one string": (
+        b'{"prompt": "x", "completion": "y", "tests": "assert f(1) == 2"}\n',
+        "train.jsonl:1: tests: must be a list of assert statements, got one string",
+    ),
     "tests not text": (b'{"prompt": "x", "completion": "y", "tests": [1, 2]}\n', "train.jsonl:1: tests: must be a list"),
     "a list, not an object": (b'["x", "y"]\n', "train.jsonl:1: not a JSON object"),
-    "repeated task id": (b'{"task_id": 1, "prompt": "x", "completion": "y"}\n{"task_id": "1", "prompt": "z", "completion": "y"}\n',
-                         "train.jsonl:2: task_id: '1' is also the task_id of line 1"),
+    "repeated task id": (
+        b'{"task_id": 1, "prompt": "x", "completion": "y"}\n{"task_id": "1", "prompt": "z", "completion": "y"}\n',
+        "train.jsonl:2: task_id: '1' is also the task_id of line 1",
+    ),
 }
 
 
@@ -129,8 +144,10 @@ def test_an_output_folder_that_cannot_be_made_is_named_before_anything_runs(stud
     assert "cannot write there" in line
 
 
-@pytest.mark.parametrize("code, reason", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
-                                          (errno.EACCES, "Permission denied")])
+@pytest.mark.parametrize(
+    "code, reason",
+    [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")],
+)
 def test_write_errors_the_user_can_fix_become_one_line_naming_the_file(tmp_path, monkeypatch, code, reason):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
@@ -175,19 +192,22 @@ def test_a_corrupt_run_record_is_named(study):
 
 # ---- the built-in base's cache: one builder at a time, atomic, no temporaries left by a kill
 
+
 def _slow_build(seconds: float, calls: list):
     def build(folder: Path) -> None:
         calls.append(folder)
         time.sleep(seconds)
         (folder / "weights.bin").write_text("w")
         (folder / "provenance.json").write_text("{}")
+
     return build
 
 
 def test_concurrent_builders_build_once_and_the_waiter_uses_the_cache(tmp_path):
     target, calls, results = tmp_path / "builtin" / "tiny-code-small-k", [], []
-    threads = [threading.Thread(target=lambda: results.append(build_once(target, _slow_build(0.5, calls), console)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(build_once(target, _slow_build(0.5, calls), console))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -198,9 +218,11 @@ def test_concurrent_builders_build_once_and_the_waiter_uses_the_cache(tmp_path):
 
 def test_a_build_killed_midway_leaves_a_temporary_that_the_next_start_removes(tmp_path):
     target = tmp_path / "builtin" / "tiny-code-small-k"
-    script = ("import sys, time; from pathlib import Path; from ftcompare.console import console; "
-              "from ftcompare.models.builtin import build_once; "
-              "build_once(Path(sys.argv[1]), lambda folder: ((folder / 'half').write_text('x'), time.sleep(60)), console)")
+    script = (
+        "import sys, time; from pathlib import Path; from ftcompare.console import console; "
+        "from ftcompare.models.builtin import build_once; "
+        "build_once(Path(sys.argv[1]), lambda folder: ((folder / 'half').write_text('x'), time.sleep(60)), console)"
+    )
     process = subprocess.Popen([sys.executable, "-c", script, str(target)], cwd=Path(__file__).parents[1])
     try:
         deadline = time.monotonic() + 60

@@ -5,7 +5,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
-from ftcompare.config import ConfigError, expand, load_config, parse_config
+from ftcompare.config import ConfigError, load_config, parse_config
+from ftcompare.matrix import expand
 from ftcompare.runs.store import write_json
 
 MINIMAL = {"experiment": "t", "methods": [{"kind": "full"}, {"kind": "lora", "rank": [1, 4, 16], "alpha_lr_product": 2.4e-3}]}
@@ -14,8 +15,16 @@ MINIMAL = {"experiment": "t", "methods": [{"kind": "full"}, {"kind": "lora", "ra
 def test_expansion_crosses_methods_ranks_and_seeds():
     config = parse_config({**MINIMAL, "seeds": [0, 1]})
     runs = expand(config)
-    assert [r.run_id for r in runs] == ["full-s0", "full-s1", "lora-r1-s0", "lora-r4-s0", "lora-r16-s0",
-                                       "lora-r1-s1", "lora-r4-s1", "lora-r16-s1"]
+    assert [r.run_id for r in runs] == [
+        "full-s0",
+        "full-s1",
+        "lora-r1-s0",
+        "lora-r4-s0",
+        "lora-r16-s0",
+        "lora-r1-s1",
+        "lora-r4-s1",
+        "lora-r16-s1",
+    ]
 
 
 def test_alpha_defaults_to_twice_rank_and_alpha_lr_product_is_held_fixed():
@@ -40,20 +49,36 @@ def test_explicit_lr_is_used_as_given():
         ({"experiment": "t", "methods": [{"kind": "qqq"}]}, "methods.0"),
         ({"experiment": "t", "methods": []}, "methods"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"batchsize": 3}}, "training.batchsize: unknown key"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"n_samples": 2, "k": [1, 5]}}, "evaluation: k: pass@5 needs"),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"n_samples": 2, "k": [1, 5]}},
+            "evaluation: k: pass@5 needs",
+        ),
         ({"experiment": "t", "methods": [{"kind": "full"}, {"kind": "full"}]}, "same run id"),
         ({"experiment": "t", "base": {"model": "builtin:nope"}, "methods": [{"kind": "full"}]}, "base.model"),
-        ({"experiment": "t", "methods": [{"kind": "lora", "lr": 1e-3, "alpha_lr_product": 1e-2}]}, "either lr or alpha_lr_product"),
+        (
+            {"experiment": "t", "methods": [{"kind": "lora", "lr": 1e-3, "alpha_lr_product": 1e-2}]},
+            "either lr or alpha_lr_product",
+        ),
         ({"experiment": "a b", "methods": [{"kind": "full"}]}, "experiment"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"compile": True}}, "compile: needs cache: static"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "continuous", "round_tokens": 64}},
-         "backend: continuous schedules"),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "continuous", "round_tokens": 64}},
+            "backend: continuous schedules",
+        ),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "vllm"}}, "evaluation.backend"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 0}}, "evaluation.round_tokens"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 8, "cache": "static"}},
-         "round_tokens: decoding in rounds"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}}, "unknown suites ['nope']"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}}, "evaluation.robustness.perturbations.0"),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 8, "cache": "static"}},
+            "round_tokens: decoding in rounds",
+        ),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["nope"]}}},
+            "unknown suites ['nope']",
+        ),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"perturbations": ["typo"]}}},
+            "evaluation.robustness.perturbations.0",
+        ),
         ({"experiment": "t", "methods": [{"kind": "full"}], "base": {"dtype": "float16"}}, "training.master_weights: fp32"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"master_weights": "fp8"}}, "training.master_weights"),
     ],
@@ -73,8 +98,15 @@ PROBLEM = '{"prompt": "def f(x):\\n", "completion": "    return x\\n", "tests": 
 def test_missing_data_file_is_named(tmp_path):
     (tmp_path / "test.jsonl").write_text(PROBLEM)
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
-                                    "task": {"kind": "jsonl", "train": "missing.jsonl", "test": "test.jsonl"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "task": {"kind": "jsonl", "train": "missing.jsonl", "test": "test.jsonl"},
+            }
+        )
+    )
     with pytest.raises(ConfigError, match=r"task\.train: file not found: .*missing\.jsonl"):
         load_config(path)
 
@@ -83,8 +115,15 @@ def test_relative_data_paths_resolve_against_the_config(tmp_path):
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text(PROBLEM)
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
-                                    "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"},
+            }
+        )
+    )
     assert load_config(path).task.train == tmp_path / "train.jsonl"
 
 
@@ -121,22 +160,39 @@ def test_cli_dry_run_over_an_experiment_folder_shows_each_runs_progress(tmp_path
     write_json(tmp_path / "quickstart" / runs[1].run_id / "train.json", {})
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(quickstart), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): line.split("│")[-2].strip() for line in result.output.splitlines()
-            if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[-2].strip() for line in result.output.splitlines() if line.startswith("│")
+    }
     assert rows[runs[0].run_id] == "done" and rows[runs[1].run_id] == "weights lost"
     assert rows[runs[2].run_id] == "not started"
     assert f"1 of {len(runs)} runs done" in result.output
 
 
 def test_sweep_axes_expand_and_name_only_the_axes_that_vary():
-    config = parse_config({"experiment": "t", "training": {"data_fraction": [0.5, 1.0]},
-                           "methods": [{"kind": "full"},
-                                       {"kind": "rslora", "rank": 4, "alpha": [4, 16], "alpha_lr_product": 1e-2},
-                                       {"kind": "lora", "rank": 8, "layer_fraction": [0.25, 1.0]}]})
+    config = parse_config(
+        {
+            "experiment": "t",
+            "training": {"data_fraction": [0.5, 1.0]},
+            "methods": [
+                {"kind": "full"},
+                {"kind": "rslora", "rank": 4, "alpha": [4, 16], "alpha_lr_product": 1e-2},
+                {"kind": "lora", "rank": 8, "layer_fraction": [0.25, 1.0]},
+            ],
+        }
+    )
     ids = [r.run_id for r in expand(config)]
-    assert ids == ["full-d0.5-s0", "full-d1-s0",
-                   "rslora-r4-a4-d0.5-s0", "rslora-r4-a16-d0.5-s0", "rslora-r4-a4-d1-s0", "rslora-r4-a16-d1-s0",
-                   "lora-r8-l25-d0.5-s0", "lora-r8-l100-d0.5-s0", "lora-r8-l25-d1-s0", "lora-r8-l100-d1-s0"]
+    assert ids == [
+        "full-d0.5-s0",
+        "full-d1-s0",
+        "rslora-r4-a4-d0.5-s0",
+        "rslora-r4-a16-d0.5-s0",
+        "rslora-r4-a4-d1-s0",
+        "rslora-r4-a16-d1-s0",
+        "lora-r8-l25-d0.5-s0",
+        "lora-r8-l100-d0.5-s0",
+        "lora-r8-l25-d1-s0",
+        "lora-r8-l100-d1-s0",
+    ]
     runs = {r.run_id: r for r in expand(config)}
     rs = runs["rslora-r4-a16-d1-s0"]
     assert rs.scaling == pytest.approx(16 / 2) and rs.lr == pytest.approx(1e-2 / 16) and rs.data_fraction == 1.0
@@ -156,21 +212,44 @@ def test_every_adapter_kind_is_a_method_with_its_own_run_ids(kind):
         ({"experiment": "t", "methods": [{"kind": "lora", "alpha": [8, 0]}]}, "methods.0.alpha: alpha must be positive"),
         ({"experiment": "t", "methods": [{"kind": "dora", "layer_fraction": 1.5}]}, "methods.0.layer_fraction"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "training": {"data_fraction": [0.5, 0]}}, "training.data_fraction"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "task": {"kind": "generated", "families": ["add", "nope"]}},
-         "task.families: unknown families ['nope']"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "sequence": [{"name": "a", "task": {"kind": "generated"}}]},
-         "sequence: a sequential study needs at least two tasks"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "task": {"kind": "generated"},
-          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}]},
-         "give either task or sequence"),
-        ({"experiment": "t", "methods": [{"kind": "full"}],
-          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "a", "task": {"kind": "generated"}}]},
-         "task names must be distinct"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"robustness": {"suites": ["test"]}},
-          "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}]},
-         "evaluation.robustness.suites: unknown suites ['test']"),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "analyses": {"intervene": {"lambdas": [1, -0.5]}}},
-         "analyses.intervene.lambdas"),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "task": {"kind": "generated", "families": ["add", "nope"]}},
+            "task.families: unknown families ['nope']",
+        ),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "sequence": [{"name": "a", "task": {"kind": "generated"}}]},
+            "sequence: a sequential study needs at least two tasks",
+        ),
+        (
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "task": {"kind": "generated"},
+                "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}],
+            },
+            "give either task or sequence",
+        ),
+        (
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "a", "task": {"kind": "generated"}}],
+            },
+            "task names must be distinct",
+        ),
+        (
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "evaluation": {"robustness": {"suites": ["test"]}},
+                "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}],
+            },
+            "evaluation.robustness.suites: unknown suites ['test']",
+        ),
+        (
+            {"experiment": "t", "methods": [{"kind": "full"}], "analyses": {"intervene": {"lambdas": [1, -0.5]}}},
+            "analyses.intervene.lambdas",
+        ),
     ],
 )
 def test_invalid_sweeps_sequences_and_analyses_name_the_field(data, field):
@@ -180,9 +259,16 @@ def test_invalid_sweeps_sequences_and_analyses_name_the_field(data, field):
 
 
 def test_a_sequence_names_its_suites_by_task_and_trains_on_the_last_task_last():
-    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}],
-                           "sequence": [{"name": "ints", "task": {"kind": "generated", "families": ["add", "sub"]}},
-                                        {"name": "strings", "task": {"kind": "generated", "families": ["str_upper"], "n_ood": 10}}]})
+    config = parse_config(
+        {
+            "experiment": "t",
+            "methods": [{"kind": "full"}],
+            "sequence": [
+                {"name": "ints", "task": {"kind": "generated", "families": ["add", "sub"]}},
+                {"name": "strings", "task": {"kind": "generated", "families": ["str_upper"], "n_ood": 10}},
+            ],
+        }
+    )
     assert [s.name for s in config.stages] == ["ints", "strings"]
     assert config.suite_names == ["ints/test", "ints/ood", "strings/test", "strings/ood"]
     assert config.primary_suite == "strings/test"
@@ -190,15 +276,18 @@ def test_a_sequence_names_its_suites_by_task_and_trains_on_the_last_task_last():
     assert [s.name for s in single.stages] == ["task"] and single.primary_suite == "test"
 
 
-@pytest.mark.parametrize("run_id, axes, group", [
-    ("lora-r4-a16-x10-s0", ("rank",), "lora-a16-x10"),
-    ("lora-r4-a16-x10-s0", ("lr_multiplier",), "lora-r4-a16"),
-    ("lora-r4-l50-d0.25-s3", ("layer_fraction", "data_fraction"), "lora-r4"),
-    ("full-x0.1-s0", ("lr_multiplier",), "full"),
-    ("lora-r16-s12", (), "lora-r16"),
-])
+@pytest.mark.parametrize(
+    "run_id, axes, group",
+    [
+        ("lora-r4-a16-x10-s0", ("rank",), "lora-a16-x10"),
+        ("lora-r4-a16-x10-s0", ("lr_multiplier",), "lora-r4-a16"),
+        ("lora-r4-l50-d0.25-s3", ("layer_fraction", "data_fraction"), "lora-r4"),
+        ("full-x0.1-s0", ("lr_multiplier",), "full"),
+        ("lora-r16-s12", (), "lora-r16"),
+    ],
+)
 def test_a_run_id_without_some_axes_names_the_runs_that_differ_only_along_them(run_id, axes, group):
-    from ftcompare.config import run_id_without
+    from ftcompare.matrix import run_id_without
 
     assert run_id_without(run_id, *axes) == group
 
@@ -211,17 +300,36 @@ MBPP = {"kind": "mbpp", "data": None, "format": "chat"}
     [
         ({"task": {**MBPP, "train_split": "test"}}, "task.train_split", "training on the test split leaks it"),
         ({"task": {**MBPP, "validation_split": "test"}}, "task.validation_split", "choosing learning rates on 'test'"),
-        ({"task": {**MBPP, "eval_split": "validation", "validation_split": "validation"}}, "task.validation_split",
-         "the split that is reported"),
+        (
+            {"task": {**MBPP, "eval_split": "validation", "validation_split": "validation"}},
+            "task.validation_split",
+            "the split that is reported",
+        ),
         ({"task": {**MBPP, "validation_split": "train"}}, "task.validation_split", "is also the train_split"),
-        ({"task": {**MBPP, "train_split": "validation", "eval_split": "validation"}}, "task.eval_split", "is also the train_split"),
+        (
+            {"task": {**MBPP, "train_split": "validation", "eval_split": "validation"}},
+            "task.eval_split",
+            "is also the train_split",
+        ),
         ({"training": {"select_lr_on": "test"}}, "training.select_lr_on", "choosing learning rates on 'test'"),
-        ({"task": {**MBPP, "validation_split": "validation"}, "training": {"select_lr_on": "test"}}, "training.select_lr_on",
-         "a test suite that is reported"),
-        ({"sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {**MBPP, "train_split": "test"}}]},
-         "sequence.1.task.train_split", "leaks"),
-        ({"sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}],
-          "training": {"select_lr_on": "b/test"}}, "training.select_lr_on", "choosing learning rates on 'b/test'"),
+        (
+            {"task": {**MBPP, "validation_split": "validation"}, "training": {"select_lr_on": "test"}},
+            "training.select_lr_on",
+            "a test suite that is reported",
+        ),
+        (
+            {"sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {**MBPP, "train_split": "test"}}]},
+            "sequence.1.task.train_split",
+            "leaks",
+        ),
+        (
+            {
+                "sequence": [{"name": "a", "task": {"kind": "generated"}}, {"name": "b", "task": {"kind": "generated"}}],
+                "training": {"select_lr_on": "b/test"},
+            },
+            "training.select_lr_on",
+            "choosing learning rates on 'b/test'",
+        ),
     ],
 )
 def test_leaking_the_test_split_into_training_or_selection_is_refused(overrides, field, message):
@@ -232,16 +340,29 @@ def test_leaking_the_test_split_into_training_or_selection_is_refused(overrides,
 
 
 def test_the_mbpp_study_layout_is_accepted():
-    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}], "training": {"select_lr_on": "validation"},
-                           "task": {**MBPP, "train_split": "train", "eval_split": "test", "validation_split": "validation"}})
+    config = parse_config(
+        {
+            "experiment": "t",
+            "methods": [{"kind": "full"}],
+            "training": {"select_lr_on": "validation"},
+            "task": {**MBPP, "train_split": "train", "eval_split": "test", "validation_split": "validation"},
+        }
+    )
     assert config.training.select_lr_on == "validation"
 
 
 def test_a_jsonl_suite_that_is_the_train_file_is_refused(tmp_path):
     (tmp_path / "train.jsonl").write_text(PROBLEM)
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "full"}],
-                                    "task": {"kind": "jsonl", "train": "train.jsonl", "test": "./train.jsonl"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "t",
+                "methods": [{"kind": "full"}],
+                "task": {"kind": "jsonl", "train": "train.jsonl", "test": "./train.jsonl"},
+            }
+        )
+    )
     with pytest.raises(ConfigError, match=r"study\.yaml: task\.test: .*train\.jsonl is also the train file"):
         load_config(path)
 

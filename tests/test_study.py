@@ -23,13 +23,28 @@ STUDY = {
     "task": {"kind": "generated", "n_train": 48, "n_test": 4, "n_ood": 3},
     "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
     "training": {"max_steps": 4, "batch_size": 8, "log_every": 2},
-    "evaluation": {"n_samples": 2, "k": [1, 2], "max_new_tokens": 8, "timeout_s": 3,
-                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1},
-                   "robustness": {"s": 2, "perturbations": ["docstring", "function_name"]}},
+    "evaluation": {
+        "n_samples": 2,
+        "k": [1, 2],
+        "max_new_tokens": 8,
+        "timeout_s": 3,
+        "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
+        "latency": {"batch_size": 2, "new_tokens": 4, "repeats": 1},
+        "robustness": {"s": 2, "perturbations": ["docstring", "function_name"]},
+    },
     "analyses": {"spectral": {"k": 4, "epsilons": [0.3, 0.5, 0.9]}, "representations": {"probe_size": 3, "probe_tokens": 24}},
 }
-RUN_FILES = ("run.json", "train.json", "train_log.jsonl", "samples.jsonl", "eval.json", "spectral.json", "representations.json",
-             "metrics.json", "done.json")
+RUN_FILES = (
+    "run.json",
+    "train.json",
+    "train_log.jsonl",
+    "samples.jsonl",
+    "eval.json",
+    "spectral.json",
+    "representations.json",
+    "metrics.json",
+    "done.json",
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +73,9 @@ def test_metrics_hold_every_measure(experiment):
     assert metrics["suites"]["test"]["in_domain"] and not metrics["suites"]["ood"]["in_domain"]
     assert 0 <= metrics["suites"]["test"]["greedy"]["pass@1"] <= 1
     assert set(metrics["suites"]["test"]["sampled"]) >= {"pass@1", "pass@2"}
-    assert metrics["forgetting"]["increase"] == pytest.approx(metrics["forgetting"]["heldout_loss"] - metrics["forgetting"]["base_heldout_loss"])
+    assert metrics["forgetting"]["increase"] == pytest.approx(
+        metrics["forgetting"]["heldout_loss"] - metrics["forgetting"]["base_heldout_loss"]
+    )
     assert metrics["latency"]["unmerged_tokens_per_s"] > 0 and metrics["latency"]["merged_tokens_per_s"] > 0
     assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["steps"] == 4
     assert metrics["train"]["trainable_params"] < metrics["train"]["total_params"]
@@ -184,8 +201,11 @@ def test_the_report_says_which_weights_and_warns_of_gpu_nondeterminism_on_gpus_o
     shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("weights", "svd"))
     study = json.loads((copy / "study.json").read_text())
     study["device"] = "cuda:0"
-    study["base"]["provenance"] = {"source": "local GGUF file", "quantization": "Q4_1 GGUF, dequantized to float32",
-                                   "note": "weights are a 4-bit quantization, not the upstream model's"}
+    study["base"]["provenance"] = {
+        "source": "local GGUF file",
+        "quantization": "Q4_1 GGUF, dequantized to float32",
+        "note": "weights are a 4-bit quantization, not the upstream model's",
+    }
     (copy / "study.json").write_text(json.dumps(study))
     markdown, html, _ = render_report(copy)
     for text in (markdown.read_text(), html.read_text()):
@@ -207,7 +227,6 @@ def test_rerun_skips_finished_and_resumes_unfinished(experiment):
 
 
 def test_a_run_whose_weights_were_lost_is_trained_again_and_says_so(experiment):
-    import shutil
 
     lora = experiment / "lora-r2-s0"
     assert "retrained_without_saved_weights" not in json.loads((lora / "train.json").read_text())
@@ -245,7 +264,7 @@ def test_intervention_at_lambda_one_is_the_tuned_model(experiment):
     assert (experiment / "lora-r2-s0" / "intervene.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("args, message", [(["--lambdas", "a,b"], "--lambdas"), (["--lambdas", "-1"], "non-negative")])
+@pytest.mark.parametrize("args, message", [(["--lambdas", "a,b"], "--lambdas"), (["--lambdas", "-1"], "≥ 0")])
 def test_intervention_arguments_are_checked(experiment, args, message):
     result = CliRunner().invoke(app, ["intervene", str(experiment / "lora-r2-s0"), *args])
     assert result.exit_code == 2 and message in result.output
@@ -259,8 +278,18 @@ def test_report_of_a_missing_folder_fails_clearly(tmp_path):
 
 def test_each_run_records_its_recipe_and_both_throughputs(experiment):
     train = json.loads((experiment / "lora-r2-s0" / "train.json").read_text())
-    assert train["recipe"] == {"optimizer": "AdamW", "lr": train["lr"], "betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 0.0,
-                               "schedule": "cosine", "warmup_steps": 0, "warmup_ratio": 0.05, "steps": 4, "grad_clip": 1.0}
+    assert train["recipe"] == {
+        "optimizer": "AdamW",
+        "lr": train["lr"],
+        "betas": [0.9, 0.95],
+        "eps": 1e-8,
+        "weight_decay": 0.0,
+        "schedule": "cosine",
+        "warmup_steps": 0,
+        "warmup_ratio": 0.05,
+        "steps": 4,
+        "grad_clip": 1.0,
+    }
     assert train["steady_skipped_steps"] == 2 and train["steady_tokens"] < train["tokens"]  # half of the 4 steps
     assert train["steady_tokens_per_s"] > 0 and train["tokens_per_s"] > 0
     metrics = json.loads((experiment / "lora-r2-s0" / "metrics.json").read_text())
@@ -281,7 +310,7 @@ def test_fields_added_at_their_old_behaviour_keep_recorded_folders_resumable():
 
 
 def expand_first(config):
-    from ftcompare.config import expand
+    from ftcompare.matrix import expand
 
     return expand(config)[0]
 

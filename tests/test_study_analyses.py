@@ -2,8 +2,8 @@
 a data fraction and the causal test as an analysis."""
 
 import json
-import shutil
 import os
+import shutil
 
 import pytest
 import torch
@@ -20,16 +20,29 @@ TASK = {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 0}
 STUDY = {
     "experiment": "sequential",
     "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-    "sequence": [{"name": "ints", "task": {**TASK, "seed": 0, "families": ["add", "mul"]}},
-                 {"name": "lists", "task": {**TASK, "seed": 1, "families": ["list_sum", "list_len"]}}],
-    "methods": [{"kind": "full", "lr": 1e-3, "data_fraction": 0.5},
-                {"kind": "qlora", "rank": 2, "alpha_lr_product": 0.02},
-                {"kind": "dora", "rank": 2, "alpha_lr_product": 0.02, "layer_fraction": 0.5}],
+    "sequence": [
+        {"name": "ints", "task": {**TASK, "seed": 0, "families": ["add", "mul"]}},
+        {"name": "lists", "task": {**TASK, "seed": 1, "families": ["list_sum", "list_len"]}},
+    ],
+    "methods": [
+        {"kind": "full", "lr": 1e-3, "data_fraction": 0.5},
+        {"kind": "qlora", "rank": 2, "alpha_lr_product": 0.02},
+        {"kind": "dora", "rank": 2, "alpha_lr_product": 0.02, "layer_fraction": 0.5},
+    ],
     "training": {"max_steps": 3, "batch_size": 8, "log_every": 1},
-    "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "timeout_s": 3,
-                   "forgetting": {"n_chunks": 2, "chunk_tokens": 32}, "latency": None},
-    "analyses": {"spectral": {"k": 4}, "representations": {"probe_size": 3, "probe_tokens": 24},
-                 "intervene": {"lambdas": [0.0, 1.0], "runs": ["qlora-r2-s0", "full-d0.5-s0"]}},
+    "evaluation": {
+        "n_samples": 0,
+        "k": [1],
+        "max_new_tokens": 8,
+        "timeout_s": 3,
+        "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
+        "latency": None,
+    },
+    "analyses": {
+        "spectral": {"k": 4},
+        "representations": {"probe_size": 3, "probe_tokens": 24},
+        "intervene": {"lambdas": [0.0, 1.0], "runs": ["qlora-r2-s0", "full-d0.5-s0"]},
+    },
 }
 RUNS = ("full-d0.5-s0", "qlora-r2-s0", "dora-r2-l50-s0")
 
@@ -37,7 +50,9 @@ RUNS = ("full-d0.5-s0", "qlora-r2-s0", "dora-r2-l50-s0")
 def _run(output):
     config_path = output / "study.yaml"
     config_path.write_text(yaml.safe_dump(STUDY))
-    return CliRunner().invoke(app, ["run", str(config_path), "--output", str(output)], env={"FTCOMPARE_CACHE": os.environ["FTCOMPARE_CACHE"]})
+    return CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(output)], env={"FTCOMPARE_CACHE": os.environ["FTCOMPARE_CACHE"]}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +87,10 @@ def test_the_forgetting_matrix_has_the_base_then_one_row_per_stage(experiment):
         assert sequence["rows"] == ["base", "after ints", "after lists"] and sequence["tasks"] == ["ints", "lists"]
         stage1 = json.loads((experiment / run_id / "stage1-ints" / "stage.json").read_text())["evaluation"]
         assert sequence["pass@1"][1] == [stage1["pass@1"]["ints"], stage1["pass@1"]["lists"]]
-        assert sequence["pass@1"][2] == [metrics["suites"]["ints/test"]["greedy"]["pass@1"],
-                                         metrics["suites"]["lists/test"]["greedy"]["pass@1"]]
+        assert sequence["pass@1"][2] == [
+            metrics["suites"]["ints/test"]["greedy"]["pass@1"],
+            metrics["suites"]["lists/test"]["greedy"]["pass@1"],
+        ]
         assert sequence["forgetting"]["ints"] == pytest.approx(sequence["pass@1"][1][0] - sequence["pass@1"][2][0])
         assert metrics["primary_suite"] == "lists/test"
 
@@ -95,7 +112,9 @@ def test_layer_wise_dora_adapts_the_layers_least_like_their_input(experiment):
 def test_qlora_is_compared_with_the_quantized_base_it_trained_on(experiment):
     metrics = _metrics(experiment, "qlora-r2-s0")
     forgetting = metrics["forgetting"]
-    assert forgetting["increase_over_quantized_base"] == pytest.approx(forgetting["heldout_loss"] - forgetting["quantized_base_heldout_loss"])
+    assert forgetting["increase_over_quantized_base"] == pytest.approx(
+        forgetting["heldout_loss"] - forgetting["quantized_base_heldout_loss"]
+    )
     assert forgetting["quantized_base_heldout_loss"] != forgetting["base_heldout_loss"]
     assert (experiment / "_base" / "svd-nf4").is_dir()
     assert metrics["train"]["method"]["quantization"]["quant_type"] == "nf4"
@@ -128,8 +147,16 @@ def test_the_report_shows_the_matrix_and_the_new_figures(experiment):
 def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experiment):
     run = experiment / "qlora-r2-s0"
     stage_record = (run / "stage1-ints" / "stage.json").read_text()
-    for name in ("done.json", "metrics.json", "eval.json", "train.json", "spectral.json", "intervene.json",
-                 "representations.json", "samples.jsonl"):
+    for name in (
+        "done.json",
+        "metrics.json",
+        "eval.json",
+        "train.json",
+        "spectral.json",
+        "intervene.json",
+        "representations.json",
+        "samples.jsonl",
+    ):
         (run / name).unlink()
     result = _run(experiment.parent)
     assert result.exit_code == 0, result.output
@@ -139,15 +166,20 @@ def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experimen
 
 
 def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_is_scored(tmp_path, tiny_base, cache_dir):
-    study = {"experiment": "selection", "base": STUDY["base"],
-             "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 4},
-             "methods": [{"kind": "full", "lr": 1e-3}],
-             "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
-             "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "forgetting": None, "latency": None},
-             "analyses": {"spectral": None}}
+    study = {
+        "experiment": "selection",
+        "base": STUDY["base"],
+        "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 4},
+        "methods": [{"kind": "full", "lr": 1e-3}],
+        "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
+        "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "forgetting": None, "latency": None},
+        "analyses": {"spectral": None},
+    }
     config_path = tmp_path / "study.yaml"
     config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    result = CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
+    )
     assert result.exit_code == 0, result.output
     experiment = tmp_path / "selection"
     scores = {m: json.loads((experiment / f"full-x{m}-s0" / "selection.json").read_text())["greedy"]["pass@1"] for m in (1, 10)}
@@ -168,7 +200,9 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
     selection = json.loads((winner_dir / "selection.json").read_text())
     selection["greedy"]["pass@1"] = 0.987  # a score the retrained model cannot reach on 4 problems
     (winner_dir / "selection.json").write_text(json.dumps(selection))
-    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+    result = CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
+    )
     assert result.exit_code == 0, result.output
     retrained = _metrics(experiment, f"full-x{chosen}-s0")
     assert retrained["train"]["retrained_without_saved_weights"] is True
@@ -178,8 +212,23 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
 def test_eval_scores_a_model_without_fine_tuning_and_keeps_every_sample(tmp_path, tiny_base):
     model_dir = tiny_base[0]
     output = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["eval", str(model_dir), "--benchmark", "humaneval", "--format", "completion",
-                                      "--limit", "3", "--max-new-tokens", "8", "--output", str(output)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model_dir),
+            "--benchmark",
+            "humaneval",
+            "--format",
+            "completion",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--output",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
     assert (metrics["benchmark"], metrics["problems"], metrics["format"]) == ("humaneval", 3, "completion")
@@ -202,16 +251,27 @@ def test_a_bf16_base_trains_with_fp32_master_weights_unless_told_otherwise(tmp_p
     from safetensors.torch import load_file
 
     def weights_moved(master_weights: str) -> tuple[dict, float]:
-        study = {"experiment": f"master-{master_weights}", "base": {**STUDY["base"], "dtype": "bfloat16"},
-                 "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
-                 "methods": [{"kind": "full", "lr": 1e-5}],
-                 "training": {"max_steps": 4, "batch_size": 8, "schedule": "constant", "warmup_ratio": 0,
-                              "grad_clip": None, "master_weights": master_weights},
-                 "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "forgetting": None, "latency": None},
-                 "analyses": {"spectral": None}}
+        study = {
+            "experiment": f"master-{master_weights}",
+            "base": {**STUDY["base"], "dtype": "bfloat16"},
+            "task": {"kind": "generated", "n_train": 16, "n_test": 2, "n_ood": 0},
+            "methods": [{"kind": "full", "lr": 1e-5}],
+            "training": {
+                "max_steps": 4,
+                "batch_size": 8,
+                "schedule": "constant",
+                "warmup_ratio": 0,
+                "grad_clip": None,
+                "master_weights": master_weights,
+            },
+            "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "forgetting": None, "latency": None},
+            "analyses": {"spectral": None},
+        }
         config_path = tmp_path / f"{master_weights}.yaml"
         config_path.write_text(yaml.safe_dump(study))
-        result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)})
+        result = CliRunner().invoke(
+            app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
+        )
         assert result.exit_code == 0, result.output
         run = tmp_path / f"master-{master_weights}" / "full-s0"
         tuned = load_file(next((run / "weights").glob("*.safetensors")))

@@ -26,7 +26,7 @@ def _planted(seed=0, strength=30.0):
     u, v = _orthonormal(M, N, gen), _orthonormal(N, N, gen)
     s = 10 * 0.9 ** torch.arange(N, dtype=torch.float64)
     w0 = u @ torch.diag(s) @ v.T
-    u_star = u[:, 10:10 + GROUP].sum(dim=1) / math.sqrt(GROUP)
+    u_star = u[:, 10 : 10 + GROUP].sum(dim=1) / math.sqrt(GROUP)
     v_star = torch.randn(N, generator=gen, dtype=torch.float64)
     v_star /= v_star.norm()
     return w0, w0 + strength * torch.outer(u_star, v_star), u_star
@@ -126,8 +126,9 @@ def test_select_layers(scores, fraction, expected):
     assert select_layers(scores, fraction) == expected
 
 
-@pytest.mark.parametrize(("scores", "fraction"), [([0.1], 0.0), ([0.1], 1.5), ([0.1], -0.2),
-                                                   ([], 0.5), ([0.1, float("nan")], 0.5)])
+@pytest.mark.parametrize(
+    ("scores", "fraction"), [([0.1], 0.0), ([0.1], 1.5), ([0.1], -0.2), ([], 0.5), ([0.1, float("nan")], 0.5)]
+)
 def test_select_layers_errors(scores, fraction):
     with pytest.raises(ValueError):
         select_layers(scores, fraction)
@@ -136,23 +137,25 @@ def test_select_layers_errors(scores, fraction):
 def test_peft_adapts_only_selected_layers():
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=4, num_attention_heads=4,
-                                      num_key_value_heads=4)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config)
     layers = select_layers([0.9, 0.2, 0.8, 0.1], 0.5)
     assert layers == [1, 3]
-    from ftcompare.config import RunSpec
-    from ftcompare.models.methods import lora_config
+    from ftcompare.matrix import RunSpec
+    from ftcompare.models.methods.lora import lora_peft_config
 
-    run = RunSpec(run_id="lora-r2-l50-s0", method="lora", seed=0, lr=1e-3, rank=2, alpha=4, target_modules="all-linear",
-                  layer_fraction=0.5)
-    peft_model = peft.get_peft_model(model, lora_config(run, model, layers))
+    run = RunSpec(
+        run_id="lora-r2-l50-s0", method="lora", seed=0, lr=1e-3, rank=2, alpha=4, target_modules="all-linear", layer_fraction=0.5
+    )
+    peft_model = peft.get_peft_model(model, lora_peft_config(run, model, layers))
     adapted = set()
     for name, _ in peft_model.named_parameters():
         if "lora_" in name:
             parts = name.split(".")
             adapted.add((int(parts[parts.index("layers") + 1]), name.split(".lora_")[0].split(".")[-1]))
-    assert adapted == {(i, m) for i in layers for m in
-                       ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    assert adapted == {
+        (i, m) for i in layers for m in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    }

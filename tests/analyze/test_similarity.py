@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from ftcompare.analyze.similarity import (
-    layer_io_cka,
     attention_distance,
     attention_entropy,
     hidden_states_and_attentions,
+    layer_io_cka,
     layerwise_cka,
     linear_cka,
 )

@@ -46,7 +46,7 @@ def _spread(basis: torch.Tensor, group: int, gen: torch.Generator) -> torch.Tens
     """Unit vector = random-sign sum of 12 basis columns (group `group`), normalised."""
     start = SPREAD_FROM + group * GROUP
     signs = torch.randint(0, 2, (GROUP,), generator=gen).double() * 2 - 1
-    return basis[:, start:start + GROUP] @ signs / math.sqrt(GROUP)
+    return basis[:, start : start + GROUP] @ signs / math.sqrt(GROUP)
 
 
 def _planted(sigmas, seed: int = 0, right_aligned: bool = False):
@@ -214,8 +214,7 @@ def test_summarize_totals():
     assert summary["mean_intruders_per_matrix"] == pytest.approx(4 / 3)
     assert summary["max_intruders_per_matrix"] == 3
     assert summary["epsilon_sweep"]["0.5"] == 4 and summary["epsilon_sweep"]["0.1"] == 0
-    assert summary["mean_delta_fro_norm"] == pytest.approx(
-        sum(r.delta_fro_norm for r in reports) / 3)
+    assert summary["mean_delta_fro_norm"] == pytest.approx(sum(r.delta_fro_norm for r in reports) / 3)
     json.dumps(summary)
     assert summarize([])["total_intruders"] == 0
 
@@ -255,13 +254,30 @@ def test_intruders_are_totalled_per_layer_and_module_type():
     from ftcompare.analyze.spectral import MatrixReport, intruders_by_position
 
     def report(name, intruders):
-        return MatrixReport(name=name, shape=(2, 2), intruders=intruders, intruders_right=0, intruder_ranks=[],
-                            epsilon_sweep={}, delta_fro_norm=0.0, delta_spectral_norm=0.0, delta_effective_rank=0.0,
-                            delta_stable_rank=0.0, relative_delta_norm=0.0)
+        return MatrixReport(
+            name=name,
+            shape=(2, 2),
+            intruders=intruders,
+            intruders_right=0,
+            intruder_ranks=[],
+            epsilon_sweep={},
+            delta_fro_norm=0.0,
+            delta_spectral_norm=0.0,
+            delta_effective_rank=0.0,
+            delta_stable_rank=0.0,
+            relative_delta_norm=0.0,
+        )
 
-    reports = [report("model.layers.0.self_attn.q_proj.weight", 2), report("model.layers.0.mlp.up_proj.weight", 1),
-               report("model.layers.10.self_attn.q_proj.weight", 3), report("model.layers.2.mlp.up_proj.weight", 0)]
-    assert intruders_by_position(reports) == {"by_layer": {"0": 3, "2": 0, "10": 3}, "by_module_type": {"q_proj": 5, "up_proj": 1}}
+    reports = [
+        report("model.layers.0.self_attn.q_proj.weight", 2),
+        report("model.layers.0.mlp.up_proj.weight", 1),
+        report("model.layers.10.self_attn.q_proj.weight", 3),
+        report("model.layers.2.mlp.up_proj.weight", 0),
+    ]
+    assert intruders_by_position(reports) == {
+        "by_layer": {"0": 3, "2": 0, "10": 3},
+        "by_module_type": {"q_proj": 5, "up_proj": 1},
+    }
     gpt2 = [report(f"transformer.h.0.{module}.weight", 1) for module in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     assert intruders_by_position(gpt2)["by_module_type"] == {"c_attn": 1, "attn.c_proj": 1, "c_fc": 1, "mlp.c_proj": 1}
 
@@ -270,8 +286,12 @@ def test_intruders_are_totalled_per_layer_and_module_type():
 
 
 def _features_of(w):
-    return {"effective_rank": effective_rank(w), "sv_entropy": singular_value_entropy(w),
-            "stable_rank": stable_rank(w), "spectral_norm": spectral_norm(w)}
+    return {
+        "effective_rank": effective_rank(w),
+        "sv_entropy": singular_value_entropy(w),
+        "stable_rank": stable_rank(w),
+        "spectral_norm": spectral_norm(w),
+    }
 
 
 def test_spectral_norm_of_a_diagonal():
@@ -328,8 +348,14 @@ def test_unchanged_matrix_has_zero_delta_features_and_no_nan():
     w0, _, _ = _base()
     report = analyze_matrix("layers.0.q_proj", base_spectrum(w0), w0, w0.clone())
     values = dataclasses.asdict(report)
-    for field in ("delta_fro_norm", "delta_spectral_norm", "delta_effective_rank", "delta_stable_rank",
-                  "delta_sv_entropy", "relative_delta_norm"):
+    for field in (
+        "delta_fro_norm",
+        "delta_spectral_norm",
+        "delta_effective_rank",
+        "delta_stable_rank",
+        "delta_sv_entropy",
+        "relative_delta_norm",
+    ):
         assert values[field] == 0.0, field
     assert report.tuned_effective_rank == pytest.approx(report.base_effective_rank, rel=1e-9)
     assert report.intruders == 0 and report.intruder_ranks == []
@@ -365,8 +391,11 @@ def test_features_by_layer_reads_spectral_json_records():
 
     w0, w = _planted((30.0,))
     base = base_spectrum(w0)
-    reports = [analyze_matrix(f"model.layers.{i}.self_attn.{m}.weight", base, w0, w if m == "q_proj" else w0)
-               for i in (0, 1) for m in ("q_proj", "v_proj")]
+    reports = [
+        analyze_matrix(f"model.layers.{i}.self_attn.{m}.weight", base, w0, w if m == "q_proj" else w0)
+        for i in (0, 1)
+        for m in ("q_proj", "v_proj")
+    ]
     records = json.loads(json.dumps([dataclasses.asdict(r) for r in reports]))
     by_layer = features_by_layer(records)
     assert list(by_layer) == ["0", "1"] and set(by_layer["0"]) == set(SPECTRAL_FEATURES)
@@ -391,9 +420,19 @@ def test_summary_histogram_of_intruder_positions():
 def test_intruder_positions_are_ordered_numerically():
     from ftcompare.analyze.spectral import MatrixReport
 
-    report = MatrixReport(name="m", shape=(2, 2), intruders=3, intruders_right=0, intruder_ranks=[10, 2, 9],
-                          epsilon_sweep={}, delta_fro_norm=0.0, delta_spectral_norm=0.0, delta_effective_rank=0.0,
-                          delta_stable_rank=0.0, relative_delta_norm=0.0)
+    report = MatrixReport(
+        name="m",
+        shape=(2, 2),
+        intruders=3,
+        intruders_right=0,
+        intruder_ranks=[10, 2, 9],
+        epsilon_sweep={},
+        delta_fro_norm=0.0,
+        delta_spectral_norm=0.0,
+        delta_effective_rank=0.0,
+        delta_stable_rank=0.0,
+        relative_delta_norm=0.0,
+    )
     summary = summarize([report, report])
     assert list(summary["intruder_positions"].items()) == [("2", 2), ("9", 2), ("10", 2)]
     assert summary["mean_delta_sv_entropy"] is None  # a report made without the new features
@@ -411,13 +450,13 @@ def _trained(model, steps=5, lr=1e-2):
 
 
 def _adapter(method, rank=4):
-    from ftcompare.config import RunSpec
+    from ftcompare.matrix import RunSpec
 
     return RunSpec(run_id=method, method=method, seed=0, lr=1e-2, rank=rank, alpha=2 * rank, target_modules="all-linear")
 
 
 def _base_weights(model):
-    from ftcompare.models.methods import adapted_weight_names
+    from ftcompare.models.weights import adapted_weight_names
 
     names = adapted_weight_names(model, None)
     return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
@@ -426,7 +465,8 @@ def _base_weights(model):
 def test_a_rank_1_lora_on_the_bf16_builtin_model_has_a_rank_1_update(tiny_base):
     from transformers import AutoModelForCausalLM
 
-    from ftcompare.models.methods import apply_method, merge_adapter, weight_updates
+    from ftcompare.models.methods import apply_method
+    from ftcompare.models.weights import merge_adapter, weight_updates
 
     def load():
         return AutoModelForCausalLM.from_pretrained(tiny_base[0], dtype=torch.bfloat16)
@@ -448,7 +488,8 @@ def test_a_rank_1_lora_on_the_bf16_builtin_model_has_a_rank_1_update(tiny_base):
 def test_an_untrained_dora_on_a_bf16_base_has_no_update_and_a_magnitude_change_is_one():
     from peft.tuners.lora import LoraLayer
 
-    from ftcompare.models.methods import apply_method, weight_updates
+    from ftcompare.models.methods import apply_method
+    from ftcompare.models.weights import weight_updates
     from tests.helpers import tiny_llama
 
     w0 = _base_weights(tiny_llama(dtype=torch.bfloat16))
@@ -464,7 +505,11 @@ def test_an_untrained_dora_on_a_bf16_base_has_no_update_and_a_magnitude_change_i
                 initial[f"{name}.weight"] = magnitude.detach().double().clone()
                 magnitude.mul_(1.5)  # B is still 0: only the magnitude moved, so s·BA says 0
     for update in weight_updates(model, w0):
-        m = dict(model.base_model.model.named_modules())[update.name.removesuffix(".weight")].lora_magnitude_vector["default"].weight
+        m = (
+            dict(model.base_model.model.named_modules())[update.name.removesuffix(".weight")]
+            .lora_magnitude_vector["default"]
+            .weight
+        )
         expected = (m.detach().double() / initial[update.name] - 1).view(-1, 1) * w0[update.name].double()
         torch.testing.assert_close(update.delta.double(), expected, rtol=1e-6, atol=1e-7)
         assert float(update.delta.norm()) > 0.3 * float(w0[update.name].float().norm())
@@ -473,7 +518,8 @@ def test_an_untrained_dora_on_a_bf16_base_has_no_update_and_a_magnitude_change_i
 @pytest.mark.parametrize("method", ["lora", "rslora", "dora", "pissa", "qlora"])
 def test_the_exact_update_is_what_peft_merges_in_fp32(method):
     """On an fp32 base PEFT's merge is itself exact, so W0 + ΔW must match it for every adapter kind."""
-    from ftcompare.models.methods import apply_method, merge_adapter, quantized_base_weights, weight_updates
+    from ftcompare.models.methods import apply_method
+    from ftcompare.models.weights import merge_adapter, quantized_base_weights, weight_updates
     from tests.helpers import tiny_llama
 
     model = _trained(apply_method(tiny_llama(), _adapter(method)), steps=3)
@@ -493,14 +539,20 @@ def test_gpt2_conv1d_weights_are_adapted_and_analysed_as_out_by_in():
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ftcompare.models.methods import adapted_weight_names, apply_method, as_out_in, merge_adapter, weight_updates
+    from ftcompare.models.methods import apply_method
+    from ftcompare.models.weights import adapted_weight_names, as_out_in, merge_adapter, weight_updates
 
     def gpt2():
         torch.manual_seed(0)
         return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=32, n_layer=2, n_head=4, n_positions=64))
 
     names = adapted_weight_names(gpt2(), None)
-    assert [n.split(".", 3)[-1] for n in names[:4]] == ["attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"]
+    assert [n.split(".", 3)[-1] for n in names[:4]] == [
+        "attn.c_attn.weight",
+        "attn.c_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    ]
     assert len(names) == 2 * 4 and adapted_weight_names(gpt2(), ["c_fc"]) == [n for n in names if "c_fc" in n]
     w0 = _base_weights(gpt2())
     with warnings.catch_warnings():
@@ -510,9 +562,15 @@ def test_gpt2_conv1d_weights_are_adapted_and_analysed_as_out_by_in():
     updates = list(weight_updates(_trained(model, steps=3), w0))
     plain = merge_adapter(model)
     shapes = {u.name.split(".", 3)[-1]: tuple(u.delta.shape) for u in updates}
-    assert shapes == {"attn.c_attn.weight": (96, 32), "attn.c_proj.weight": (32, 32), "mlp.c_fc.weight": (128, 32),
-                      "mlp.c_proj.weight": (32, 128)}  # (out, in), as nn.Linear
+    assert shapes == {
+        "attn.c_attn.weight": (96, 32),
+        "attn.c_proj.weight": (32, 32),
+        "mlp.c_fc.weight": (128, 32),
+        "mlp.c_proj.weight": (32, 128),
+    }  # (out, in), as nn.Linear
     merged = dict(plain.named_parameters())
     for update in updates:
-        torch.testing.assert_close(update.tuned, as_out_in(plain, update.name, merged[update.name].detach()), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            update.tuned, as_out_in(plain, update.name, merged[update.name].detach()), rtol=1e-5, atol=1e-6
+        )
         assert int(torch.linalg.matrix_rank(update.delta, rtol=1e-5)) <= 4

@@ -1,6 +1,6 @@
 from ftcompare.data.codegen import IN_DOMAIN, OUT_OF_DOMAIN, generate_task
-from ftcompare.data.tasks import finetune_examples, training_subset
 from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.data.tasks import finetune_examples, training_subset
 from ftcompare.evaluate.sandbox import run_programs
 from ftcompare.train.loop import IGNORE_INDEX
 
@@ -84,7 +84,8 @@ def test_generated_asserts_are_checked_on_plain_data():
     problem = generate_task(seed=0, n_train=1, n_test=1, n_ood=0).suites["test"][0]
     assert problem.program("X").index(TESTS_MARKER) < problem.program("X").index("assert")
     patched = "    import builtins\n    builtins.int = str\n    class Same(int):\n        __eq__ = lambda s, o: True\n    return Same()\n"
-    right, wrong = run_programs([problem.program(problem.completion), problem.program(patched)],
-                                timeout_s=10, memory_mb=512, workers=2)
+    right, wrong = run_programs(
+        [problem.program(problem.completion), problem.program(patched)], timeout_s=10, memory_mb=512, workers=2
+    )
     assert right.passed and right.checks == {"tests": "split", "plain_data": 3, "in_process": 0}
     assert not wrong.passed and "not plain data" in wrong.exception

@@ -16,11 +16,11 @@ from ftcompare.data.humaneval import (
     suite_info,
     to_problem,
 )
-from ftcompare.evaluate.extraction import extract_code
 from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate.extraction import extract_code
 from ftcompare.evaluate.sandbox import run_programs
-from tests.helpers import chat_tokenizer
 from ftcompare.evaluate.verify import verify_benchmark
+from tests.helpers import chat_tokenizer
 
 LIMITS = {"timeout_s": 5, "memory_mb": 512, "workers": 2}
 
@@ -41,7 +41,7 @@ FIXTURE = [
     {
         "task_id": "Mine/0",
         "prompt": "from typing import List\n\n\ndef total(values: List[int]) -> int:\n"
-                  '    """Sum of values.\n    >>> total([1, 2])\n    3\n    """\n',
+        '    """Sum of values.\n    >>> total([1, 2])\n    3\n    """\n',
         "canonical_solution": "    return sum(values)\n",
         "test": "\n\ndef check(candidate):\n    assert candidate([1, 2]) == 3\n    assert candidate([]) == 0\n",
         "entry_point": "total",
@@ -49,7 +49,7 @@ FIXTURE = [
     {
         "task_id": "Mine/1",
         "prompt": "\n\ndef double(x: int) -> int:\n    return 2 * x\n\n\n"
-                  'def quadruple(x: int) -> int:\n    """Four times x, through double."""\n',
+        'def quadruple(x: int) -> int:\n    """Four times x, through double."""\n',
         "canonical_solution": "    return double(double(x))\n",
         "test": "\n\ndef check(candidate):\n    assert candidate(3) == 12\n    assert candidate(3) == double(6)\n",
         "entry_point": "quadruple",
@@ -100,13 +100,16 @@ def test_gzip_is_told_by_content_not_by_name(tmp_path):
     assert [r.task_id for r in load_humaneval(path)] == ["Mine/0"]
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not JSON"),
-    ("[1, 2]", "not a JSON object"),
-    (json.dumps({k: v for k, v in FIXTURE[0].items() if k != "test"}), "lacks test"),
-    (json.dumps({**FIXTURE[0], "entry_point": "no name"}), "is not a name"),
-    (json.dumps({**FIXTURE[0], "test": ["assert 1"]}), "test must be strings"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({k: v for k, v in FIXTURE[0].items() if k != "test"}), "lacks test"),
+        (json.dumps({**FIXTURE[0], "entry_point": "no name"}), "is not a name"),
+        (json.dumps({**FIXTURE[0], "test": ["assert 1"]}), "test must be strings"),
+    ],
+)
 def test_a_malformed_line_is_named_by_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(FIXTURE[0]) + "\n\n" + line + "\n")
@@ -136,13 +139,18 @@ def test_a_missing_package_is_one_clear_error(monkeypatch):
 
 def test_stop_sequences_and_suite_info():
     assert {fmt: stop_sequences(fmt) for fmt in PROMPT_FORMATS} == {
-        "completion": ("\nclass", "\ndef", "\n#", "\nif", "\nprint"), "chat": ()}
+        "completion": ("\nclass", "\ndef", "\n#", "\nif", "\nprint"),
+        "chat": (),
+    }
     completion, chat = suite_info("completion"), suite_info("chat", in_domain=True)
     assert (completion.in_domain, completion.extraction, completion.scoring) == (False, "completion", "pass")
     assert completion.stop_strings == stop_sequences("completion")
     assert (chat.in_domain, chat.extraction, chat.stop_strings, chat.scoring) == (True, "auto", (), "pass")
-    for call in (lambda: stop_sequences("zeroshot"), lambda: suite_info("zeroshot"),
-                 lambda: to_problem(HumanEvalRecord(**FIXTURE[0]), "zeroshot")):
+    for call in (
+        lambda: stop_sequences("zeroshot"),
+        lambda: suite_info("zeroshot"),
+        lambda: to_problem(HumanEvalRecord(**FIXTURE[0]), "zeroshot"),
+    ):
         with pytest.raises(ValueError, match="unknown HumanEval prompt format 'zeroshot'"):
             call()
 
@@ -189,8 +197,10 @@ def test_chat_program_keeps_the_prompts_imports_and_helpers(bundled):
     assert he0.tests == (bundled[0].test, "check(has_close_elements)") and he0.meta["format"] == "chat"
     assert he0.prompt.startswith("<|user|>\n") and he0.prompt.endswith("<|assistant|>\n")
     reply = "Here it is:\n```python\n" + he0.completion + "```\nIt compares every pair."
-    bare = ("def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
-            "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n")
+    bare = (
+        "def has_close_elements(numbers: List[float], threshold: float) -> bool:\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+    )
     cases = [
         (he0, extract_code(reply, style="auto").code),
         (he0, bare),
@@ -236,10 +246,12 @@ def test_check_runs_after_the_program_with_its_patches_undone(bundled):
     program = problem.program(problem.completion)  # the program, then the marker, then `check`
     assert program.index(TESTS_MARKER) < program.index("def check(")
     # A wrong body that makes every comparison true and swaps `check` through a trace function.
-    cheat = ("    import builtins, sys\n"
-             "    builtins.abs = lambda x: 0\n"
-             "    sys.settrace(lambda f, e, a: f.f_globals.__setitem__('check', lambda c: None))\n"
-             "    return True\n")
+    cheat = (
+        "    import builtins, sys\n"
+        "    builtins.abs = lambda x: 0\n"
+        "    sys.settrace(lambda f, e, a: f.f_globals.__setitem__('check', lambda c: None))\n"
+        "    return True\n"
+    )
     right, wrong = run_programs([problem.program(problem.completion), problem.program(cheat)], **LIMITS)
     assert right.passed and right.checks == {"tests": "split", "plain_data": 0, "in_process": 3}
     assert not wrong.passed

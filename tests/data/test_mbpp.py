@@ -61,8 +61,14 @@ def by_id(records):
     return {record.task_id: record for record in records}
 
 
-def record(task_id=7, text="Write a function to add two numbers.", tests=None, setup="", source="mbpp",
-           code="def add(a, b):\n    return a + b"):
+def record(
+    task_id=7,
+    text="Write a function to add two numbers.",
+    tests=None,
+    setup="",
+    source="mbpp",
+    code="def add(a, b):\n    return a + b",
+):
     tests = tests or ("assert add(1, 2) == 3", "assert add(0, 0) == 0", "assert add(-1, 1) == 0")
     return MbppRecord(task_id, text, code, tuple(tests), setup, (), source)
 
@@ -107,16 +113,28 @@ def test_sanitized_record_fields(sanitized):
 
 
 def test_file_formats_and_errors(tmp_path):
-    row = {"task_id": 5, "text": "t", "code": "x = 1\r\ny = 2\r", "test_list": ["assert x == 1"],
-           "test_setup_code": "", "challenge_test_list": ["assert y == 2"]}
+    row = {
+        "task_id": 5,
+        "text": "t",
+        "code": "x = 1\r\ny = 2\r",
+        "test_list": ["assert x == 1"],
+        "test_setup_code": "",
+        "challenge_test_list": ["assert y == 2"],
+    }
     jsonl = tmp_path / "mini.jsonl"
     jsonl.write_text(json.dumps({**row, "task_id": 9}) + "\n\n" + json.dumps(row) + "\n")
     loaded = load_mbpp(jsonl)
     assert [r.task_id for r in loaded] == [5, 9]
     assert loaded[0] == MbppRecord(5, "t", "x = 1\ny = 2\n", ("assert x == 1",), "", ("assert y == 2",), "mbpp")
 
-    sanitized_row = {"source_file": "f", "task_id": 3, "prompt": "p", "code": "z = 0", "test_imports": ["import math",
-                     "import re"], "test_list": ["assert z == 0"]}
+    sanitized_row = {
+        "source_file": "f",
+        "task_id": 3,
+        "prompt": "p",
+        "code": "z = 0",
+        "test_imports": ["import math", "import re"],
+        "test_list": ["assert z == 0"],
+    }
     array = tmp_path / "mini.json"
     array.write_text(json.dumps([sanitized_row]))
     assert load_mbpp(array, sanitized=True) == [
@@ -155,8 +173,11 @@ def test_hub_failure_offline_gives_a_clear_error(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    with pytest.raises(RuntimeError, match=r"could not load google-research-datasets/mbpp \(full\).*no network"
-                                           r".*--data PATH"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"could not load google-research-datasets/mbpp \(full\).*no network"
+        r".*--data PATH",
+    ):
         load_mbpp()
 
 
@@ -172,7 +193,8 @@ def test_hub_sanitized_config_maps_its_prompt_field(monkeypatch):
     records = load_mbpp(sanitized=True)
     assert calls == [(HUB_DATASET, "sanitized")]
     assert [(r.task_id, r.text, r.code, r.source) for r in records] == [
-        (2, "p", "a = 1\n", "mbpp-sanitized"), (12, "p", "a = 1\n", "mbpp-sanitized")
+        (2, "p", "a = 1\n", "mbpp-sanitized"),
+        (12, "p", "a = 1\n", "mbpp-sanitized"),
     ]
 
 
@@ -182,14 +204,19 @@ EXPERT = "You are an expert Python programmer, and here is your task: "
 
 
 def test_austin3shot_golden_on_hand_made_records():
-    shot = record(task_id=2, text="Write a function to negate x.", code="def neg(x):\n    return -x",
-                  tests=("assert neg(1) == -1", "assert neg(0) == 0", "assert neg(-2) == 2"))
+    shot = record(
+        task_id=2,
+        text="Write a function to negate x.",
+        code="def neg(x):\n    return -x",
+        tests=("assert neg(1) == -1", "assert neg(0) == 0", "assert neg(-2) == 2"),
+    )
     prompt = render_prompt(record(), "austin3shot", few_shot=[shot])
     assert prompt == (
         EXPERT + "Write a function to negate x. Your code should pass these tests:\n\n"
         "assert neg(1) == -1\nassert neg(0) == 0\nassert neg(-2) == 2\n[BEGIN]\n"
         "def neg(x):\r\n    return -x\n[DONE]\n\n"
-        + EXPERT + "Write a function to add two numbers. Your code should pass these tests:\n\n"
+        + EXPERT
+        + "Write a function to add two numbers. Your code should pass these tests:\n\n"
         "assert add(1, 2) == 3\nassert add(0, 0) == 0\nassert add(-1, 1) == 0\n[BEGIN]\n"
     )
     # a sanitized few-shot record shows its code as its file has it, with "\n" line ends
@@ -198,8 +225,7 @@ def test_austin3shot_golden_on_hand_made_records():
 
 
 def replace_source(rec, source):
-    return MbppRecord(rec.task_id, rec.text, rec.code, rec.test_list, rec.test_setup_code, rec.challenge_test_list,
-                      source)
+    return MbppRecord(rec.task_id, rec.text, rec.code, rec.test_list, rec.test_setup_code, rec.challenge_test_list, source)
 
 
 def test_austin3shot_golden_on_task_11_matches_lm_eval(full):
@@ -214,19 +240,22 @@ def test_austin3shot_golden_on_task_11_matches_lm_eval(full):
         "assert similar_elements((11, 12, 14, 13),(17, 15, 14, 13)) == (13, 14)\n[BEGIN]\n"
         "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
         "  return (res) \n[DONE]\n\n"
-        + EXPERT + "Write a python function to identify non-prime numbers. Your code should pass these tests:\n\n"
+        + EXPERT
+        + "Write a python function to identify non-prime numbers. Your code should pass these tests:\n\n"
         "assert is_not_prime(2) == False\nassert is_not_prime(10) == True\nassert is_not_prime(35) == True\n"
         "[BEGIN]\nimport math\r\ndef is_not_prime(n):\r\n    result = False\r\n"
         "    for i in range(2,int(math.sqrt(n)) + 1):\r\n        if n % i == 0:\r\n            result = True\r\n"
         "    return result\n[DONE]\n\n"
-        + EXPERT + "Write a function to find the largest integers from a given list of numbers using heap queue "
+        + EXPERT
+        + "Write a function to find the largest integers from a given list of numbers using heap queue "
         "algorithm. Your code should pass these tests:\n\n"
         "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],3)==[85, 75, 65] \n"
         "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],2)==[85, 75] \n"
         "assert heap_queue_largest( [25, 35, 22, 85, 14, 65, 75, 22, 58],5)==[85, 75, 65, 58, 35]\n[BEGIN]\n"
         "import heapq as hq\r\ndef heap_queue_largest(nums,n):\r\n  largest_nums = hq.nlargest(n, nums)\r\n"
         "  return largest_nums\n[DONE]\n\n"
-        + EXPERT + "Write a python function to remove first and last occurrence of a given character from the "
+        + EXPERT
+        + "Write a python function to remove first and last occurrence of a given character from the "
         "string. Your code should pass these tests:\n\n"
         'assert remove_Occ("hello","l") == "heo"\nassert remove_Occ("abcda","a") == "bcd"\n'
         'assert remove_Occ("PHP","P") == "H"\n[BEGIN]\n'
@@ -239,8 +268,9 @@ def test_austin3shot_refuses_bad_few_shot():
     with pytest.raises(ValueError, match="among its own few-shot"):
         render_prompt(record(), "austin3shot", few_shot=[record()])
     with pytest.raises(ValueError, match="shows three tests, it has 2"):
-        render_prompt(record(tests=("assert add(1, 2) == 3", "assert add(0, 0) == 0")), "austin3shot",
-                      few_shot=[record(task_id=2)])
+        render_prompt(
+            record(tests=("assert add(1, 2) == 3", "assert add(0, 0) == 0")), "austin3shot", few_shot=[record(task_id=2)]
+        )
 
 
 ADD_INSTRUCTION = (
@@ -266,9 +296,7 @@ def test_zeroshot_golden(full):
 
 def test_chat_golden(full):
     tokenizer = chat_tokenizer()
-    assert render_prompt(record(), "chat", tokenizer=tokenizer) == (
-        "<|user|>\n" + ADD_INSTRUCTION + "<|end|>\n<|assistant|>\n"
-    )
+    assert render_prompt(record(), "chat", tokenizer=tokenizer) == ("<|user|>\n" + ADD_INSTRUCTION + "<|end|>\n<|assistant|>\n")
     assert render_prompt(by_id(full)[11], "chat", tokenizer=tokenizer) == (
         "<|user|>\n" + TASK_11_INSTRUCTION + "<|end|>\n<|assistant|>\n"
     )
@@ -280,7 +308,9 @@ def test_chat_golden(full):
 
 def test_stop_sequences():
     assert {fmt: stop_sequences(fmt) for fmt in PROMPT_FORMATS} == {
-        "austin3shot": ("[DONE]",), "zeroshot": ("\nassert", "\nprint(", "\nif __name__"), "chat": ()
+        "austin3shot": ("[DONE]",),
+        "zeroshot": ("\nassert", "\nprint(", "\nif __name__"),
+        "chat": (),
     }
     with pytest.raises(ValueError, match="unknown MBPP prompt format"):
         stop_sequences("fewshot")
@@ -305,8 +335,11 @@ def test_the_project_extractor_finds_the_code_of_each_format():
 
 
 def test_to_problem_assembles_solution_then_setup_then_asserts():
-    rec = record(setup="root = make()", code="def make():\n    return 3\ndef add(a, b):\n    return a + b",
-                 tests=("assert add(root, 1) == 4", "assert add(0, 0) == 0", "assert add(1, 1) == 2"))
+    rec = record(
+        setup="root = make()",
+        code="def make():\n    return 3\ndef add(a, b):\n    return a + b",
+        tests=("assert add(root, 1) == 4", "assert add(0, 0) == 0", "assert add(1, 1) == 2"),
+    )
     problem = to_problem(rec, "zeroshot")
     assert problem.task_id == "mbpp/7" and problem.family == "mbpp" and problem.code_prefix == ""
     assert problem.prompt == render_prompt(rec, "zeroshot")
@@ -359,8 +392,11 @@ def test_reference_solutions_of_the_first_30_test_problems_pass(full):
 
 @pytest.mark.slow
 def test_reference_solutions_of_every_test_problem_pass(full, sanitized):
-    problems = [to_problem(rec, "zeroshot") for rec in split(full, "test") + split(sanitized, "test")
-                if rec.task_id not in SLOW_REFERENCE_IDS]
+    problems = [
+        to_problem(rec, "zeroshot")
+        for rec in split(full, "test") + split(sanitized, "test")
+        if rec.task_id not in SLOW_REFERENCE_IDS
+    ]
     results = run_programs([p.program(p.completion) for p in problems], timeout_s=10, memory_mb=1024, workers=2)
     failures = [(p.task_id, r.status, r.exception) for p, r in zip(problems, results) if not r.passed]
     assert failures == []
@@ -369,13 +405,26 @@ def test_reference_solutions_of_every_test_problem_pass(full, sanitized):
 # ---- EvalPlus (MBPP+) extra tests ---------------------------------------------------------------------------
 
 EVALPLUS_ROWS = [
-    {"task_id": "Mbpp/7", "prompt": '"""\nWrite a function to add two numbers.\nassert add(1, 2) == 3\n"""\n',
-     "entry_point": "add", "canonical_solution": "def add(a, b):\n    return a + b\n",
-     "base_input": [[1, 2], [0, 0]], "plus_input": [[10, -3], [[1], [2]]], "atol": 0,
-     "assertion": "assert add(1, 2) == 3"},
-    {"task_id": "Mbpp/8", "prompt": '"""\nWrite a function for the area of a circle.\n"""\n',
-     "entry_point": "area", "canonical_solution": "import math\ndef area(r):\n    return math.pi * r * r\n",
-     "base_input": [[1.0]], "plus_input": [[2.5], [0.0]], "atol": 0, "assertion": ""},
+    {
+        "task_id": "Mbpp/7",
+        "prompt": '"""\nWrite a function to add two numbers.\nassert add(1, 2) == 3\n"""\n',
+        "entry_point": "add",
+        "canonical_solution": "def add(a, b):\n    return a + b\n",
+        "base_input": [[1, 2], [0, 0]],
+        "plus_input": [[10, -3], [[1], [2]]],
+        "atol": 0,
+        "assertion": "assert add(1, 2) == 3",
+    },
+    {
+        "task_id": "Mbpp/8",
+        "prompt": '"""\nWrite a function for the area of a circle.\n"""\n',
+        "entry_point": "area",
+        "canonical_solution": "import math\ndef area(r):\n    return math.pi * r * r\n",
+        "base_input": [[1.0]],
+        "plus_input": [[2.5], [0.0]],
+        "atol": 0,
+        "assertion": "",
+    },
 ]
 
 
@@ -387,9 +436,12 @@ def test_evalplus_extra_tests(tmp_path):
 
     add = with_extra_tests(to_problem(record(), "zeroshot"), extra[7])
     assert add.tests[:3] == record().test_list and add.meta["extra_tests"] == 1
-    area = with_extra_tests(to_problem(record(task_id=8, tests=("assert area(0) == 0",) * 3,
-                                              code="def area(r):\n    return 3.14159265 * r * r"),
-                                       "zeroshot"), extra[8])
+    area = with_extra_tests(
+        to_problem(
+            record(task_id=8, tests=("assert area(0) == 0",) * 3, code="def area(r):\n    return 3.14159265 * r * r"), "zeroshot"
+        ),
+        extra[8],
+    )
     candidates = {
         "add right": (add, "def add(a, b):\n    return a + b"),
         "add wrong on a plus input only": (add, "def add(a, b):\n    return a + b if a < 5 else 0"),
@@ -397,8 +449,9 @@ def test_evalplus_extra_tests(tmp_path):
         "area off by 1e-3": (area, "def area(r):\n    return 3.1416 * r * r"),
         "area as an int": (area, "def area(r):\n    return round(3.14159265 * r * r)"),
     }
-    results = run_programs([problem.program(code) for problem, code in candidates.values()],
-                           timeout_s=10, memory_mb=1024, workers=2)
+    results = run_programs(
+        [problem.program(code) for problem, code in candidates.values()], timeout_s=10, memory_mb=1024, workers=2
+    )
     verdicts = {name: (result.status, result.exception) for name, result in zip(candidates, results)}
     assert verdicts["add right"] == ("passed", None)
     assert verdicts["add wrong on a plus input only"][0] == "failed"
@@ -439,15 +492,20 @@ def test_with_extra_tests_leaves_the_problem_unchanged():
 
 
 def test_asserts_on_a_call_and_a_literal_are_checked_on_plain_data_outside_the_program():
-    rec = record(setup="", code="def add(a, b):\n    return a + b",
-                 tests=("assert add(1, 2) == 3", "assert add(0.1, 0.2) == 0.30000000000000004",
-                        "assert math.isclose(add(1, 1), 2)"))
+    rec = record(
+        setup="",
+        code="def add(a, b):\n    return a + b",
+        tests=("assert add(1, 2) == 3", "assert add(0.1, 0.2) == 0.30000000000000004", "assert math.isclose(add(1, 1), 2)"),
+    )
     problem = to_problem(rec, "zeroshot")
     right = "import math\ndef add(a, b):\n    return a + b\n"
-    always_equal = "import math\nclass Same(float):\n    __eq__ = lambda self, other: True\ndef add(a, b):\n    return Same(a + b)\n"
+    always_equal = (
+        "import math\nclass Same(float):\n    __eq__ = lambda self, other: True\ndef add(a, b):\n    return Same(a + b)\n"
+    )
     off_by_ulp = "import math\ndef add(a, b):\n    return 0.3 if a == 0.1 else a + b\n"  # == as before: exact
-    results = run_programs([problem.program(code) for code in (right, always_equal, off_by_ulp)],
-                           timeout_s=10, memory_mb=512, workers=2)
+    results = run_programs(
+        [problem.program(code) for code in (right, always_equal, off_by_ulp)], timeout_s=10, memory_mb=512, workers=2
+    )
     assert [r.passed for r in results] == [True, False, False]
     assert results[0].checks == {"tests": "split", "plain_data": 2, "in_process": 1}
     assert "not plain data" in results[1].exception and "returned 0.3" in results[2].exception

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ftcompare.data.codegen import generate_task
 from ftcompare.data import mbpp
+from ftcompare.data.codegen import generate_task
 from ftcompare.data.perturb import (
     PERTURBATIONS,
     NotApplicable,
@@ -43,8 +43,11 @@ HUMANEVAL = Problem(
     task_id="humaneval/52",
     prompt=_HE_PREFIX,
     completion="    for value in numbers:\n        if value >= threshold:\n            return False\n    return True\n",
-    tests=("assert below_threshold([1, 2, 4, 10], 100)", "assert not below_threshold([1, 20, 4, 10], 5)",
-           "assert below_threshold([], 0)"),
+    tests=(
+        "assert below_threshold([1, 2, 4, 10], 100)",
+        "assert not below_threshold([1, 20, 4, 10], 5)",
+        "assert below_threshold([], 0)",
+    ),
     entry_point="below_threshold",
     code_prefix=_HE_PREFIX,
 )
@@ -66,16 +69,15 @@ MBPP_FEW_SHOT = Problem(
     task_id="mbpp/2",
     prompt=_SHOT + "You are an expert Python programmer, and here is your task: Write a function to find the "
     "shared elements from the given two lists. Your code should pass these tests:\n\n"
-    + "\n".join(_SIMILAR_TESTS) + "\n[BEGIN]\n",
-    completion="def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n"
-    "  return (res) \n",
+    + "\n".join(_SIMILAR_TESTS)
+    + "\n[BEGIN]\n",
+    completion="def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n  return (res) \n",
     tests=_SIMILAR_TESTS,
     entry_point="similar_elements",
     meta={"source": "fixture"},
 )
 # zero-shot layout; the entry point `add` is a prefix or part of other names and words
-_ADD_TESTS = ("assert add(1, 2) == 3", "assert add(add_one(1), 0) == 2",
-              "assert 'add' == 'a' + 'dd' and padding == 0")
+_ADD_TESTS = ("assert add(1, 2) == 3", "assert add(add_one(1), 0) == 2", "assert 'add' == 'a' + 'dd' and padding == 0")
 MBPP_ZERO_SHOT = Problem(
     task_id="mbpp/add",
     prompt="Write a function add that returns the sum of a and b, with the given padding; add_one may help.\n"
@@ -101,14 +103,16 @@ def _run(problem: Problem) -> None:
 
 
 def _tokens(source: str) -> list[tuple[str, str]]:
-    return [(tokenize.tok_name[t.type], t.string) for t in tokenize.generate_tokens(io.StringIO(source).readline)
-            if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)]
+    return [
+        (tokenize.tok_name[t.type], t.string)
+        for t in tokenize.generate_tokens(io.StringIO(source).readline)
+        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    ]
 
 
 def _code_lines(prompt: str) -> list[tuple[int, str]]:
     """Lines of an MBPP prompt that are code or markup."""
-    return [(i, line) for i, line in enumerate(prompt.split("\n"))
-            if line.startswith(("assert", "def", " ", "[", "```"))]
+    return [(i, line) for i, line in enumerate(prompt.split("\n")) if line.startswith(("assert", "def", " ", "[", "```"))]
 
 
 # ---- every family ----------------------------------------------------------------------------------
@@ -153,14 +157,16 @@ def test_meta_records_the_perturbation(name):
 
 def test_paraphrase_keeps_numbers_quoted_text_and_identifiers():
     for problem in ALL:
-        names = {t.string for t in tokenize.generate_tokens(io.StringIO(problem.program(problem.completion)).readline)
-                 if t.type == tokenize.NAME}
+        names = {
+            t.string
+            for t in tokenize.generate_tokens(io.StringIO(problem.program(problem.completion)).readline)
+            if t.type == tokenize.NAME
+        }
         for seed in SEEDS:
             variant = paraphrase_text(problem, seed, typo_rate=0.3)
             assert re.findall(r"\d+", variant.prompt) == re.findall(r"\d+", problem.prompt)
             quoted = r"'[^'\n]*'|\"[^\"\n]*\"|`[^`\n]*`"
-            assert re.findall(quoted, variant.prompt.replace('"""', "")) == \
-                re.findall(quoted, problem.prompt.replace('"""', ""))
+            assert re.findall(quoted, variant.prompt.replace('"""', "")) == re.findall(quoted, problem.prompt.replace('"""', ""))
             for name in names:
                 pattern = rf"(?<!\w){re.escape(name)}(?!\w)"
                 assert len(re.findall(pattern, variant.prompt)) == len(re.findall(pattern, problem.prompt)), name
@@ -173,8 +179,7 @@ def test_paraphrase_edits_only_docstring_prose_in_code():
             variant = paraphrase_text(problem, seed, typo_rate=0.5)
             before, after = _tokens(problem.code_prefix), _tokens(variant.code_prefix)
             assert [t for t in before if t[0] != "STRING"] == [t for t in after if t[0] != "STRING"]
-            doctest_lines = [line for line in problem.prompt.split("\n")
-                             if ">>>" in line or line.strip() in ("True", "False")]
+            doctest_lines = [line for line in problem.prompt.split("\n") if ">>>" in line or line.strip() in ("True", "False")]
             assert all(line in variant.prompt.split("\n") for line in doctest_lines)
 
 
@@ -187,9 +192,14 @@ def test_paraphrase_leaves_the_code_lines_of_prose_prompts():
 
 
 def test_paraphrase_rates():
-    problem = Problem(task_id="t", prompt='def f(s):\n    """Return the largest element of s."""\n',
-                      completion="    return max(s)\n", tests=("assert f('ab') == 'b'",), entry_point="f",
-                      code_prefix='def f(s):\n    """Return the largest element of s."""\n')
+    problem = Problem(
+        task_id="t",
+        prompt='def f(s):\n    """Return the largest element of s."""\n',
+        completion="    return max(s)\n",
+        tests=("assert f('ab') == 'b'",),
+        entry_point="f",
+        code_prefix='def f(s):\n    """Return the largest element of s."""\n',
+    )
     typos = paraphrase_text(problem, 0, synonym_rate=0.0, swap_rate=0.0, typo_rate=1.0).meta["details"]["edits"]
     assert [(e["op"], e["from"]) for e in typos] == [("typo", w) for w in ("Return", "the", "largest", "element")]
     synonyms = paraphrase_text(problem, 0, synonym_rate=1.0, typo_rate=0.0).meta["details"]["edits"]
@@ -199,8 +209,9 @@ def test_paraphrase_rates():
 
 def test_paraphrase_swaps_adjacent_adjectives():
     doc = 'def f(xs):\n    """Return the given sorted list xs, even and odd values apart."""\n'
-    problem = Problem(task_id="t", prompt=doc, completion="    return xs\n", tests=("assert f([1]) == [1]",),
-                      entry_point="f", code_prefix=doc)
+    problem = Problem(
+        task_id="t", prompt=doc, completion="    return xs\n", tests=("assert f([1]) == [1]",), entry_point="f", code_prefix=doc
+    )
     variant = paraphrase_text(problem, 0, synonym_rate=0.0, swap_rate=1.0, typo_rate=0.0)
     assert "the sorted given list xs, odd and even values" in variant.prompt
     _run(variant)
@@ -297,8 +308,14 @@ def test_code_syntax_leaves_few_shot_code_alone():
 
 def test_code_syntax_keeps_parameters_passed_by_keyword():
     doc = 'def inc(x, step):\n    """Return x plus step."""\n'
-    problem = Problem(task_id="t", prompt=doc, completion="    return x + step\n",
-                      tests=("assert inc(1, step=2) == 3", "assert inc(1, 1) == 2"), entry_point="inc", code_prefix=doc)
+    problem = Problem(
+        task_id="t",
+        prompt=doc,
+        completion="    return x + step\n",
+        tests=("assert inc(1, step=2) == 3", "assert inc(1, 1) == 2"),
+        entry_point="inc",
+        code_prefix=doc,
+    )
     variant = perturb_code_syntax(problem, 0)
     assert variant.meta["details"]["renamed"][0]["renamed"].keys() == {"x"}
     assert "step" in variant.code_prefix
@@ -382,8 +399,11 @@ def test_few_shot_examples_are_never_perturbed(name):
 
 _SYSTEM = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
 MBPP_CHAT = replace(
-    MBPP_ZERO_SHOT, task_id="mbpp/add-chat",
-    prompt=_SYSTEM + "<|im_start|>user\n" + MBPP_ZERO_SHOT.prompt.removesuffix("\n```python\n")
+    MBPP_ZERO_SHOT,
+    task_id="mbpp/add-chat",
+    prompt=_SYSTEM
+    + "<|im_start|>user\n"
+    + MBPP_ZERO_SHOT.prompt.removesuffix("\n```python\n")
     + "<|im_end|>\n<|im_start|>assistant\n",
 )
 
@@ -437,8 +457,10 @@ def mbpp_test_problems():
     records = mbpp.load_mbpp(path)
     few_shot = sorted((r for r in records if r.task_id in mbpp.AUSTIN_FEW_SHOT_IDS), key=lambda r: r.task_id)
     test = mbpp.split(records, "test")
-    return {fmt: [(r, mbpp.to_problem(r, fmt, few_shot=few_shot if fmt == "austin3shot" else (), tokenizer=tokenizer))
-                  for r in test] for fmt in mbpp.PROMPT_FORMATS}
+    return {
+        fmt: [(r, mbpp.to_problem(r, fmt, few_shot=few_shot if fmt == "austin3shot" else (), tokenizer=tokenizer)) for r in test]
+        for fmt in mbpp.PROMPT_FORMATS
+    }
 
 
 # Of the 500 test prompts, per family: (target part changed, problem text changed, not applicable); the

@@ -19,9 +19,17 @@ DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 QUIXBUGS = DATA / "quixbugs.jsonl"
 needs_data = pytest.mark.skipif(not QUIXBUGS.is_file(), reason=f"QuixBugs data not found at {QUIXBUGS}")
 
-GRAPH_PROGRAMS = {"breadth_first_search", "depth_first_search", "detect_cycle", "minimum_spanning_tree",
-                  "reverse_linked_list", "shortest_path_length", "shortest_path_lengths", "shortest_paths",
-                  "topological_ordering"}
+GRAPH_PROGRAMS = {
+    "breadth_first_search",
+    "depth_first_search",
+    "detect_cycle",
+    "minimum_spanning_tree",
+    "reverse_linked_list",
+    "shortest_path_length",
+    "shortest_path_lengths",
+    "shortest_paths",
+    "topological_ordering",
+}
 NODE_FREE_GRAPH_PROGRAMS = {"minimum_spanning_tree", "shortest_path_lengths", "shortest_paths"}
 LOOPING_BUGGY = {"bitcount", "sqrt"}  # their buggy versions never return on the first case
 
@@ -62,7 +70,7 @@ def test_comparisons_follow_the_pytest_test_cases(programs):
 def test_cases_skipped_upstream_are_listed_not_checked(programs):
     skipped = {name: p.skipped_cases for name, p in programs.items() if p.skipped_cases}
     assert set(skipped) == {"knapsack", "levenshtein"}
-    (index, reason), = skipped["knapsack"]
+    ((index, reason),) = skipped["knapsack"]
     assert "--runslow" in reason
     assert programs["knapsack"].cases[index][0][0] == 6404180
     assert not any("6404180" in check for check in programs["knapsack"].checks)
@@ -113,8 +121,13 @@ def test_problem_assembly(programs):
     assert problem.task_id == "quixbugs/gcd" and problem.entry_point == "gcd"
     assert problem.completion == gcd.correct and problem.code_prefix == ""
     assert problem.tests == gcd.checks and problem.setup == ""
-    assert problem.meta == {"name": "gcd", "buggy": gcd.buggy, "correct": gcd.correct, "harness_kind": "json",
-                            "skipped_cases": []}
+    assert problem.meta == {
+        "name": "gcd",
+        "buggy": gcd.buggy,
+        "correct": gcd.correct,
+        "harness_kind": "json",
+        "skipped_cases": [],
+    }
     assert gcd.buggy.strip("\n") in problem.prompt
     assert problem.program(gcd.correct) == gcd.correct + "\n\n" + TESTS_MARKER + "\n\n" + "\n".join(gcd.checks) + "\n"
     graph = to_problem(programs["detect_cycle"])
@@ -134,8 +147,11 @@ def test_failing_test_hint_names_the_first_failing_check(programs):
 
 def test_prompt_rendering_golden():
     program = QuixBugsProgram(
-        name="add", buggy="\ndef add(a, b):\n    return a - b\n\n\"\"\"\nAdd\n\"\"\"\n",
-        correct="def add(a, b):\n    return a + b\n", cases=(([1, 2], 3),), harness_kind="json",
+        name="add",
+        buggy='\ndef add(a, b):\n    return a - b\n\n"""\nAdd\n"""\n',
+        correct="def add(a, b):\n    return a + b\n",
+        cases=(([1, 2], 3),),
+        harness_kind="json",
         checks=("assert add(1, 2) == 3",),
     )
     assert to_problem(program).prompt == (

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from ftcompare.cli import app
 from ftcompare.config import parse_config
-from ftcompare.data.tasks import finetune_examples, load_study_tasks, load_task
+from ftcompare.data.suites import load_task
+from ftcompare.data.tasks import finetune_examples, load_study_tasks
 from ftcompare.study import run_study
 from ftcompare.train.loop import IGNORE_INDEX
 from tests.conftest import TINY_BUILTIN
@@ -17,9 +18,15 @@ pytestmark = pytest.mark.skipif(not (SHARED / "mbpp.jsonl").is_file(), reason=".
 
 
 def _config(**overrides):
-    return parse_config({"experiment": "t", "methods": [{"kind": "full"}],
-                         "task": {"kind": "mbpp", "data": str(SHARED / "mbpp.jsonl"), "format": "austin3shot"},
-                         "extra_suites": [{"kind": "quixbugs", "data": str(SHARED / "quixbugs.jsonl")}], **overrides})
+    return parse_config(
+        {
+            "experiment": "t",
+            "methods": [{"kind": "full"}],
+            "task": {"kind": "mbpp", "data": str(SHARED / "mbpp.jsonl"), "format": "austin3shot"},
+            "extra_suites": [{"kind": "quixbugs", "data": str(SHARED / "quixbugs.jsonl")}],
+            **overrides,
+        }
+    )
 
 
 def test_mbpp_task_trains_on_train_and_evaluates_on_test_with_quixbugs_out_of_domain():
@@ -47,8 +54,8 @@ def test_long_prompts_lose_their_start_not_their_target():
     limit = len(target) + 50
     assert len(problem.prompt) > 50  # so the prompt really is cut
     ids, labels = finetune_examples([problem], _CharTokenizer(), max_length=limit)[0]
-    assert len(ids) == limit and ids[-len(target):] == target and ids[:50] == [ord(c) for c in problem.prompt[-50:]]
-    assert labels[-len(target):] == target and labels[:50] == [IGNORE_INDEX] * 50
+    assert len(ids) == limit and ids[-len(target) :] == target and ids[:50] == [ord(c) for c in problem.prompt[-50:]]
+    assert labels[-len(target) :] == target and labels[:50] == [IGNORE_INDEX] * 50
 
 
 def test_dry_run_of_the_mbpp_example_counts_the_cost_offline():
@@ -61,12 +68,21 @@ def test_dry_run_of_the_mbpp_example_counts_the_cost_offline():
 @pytest.mark.slow
 def test_a_study_on_mbpp_and_quixbugs_runs_end_to_end(tmp_path, tiny_base, cache_dir, monkeypatch):
     monkeypatch.setenv("FTCOMPARE_CACHE", str(cache_dir))
-    config = _config(base={"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-                     training={"max_steps": 2, "batch_size": 2, "max_length": 256},
-                     evaluation={"n_samples": 0, "k": [1], "max_new_tokens": 8, "limit": 2, "timeout_s": 5,
-                                 "forgetting": None, "latency": None,
-                                 "robustness": {"s": 1, "perturbations": ["code_syntax", "function_name"]}},
-                     analyses={"spectral": None})
+    config = _config(
+        base={"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+        training={"max_steps": 2, "batch_size": 2, "max_length": 256},
+        evaluation={
+            "n_samples": 0,
+            "k": [1],
+            "max_new_tokens": 8,
+            "limit": 2,
+            "timeout_s": 5,
+            "forgetting": None,
+            "latency": None,
+            "robustness": {"s": 1, "perturbations": ["code_syntax", "function_name"]},
+        },
+        analyses={"spectral": None},
+    )
     experiment = run_study(config, tmp_path)
     metrics = yaml.safe_load((experiment / "full-s0" / "metrics.json").read_text())
     # code_syntax renames variables of the target's code: MBPP's prompt shows none, so it is not applicable
@@ -78,18 +94,31 @@ def test_a_study_on_mbpp_and_quixbugs_runs_end_to_end(tmp_path, tiny_base, cache
     assert set(metrics["suites"]) == {"test", "quixbugs"}
     assert metrics["suites"]["test"]["in_domain"] and not metrics["suites"]["quixbugs"]["in_domain"]
     repair = metrics["suites"]["quixbugs"]["greedy"]
-    assert {"pass@1", "token_f1", "line_edit_f1", "token_precision", "token_recall", "mean_reasoning_tokens", "seconds_per_problem"} <= set(repair)
+    assert {
+        "pass@1",
+        "token_f1",
+        "line_edit_f1",
+        "token_precision",
+        "token_recall",
+        "mean_reasoning_tokens",
+        "seconds_per_problem",
+    } <= set(repair)
     assert sum(repair["status_counts"].values()) == 2
 
 
 def test_a_task_file_broken_after_the_config_loaded_still_fails_as_one_named_line(tmp_path):
-    from ftcompare.config import InputError
+    from ftcompare.schema import InputError
 
     problem = {"prompt": "def f(x):\n", "completion": "    return x\n", "tests": ["assert f(1) == 1"]}
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text(json.dumps(problem) + "\n")
-    config = parse_config({"experiment": "t", "methods": [{"kind": "full"}],
-                           "task": {"kind": "jsonl", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")}})
+    config = parse_config(
+        {
+            "experiment": "t",
+            "methods": [{"kind": "full"}],
+            "task": {"kind": "jsonl", "train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")},
+        }
+    )
     assert len(load_task(config.task).train) == 1
     (tmp_path / "test.jsonl").write_text(json.dumps({**problem, "tests": "assert f(1) == 1"}) + "\n")
     with pytest.raises(InputError, match=r"test\.jsonl:1: tests: must be a list of assert statements, got one string"):
@@ -101,11 +130,19 @@ def test_a_jsonl_problem_is_checked_on_plain_data_like_every_suite(tmp_path):
     from ftcompare.evaluate.sandbox import run_programs
 
     path = tmp_path / "test.jsonl"
-    path.write_text(json.dumps({"prompt": "def f(x):\n", "completion": "    return x + 1\n",
-                                "code_prefix": "def f(x):\n", "tests": ["assert f(1) == 2"]}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "prompt": "def f(x):\n",
+                "completion": "    return x + 1\n",
+                "code_prefix": "def f(x):\n",
+                "tests": ["assert f(1) == 2"],
+            }
+        )
+        + "\n"
+    )
     (problem,) = load_jsonl_problems(path, "test")
     always_equal = "    class Same:\n        __eq__ = lambda self, other: True\n    return Same()\n"
-    right, wrong = run_programs([problem.program(problem.completion), problem.program(always_equal)],
-                                timeout_s=10, memory_mb=512)
+    right, wrong = run_programs([problem.program(problem.completion), problem.program(always_equal)], timeout_s=10, memory_mb=512)
     assert right.passed and right.checks["plain_data"] == 1
     assert not wrong.passed and "not plain data" in wrong.exception

@@ -60,16 +60,18 @@ def test_first_python_fenced_block_wins():
     # SmolLM2's kind of answer to mbpp/18: the function, then a usage example in a block of its own. The
     # last block (the old rule) is the print, which scores 0; lm-eval's mbpp_instruct takes the first.
     code = "def remove_dirty_chars(string, second_string):\n    return ''.join(c for c in string if c not in second_string)\n"
-    text = ("Here is a function that removes the characters of the second string from the first:\n\n"
-            "```python\n" + code + "```\n\nYou can use it like this:\n\n"
-            "```python\nprint(remove_dirty_chars(\"probasscurve\", \"pros\"))  # Output: bacuve\n```\n")
+    text = (
+        "Here is a function that removes the characters of the second string from the first:\n\n"
+        "```python\n" + code + "```\n\nYou can use it like this:\n\n"
+        '```python\nprint(remove_dirty_chars("probasscurve", "pros"))  # Output: bacuve\n```\n'
+    )
     assert extract_code(text) == Extracted(code, "fenced", "", True)
     text = "First try:\n```python\n" + SOLUTION + "```\nA test:\n```py\nassert add(1, 2) == 3\n```\nDone."
     assert extract_code(text) == Extracted(SOLUTION, "fenced", "", True)
 
 
 def test_non_python_blocks_are_ignored():
-    text = "```python\n" + SOLUTION + "```\nInput:\n```json\n{\"a\": 1, \"b\": 2}\n```\n```bash\npython run.py\n```"
+    text = "```python\n" + SOLUTION + '```\nInput:\n```json\n{"a": 1, "b": 2}\n```\n```bash\npython run.py\n```'
     assert extract_code(text).code == SOLUTION
     text = "Install nothing:\n```bash\npip --version\n```\n```python\n" + SOLUTION + "```\n```python\nprint(add(1, 2))\n```"
     assert extract_code(text).code == SOLUTION
@@ -133,11 +135,15 @@ def test_whole_text_when_it_parses():
 @pytest.mark.parametrize(
     "text, code",
     [
-        ("Here is the solution:\n\nimport math\n\n" + SOLUTION + "\nThis adds a and b, it's O(1).\n",
-         "import math\n\n" + SOLUTION),
+        (
+            "Here is the solution:\n\nimport math\n\n" + SOLUTION + "\nThis adds a and b, it's O(1).\n",
+            "import math\n\n" + SOLUTION,
+        ),
         ("total = a + b is what we need, so:\n\n" + SOLUTION + "Done", SOLUTION),  # looks like code, is not
-        ("Read two numbers:\nn, m = map(int, input().split())\nprint(n + m)\nThat's all.",
-         "n, m = map(int, input().split())\nprint(n + m)\n"),
+        (
+            "Read two numbers:\nn, m = map(int, input().split())\nprint(n + m)\nThat's all.",
+            "n, m = map(int, input().split())\nprint(n + m)\n",
+        ),
         ("Here:\nx = (1,\n     2)\nprint(x)\nok thanks", "x = (1,\n     2)\nprint(x)\n"),
     ],
 )

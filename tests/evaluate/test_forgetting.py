@@ -8,10 +8,12 @@ def _row(a, b, c, loss=None):
 
 
 def test_forgetting_matrix_on_a_constructed_sequence():
-    rows = [_row(0.0, 0.0, 0.0, 2.0),  # base
-            _row(0.8, 0.1, 0.0, 2.5),  # after a
-            _row(0.6, 0.9, 0.0, 2.7),  # after b
-            _row(0.2, 0.5, 0.7, 3.0)]  # after c
+    rows = [
+        _row(0.0, 0.0, 0.0, 2.0),  # base
+        _row(0.8, 0.1, 0.0, 2.5),  # after a
+        _row(0.6, 0.9, 0.0, 2.7),  # after b
+        _row(0.2, 0.5, 0.7, 3.0),
+    ]  # after c
     result = forgetting_matrix(["a", "b", "c"], rows)
     assert result["rows"] == ["base", "after a", "after b", "after c"]
     assert result["pass@1"][2] == [0.6, 0.9, 0.0]

@@ -1,5 +1,4 @@
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ftcompare.evaluate.generation import SamplingSettings, decode_new_tokens, extract_body, generate, generation_tokens_per_s
@@ -105,7 +104,6 @@ def test_results_come_back_in_prompt_order_whatever_the_batching(model_and_token
     assert batched == one_at_a_time
 
 
-
 PROMPTS = ["def f(x):\n", 'def longer_name(values):\n    """Return the sum."""\n', "import os\n", "class A:\n"]
 
 
@@ -166,4 +164,6 @@ def test_continuous_batching_gives_the_greedy_answers_of_generate(model_and_toke
     continuous, _ = generate(model, tokenizer, PROMPTS[:3], SamplingSettings(**{**settings.__dict__, "backend": "continuous"}))
     assert continuous == expected
     with pytest.raises(ValueError, match="round_tokens"):
-        generate(model, tokenizer, PROMPTS[:1], SamplingSettings(**{**settings.__dict__, "backend": "continuous", "round_tokens": 2}))
+        generate(
+            model, tokenizer, PROMPTS[:1], SamplingSettings(**{**settings.__dict__, "backend": "continuous", "round_tokens": 2})
+        )

@@ -3,7 +3,8 @@ from fractions import Fraction
 
 import pytest
 
-from ftcompare.evaluate.metrics import mean_pass_at_k, mean_stderr, paired_difference, pass_at_k, sign_test_p
+from ftcompare.evaluate.metrics import mean_stderr, paired_difference, pass_at_k, sign_test_p
+
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
     return 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
@@ -11,11 +12,7 @@ def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
 
 def test_pass_at_k_equals_the_combinatorial_formula():
     grid = [(n, c, k) for n in range(1, 21) for c in range(n + 1) for k in range(1, n + 1)]
-    wrong = [
-        (n, c, k)
-        for n, c, k in grid
-        if pass_at_k(n, c, k) != pytest.approx(float(exact_pass_at_k(n, c, k)), abs=1e-12)
-    ]
+    wrong = [(n, c, k) for n, c, k in grid if pass_at_k(n, c, k) != pytest.approx(float(exact_pass_at_k(n, c, k)), abs=1e-12)]
     assert wrong == []
 
 
@@ -50,22 +47,6 @@ def test_pass_at_k_rejects_arguments_out_of_range(n, c, k, argument):
 def test_pass_at_k_rejects_non_integers():
     with pytest.raises(TypeError):
         pass_at_k(10, 2.5, 1)
-
-
-def test_mean_pass_at_k_averages_over_problems():
-    counts = [(10, 0), (10, 10), (10, 3)]
-    expected = (0.0 + 1.0 + pass_at_k(10, 3, 5)) / 3
-    assert mean_pass_at_k(counts, 5) == pytest.approx(expected)
-
-
-def test_mean_pass_at_k_rejects_a_problem_with_fewer_than_k_samples():
-    with pytest.raises(ValueError, match=r"counts\[1\] has n=3"):
-        mean_pass_at_k([(10, 2), (3, 1)], 5)
-
-
-def test_mean_pass_at_k_rejects_no_problems():
-    with pytest.raises(ValueError, match="counts"):
-        mean_pass_at_k([], 1)
 
 
 def test_mean_stderr_is_the_sample_sd_over_root_n_and_needs_two_values():

@@ -10,7 +10,6 @@ from ftcompare.evaluate.repair import (
     code_tokens,
     line_edit_f1,
     repair_f1_scores,
-    repair_rate,
     token_f1,
 )
 from ftcompare.evaluate.sandbox import SandboxResult
@@ -33,8 +32,7 @@ F
 Sums xs.
 """
 '''
-FIXED = ("def f(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n\n"
-         "def g(n):\n    return n * 2\n")
+FIXED = "def f(xs):\n    total = 0\n    for x in xs:\n        total += x\n    return total\n\ndef g(n):\n    return n * 2\n"
 
 
 def edits(before, after):
@@ -43,8 +41,14 @@ def edits(before, after):
 
 def test_code_lines_drop_blanks_trailing_space_and_the_trailing_docstring():
     assert [text for _, text in code_lines(BUGGY)] == [
-        "def f(xs):", "    total = 0", "    for x in xs:", "        total -= x", "    return total",
-        "def g(n):", "    return n * 2"]
+        "def f(xs):",
+        "    total = 0",
+        "    for x in xs:",
+        "        total -= x",
+        "    return total",
+        "def g(n):",
+        "    return n * 2",
+    ]
     assert code_lines(BUGGY)[0] == (2, "def f(xs):")
     leading = '"""Module docstring."""\nx = 1\n'
     assert code_lines(leading) == [(1, '"""Module docstring."""'), (2, "x = 1")]
@@ -97,18 +101,9 @@ def test_edits_are_a_multiset():
 
 
 def _result(passed: bool) -> SandboxResult:
-    return SandboxResult(status="passed" if passed else "failed", passed=passed, stdout="", stderr="",
-                         duration_s=0.0, exception=None, isolation={})
-
-
-def test_repair_rate():
-    assert repair_rate([_result(True), _result(False), _result(False), _result(True)]) == 0.5
-    assert repair_rate([{"task_id": "a", "passed": True}, {"task_id": "b", "passed": False},
-                        {"task_id": "c", "passed": False}]) == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="repeated task_id"):
-        repair_rate([{"task_id": "a", "passed": True}, {"task_id": "a", "passed": False}])
-    with pytest.raises(ValueError):
-        repair_rate([])
+    return SandboxResult(
+        status="passed" if passed else "failed", passed=passed, stdout="", stderr="", duration_s=0.0, exception=None, isolation={}
+    )
 
 
 @pytest.mark.skipif(not (DATA / "quixbugs.jsonl").is_file(), reason="QuixBugs data not found")

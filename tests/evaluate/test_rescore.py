@@ -12,18 +12,26 @@ from ftcompare.runs.store import write_json, write_jsonl
 
 
 def _records(suite: str, mode: str, verdicts: dict[str, list[bool]]) -> list[dict]:
-    return [{"suite": suite, "mode": mode, "task_id": task, "passed": passed}
-            for task, outcomes in verdicts.items() for passed in outcomes]
+    return [
+        {"suite": suite, "mode": mode, "task_id": task, "passed": passed}
+        for task, outcomes in verdicts.items()
+        for passed in outcomes
+    ]
 
 
 # greedy: 2 of 4 problems pass; sampled (n=3): problem a passes 2 of 3, b 0 of 3
-RECORDS = (_records("test", "greedy", {"a": [True], "b": [False], "c": [True], "d": [False]})
-           + _records("test", "sampled", {"a": [True, False, True], "b": [False, False, False]}))
+RECORDS = _records("test", "greedy", {"a": [True], "b": [False], "c": [True], "d": [False]}) + _records(
+    "test", "sampled", {"a": [True, False, True], "b": [False, False, False]}
+)
 # what an older ftcompare stored: the means only
-OLD_SUITES = {"test": {"greedy": {"pass@1": 0.5, "problems": 4, "mean_new_tokens": 12.0},
-                       "sampled": {"pass@1": 1 / 3, "pass@3": 0.5, "n": 3},
-                       "in_domain": True},
-              "ood": {"greedy": {"pass@1": 0.25}}}  # no records for this suite: kept as it is
+OLD_SUITES = {
+    "test": {
+        "greedy": {"pass@1": 0.5, "problems": 4, "mean_new_tokens": 12.0},
+        "sampled": {"pass@1": 1 / 3, "pass@3": 0.5, "n": 3},
+        "in_domain": True,
+    },
+    "ood": {"greedy": {"pass@1": 0.25}},
+}  # no records for this suite: kept as it is
 
 
 def test_rescoring_adds_standard_errors_and_per_problem_scores_and_keeps_the_rest():
@@ -105,12 +113,18 @@ def _rotate_ids(records, mode):
     return [{**r, "task_id": shift[r["task_id"]]} if r["mode"] == mode else r for r in records]
 
 
-@pytest.mark.parametrize("records, message", [
-    (_swap_verdicts(RECORDS, "a", "b"), "test greedy per-problem pass@1 of 'a': the metrics say 1.0, the per-sample records give 0.0"),
-    (_rotate_ids(RECORDS, "greedy"), "test greedy per-problem pass@1 of 'a'"),
-    ([{**r, "task_id": r["task_id"].upper()} for r in RECORDS], "test greedy: the task ids differ"),
-    ([r for r in RECORDS if r["task_id"] != "d"] + [{**RECORDS[3], "task_id": "e"}], "test greedy: the task ids differ"),
-])
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        (
+            _swap_verdicts(RECORDS, "a", "b"),
+            "test greedy per-problem pass@1 of 'a': the metrics say 1.0, the per-sample records give 0.0",
+        ),
+        (_rotate_ids(RECORDS, "greedy"), "test greedy per-problem pass@1 of 'a'"),
+        ([{**r, "task_id": r["task_id"].upper()} for r in RECORDS], "test greedy: the task ids differ"),
+        ([r for r in RECORDS if r["task_id"] != "d"] + [{**RECORDS[3], "task_id": "e"}], "test greedy: the task ids differ"),
+    ],
+)
 def test_records_with_the_same_means_but_other_problems_are_refused(records, message):
     assert pass_at_k_table([r for r in records if r["mode"] == "greedy"], [1])["pass@1"] == 0.5  # the mean alone agrees
     with pytest.raises(RecordsDisagree, match=re.escape(message)):
@@ -128,8 +142,9 @@ def test_without_stored_per_problem_scores_the_problem_count_and_samples_are_che
 def test_ids_rotated_in_one_mode_only_show_as_two_prompts_for_one_id():
     records = [{**r, "prompt": f"prompt of {r['task_id']}"} for r in RECORDS]
     with pytest.raises(RecordsDisagree, match="test: task id 'b' is recorded with two different prompts"):
-        rescored_suites(OLD_SUITES, [{**r, "task_id": {"a": "b", "b": "a"}[r["task_id"]]} if r["mode"] == "sampled" else r
-                                     for r in records])
+        rescored_suites(
+            OLD_SUITES, [{**r, "task_id": {"a": "b", "b": "a"}[r["task_id"]]} if r["mode"] == "sampled" else r for r in records]
+        )
 
 
 def test_the_cli_refuses_swapped_verdicts_and_leaves_the_run_as_it_was(tmp_path):

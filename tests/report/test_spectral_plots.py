@@ -66,6 +66,8 @@ def test_edge_cases_single_layer_no_intruders_and_empty():
     assert spectral_plots.spectral_features_by_layer({}).startswith(PNG)
     assert spectral_plots.intruders_by_layer({"full-s0": {"total_intruders": 0}}).startswith(PNG)
     assert spectral_plots.intruder_positions({"full-s0": {"total_intruders": 0}}).startswith(PNG)
-    old = [{"name": "lm_head.weight", "delta_effective_rank": 2.0},
-           {"name": "model.layers.0.q_proj.weight", "delta_effective_rank": 2.0, "relative_delta_norm": float("inf")}]
+    old = [
+        {"name": "lm_head.weight", "delta_effective_rank": 2.0},
+        {"name": "model.layers.0.q_proj.weight", "delta_effective_rank": 2.0, "relative_delta_norm": float("inf")},
+    ]
     assert spectral_plots.spectral_features_by_layer({"full-s0": old, "lora-r4-s0": []}).startswith(PNG)

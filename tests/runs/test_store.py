@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from ftcompare.config import InputError
 from ftcompare.runs import store
 from ftcompare.runs.store import RunDir, atomic_write_text, read_json, read_jsonl, run_dirs, write_json, write_jsonl
+from ftcompare.schema import InputError
 
 
 def test_json_and_jsonl_round_trip(tmp_path):
@@ -57,8 +57,13 @@ def test_progress_names_the_last_stage_a_run_recorded(tmp_path):
     assert run.progress == "done"
 
 
-@pytest.mark.parametrize("content, message", [(b'{"runs": [', "not valid JSON (Expecting value at line 1 column 11)"),
-                                              (b"\xff{}", "not UTF-8 text (byte 0xff at offset 0)")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"runs": [', "not valid JSON (Expecting value at line 1 column 11)"),
+        (b"\xff{}", "not UTF-8 text (byte 0xff at offset 0)"),
+    ],
+)
 def test_a_broken_record_is_named(tmp_path, content, message):
     path = tmp_path / "study.json"
     path.write_bytes(content)
@@ -74,6 +79,7 @@ def test_a_full_disk_is_an_output_error_naming_the_file_and_other_os_errors_stay
     def replace_with(code):
         def broken(src, dst):
             raise OSError(code, os.strerror(code))
+
         return broken
 
     monkeypatch.setattr(store.os, "replace", replace_with(errno.ENOSPC))

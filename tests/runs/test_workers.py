@@ -13,8 +13,17 @@ import yaml
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
-from ftcompare.runs.workers import (ALLOCATOR_ENV, SHARED_GPU_MEMORY, WORKER_ENV, Job, Worker, _with_user_allocator, claimed,
-                                   work_through, worker_environments)
+from ftcompare.runs.workers import (
+    ALLOCATOR_ENV,
+    SHARED_GPU_MEMORY,
+    WORKER_ENV,
+    Job,
+    Worker,
+    _with_user_allocator,
+    claimed,
+    work_through,
+    worker_environments,
+)
 from tests.conftest import TINY_BUILTIN
 
 
@@ -29,10 +38,19 @@ def test_a_claim_is_exclusive_until_released(tmp_path):
 
 def test_a_claim_lapses_when_its_holder_dies(tmp_path):
     lock = tmp_path / ".claim"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, sys, time\n"
-        f"handle = open({str(lock)!r}, 'a'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
-        "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, sys, time\n"
+                f"handle = open({str(lock)!r}, 'a'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+                "print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with claimed(lock) as mine:
@@ -53,6 +71,7 @@ def _jobs(tmp_path, count, log, pause_s=0.0):
             time.sleep(pause_s)
             log.append(index)
             finished.add(index)
+
         return Job(tmp_path / f"job{index}.claim", lambda: index in finished, do)
 
     return [job(index) for index in range(count)], finished
@@ -147,17 +166,26 @@ def test_a_worker_reads_its_identity_from_the_environment(monkeypatch):
 
 @pytest.mark.slow
 def test_two_worker_processes_share_a_study_with_learning_rate_selection(tmp_path, tiny_base, cache_dir):
-    study = {"experiment": "shared", "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-             "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 3},
-             "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
-             "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
-             "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 6, "latency": None,
-                            "forgetting": {"n_chunks": 2, "chunk_tokens": 32}},
-             "analyses": {"spectral": {"k": 2, "epsilon": 0.5}}}
+    study = {
+        "experiment": "shared",
+        "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+        "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 3},
+        "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
+        "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
+        "evaluation": {
+            "n_samples": 0,
+            "k": [1],
+            "max_new_tokens": 6,
+            "latency": None,
+            "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
+        },
+        "analyses": {"spectral": {"k": 2, "epsilon": 0.5}},
+    }
     config_path = tmp_path / "study.yaml"
     config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path), "--workers", "2"],
-                                env={"FTCOMPARE_CACHE": str(cache_dir)})
+    result = CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(tmp_path), "--workers", "2"], env={"FTCOMPARE_CACHE": str(cache_dir)}
+    )
     assert result.exit_code == 0, result.output
     assert "2 workers share the CPU" in result.output
     experiment = tmp_path / "shared"
@@ -174,9 +202,14 @@ def test_two_worker_processes_share_a_study_with_learning_rate_selection(tmp_pat
 
 
 def test_workers_on_cuda_without_a_gpu_fail_before_any_worker_starts(tmp_path):
-    study = {"experiment": "nogpu", "device": "cuda", "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-             "task": {"kind": "generated", "n_train": 8, "n_test": 2, "n_ood": 2},
-             "methods": [{"kind": "full", "lr": 1e-3}], "training": {"max_steps": 1}}
+    study = {
+        "experiment": "nogpu",
+        "device": "cuda",
+        "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
+        "task": {"kind": "generated", "n_train": 8, "n_test": 2, "n_ood": 2},
+        "methods": [{"kind": "full", "lr": 1e-3}],
+        "training": {"max_steps": 1},
+    }
     config_path = tmp_path / "study.yaml"
     config_path.write_text(yaml.safe_dump(study))
     result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path), "--workers", "2"])

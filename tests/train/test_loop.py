@@ -4,8 +4,7 @@ import time
 import pytest
 import torch
 
-from ftcompare.train.loop import (IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train,
-                                   trainable_parameters_in)
+from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, pad_batch, train, trainable_parameters_in
 from tests.helpers import copy_examples, tiny_llama
 
 
@@ -19,8 +18,12 @@ def test_pad_batch_right_pads_and_masks():
 
 def test_epoch_batches_are_seeded_and_full_size():
     examples = copy_examples(10)
-    first = [b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))]
-    again = [b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))]
+    first = [
+        b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))
+    ]
+    again = [
+        b["input_ids"].tolist() for _, b in zip(range(6), epoch_batches(examples, batch_size=4, pad_id=0, max_length=8, seed=1))
+    ]
     assert first == again
     assert all(len(b) == 4 for b in first)
 
@@ -31,8 +34,9 @@ def test_training_lowers_the_completion_loss_and_logs(tmp_path):
     batch = pad_batch(examples, pad_id=0, max_length=8)
     before = model(**batch).loss.item()
     settings = TrainSettings(lr=1e-2, steps=30, warmup_steps=3, log_every=10, seed=0)
-    result = train(model, epoch_batches(examples, batch_size=8, pad_id=0, max_length=8, seed=0), settings,
-                   log_path=tmp_path / "log.jsonl")
+    result = train(
+        model, epoch_batches(examples, batch_size=8, pad_id=0, max_length=8, seed=0), settings, log_path=tmp_path / "log.jsonl"
+    )
     after = model(**batch).loss.item()
     assert after < before * 0.5
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -45,8 +49,11 @@ def test_training_lowers_the_completion_loss_and_logs(tmp_path):
 def test_training_is_deterministic_for_a_seed():
     def run():
         model = tiny_llama()
-        train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
-              TrainSettings(lr=1e-2, steps=5, seed=0))
+        train(
+            model,
+            epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+            TrainSettings(lr=1e-2, steps=5, seed=0),
+        )
         return [p.detach().clone() for p in model.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(run(), run()))
@@ -56,8 +63,9 @@ def test_frozen_parameters_stay_frozen():
     model = tiny_llama()
     model.model.embed_tokens.weight.requires_grad_(False)
     frozen = model.model.embed_tokens.weight.detach().clone()
-    result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
-                   TrainSettings(lr=1e-2, steps=3))
+    result = train(
+        model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0), TrainSettings(lr=1e-2, steps=3)
+    )
     assert torch.equal(model.model.embed_tokens.weight, frozen)
     assert result.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -68,9 +76,13 @@ def _bf16_weights_moved(master: torch.dtype | None) -> tuple[float, set]:
     model = tiny_llama(dtype=torch.bfloat16)
     before = [p.detach().clone() for p in model.parameters()]
     with trainable_parameters_in(model, master):
-        train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
-              TrainSettings(lr=1e-5, steps=20, schedule="constant", grad_clip=None,
-                            autocast_dtype=torch.bfloat16 if master else None))
+        train(
+            model,
+            epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+            TrainSettings(
+                lr=1e-5, steps=20, schedule="constant", grad_clip=None, autocast_dtype=torch.bfloat16 if master else None
+            ),
+        )
     changed = sum(int((a != b).sum()) for a, b in zip(before, model.parameters()))
     return changed / sum(p.numel() for p in before), {p.dtype for p in model.parameters()}
 
@@ -95,13 +107,20 @@ def test_only_trainable_parameters_are_held_in_the_master_dtype():
 
 def test_steady_state_throughput_leaves_out_the_first_steps():
     model, slow_first = tiny_llama(), lambda step, loss: time.sleep(0.5) if step == 1 else None
-    result = train(model, epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
-                   TrainSettings(lr=1e-2, steps=8, throughput_skip_steps=2), on_step=slow_first)
+    result = train(
+        model,
+        epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+        TrainSettings(lr=1e-2, steps=8, throughput_skip_steps=2),
+        on_step=slow_first,
+    )
     assert result.steady_skipped_steps == 2 and result.steady_tokens == 6 * 8 * 5
     assert result.steady_wall_s < result.wall_s - 0.5  # the slow first step is not in the steady window
     assert result.steady_tokens_per_s > 2 * result.tokens_per_s
-    short = train(tiny_llama(), epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
-                  TrainSettings(lr=1e-2, steps=3))
+    short = train(
+        tiny_llama(),
+        epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),
+        TrainSettings(lr=1e-2, steps=3),
+    )
     assert short.steady_skipped_steps == 1 and short.steady_tokens == 2 * 8 * 5  # never more than half the steps
 
 
@@ -122,8 +141,17 @@ def test_the_optimizer_settings_are_used_and_recorded():
     finally:
         torch.optim.AdamW = original
     assert created[0]["betas"] == (0.8, 0.99) and created[0]["eps"] == 1e-6 and created[0]["weight_decay"] == 0.1
-    assert result.recipe == {"optimizer": "AdamW", "lr": 1e-2, "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.1,
-                             "schedule": "linear", "warmup_steps": 1, "steps": 4, "grad_clip": 1.0}
+    assert result.recipe == {
+        "optimizer": "AdamW",
+        "lr": 1e-2,
+        "betas": [0.8, 0.99],
+        "eps": 1e-6,
+        "weight_decay": 0.1,
+        "schedule": "linear",
+        "warmup_steps": 1,
+        "steps": 4,
+        "grad_clip": 1.0,
+    }
 
 
 class _TimedModel:
@@ -147,6 +175,7 @@ def test_latency_is_the_true_median_of_the_timed_runs(monkeypatch, timed, median
     model = _TimedModel([100.0, *timed])  # the warm-up run is slow and left out
     monkeypatch.setattr(generation.time, "perf_counter", model.clock)
     ids = torch.ones((4, 3), dtype=torch.long)
-    tokens_per_s = generation.timed_generate_tokens_per_s(model, ids, torch.ones_like(ids), new_tokens=8, repeats=len(timed),
-                                                          pad_token_id=0)
+    tokens_per_s = generation.timed_generate_tokens_per_s(
+        model, ids, torch.ones_like(ids), new_tokens=8, repeats=len(timed), pad_token_id=0
+    )
     assert tokens_per_s == pytest.approx(4 * 8 / median_s)

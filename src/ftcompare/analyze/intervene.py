@@ -23,7 +23,7 @@ from ftcompare.analyze.spectral import (
     base_spectrum,
     intruder_mask,
 )
-from ftcompare.models.methods import as_out_in
+from ftcompare.models.weights import as_out_in
 
 # ---------------------------------------------------------------- intruder scaling
 

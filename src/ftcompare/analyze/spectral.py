@@ -89,10 +89,20 @@ class MatrixReport:
 
 # Per-matrix float features that features_by_layer / features_by_module_type average.
 SPECTRAL_FEATURES: tuple[str, ...] = (
-    "tuned_effective_rank", "tuned_sv_entropy", "tuned_stable_rank", "tuned_spectral_norm",
-    "base_effective_rank", "base_sv_entropy", "base_stable_rank", "base_spectral_norm",
-    "delta_effective_rank", "delta_sv_entropy", "delta_stable_rank", "delta_spectral_norm",
-    "delta_fro_norm", "relative_delta_norm",
+    "tuned_effective_rank",
+    "tuned_sv_entropy",
+    "tuned_stable_rank",
+    "tuned_spectral_norm",
+    "base_effective_rank",
+    "base_sv_entropy",
+    "base_stable_rank",
+    "base_spectral_norm",
+    "delta_effective_rank",
+    "delta_sv_entropy",
+    "delta_stable_rank",
+    "delta_spectral_norm",
+    "delta_fro_norm",
+    "relative_delta_norm",
 )
 
 
@@ -127,9 +137,7 @@ def _check_shape(base: BaseSpectrum, w: torch.Tensor) -> None:
         raise ValueError(f"tuned matrix has shape {tuple(w.shape)}, base spectrum is for {base.shape}")
 
 
-def _similarity_from_svd(
-    base: BaseSpectrum, u_t: torch.Tensor, vh_t: torch.Tensor, k: int, side: str
-) -> torch.Tensor:
+def _similarity_from_svd(base: BaseSpectrum, u_t: torch.Tensor, vh_t: torch.Tensor, k: int, side: str) -> torch.Tensor:
     """(min(k, r),) max |cos| of each top-k tuned singular vector with all base singular vectors."""
     _check_k(k)
     if side not in _SIDES:
@@ -175,8 +183,12 @@ def _spectral_norm(s: torch.Tensor) -> float:
 def _features(s: torch.Tensor, prefix: str) -> dict[str, float]:
     """{prefix_effective_rank, prefix_sv_entropy, prefix_stable_rank, prefix_spectral_norm} from singular values."""
     s = s.double()
-    return {f"{prefix}_effective_rank": _effective_rank(s), f"{prefix}_sv_entropy": _entropy(s),
-            f"{prefix}_stable_rank": _stable_rank(s), f"{prefix}_spectral_norm": _spectral_norm(s)}
+    return {
+        f"{prefix}_effective_rank": _effective_rank(s),
+        f"{prefix}_sv_entropy": _entropy(s),
+        f"{prefix}_stable_rank": _stable_rank(s),
+        f"{prefix}_spectral_norm": _spectral_norm(s),
+    }
 
 
 # ---------------------------------------------------------------- intruder dimensions
@@ -188,9 +200,7 @@ def base_spectrum(w_base: torch.Tensor) -> BaseSpectrum:
     return BaseSpectrum(u=u, s=s, vh=vh)
 
 
-def max_base_similarity(
-    base: BaseSpectrum, w_tuned: torch.Tensor, *, k: int = PAPER_K, side: str = "left"
-) -> torch.Tensor:
+def max_base_similarity(base: BaseSpectrum, w_tuned: torch.Tensor, *, k: int = PAPER_K, side: str = "left") -> torch.Tensor:
     """Max |cos| of each of the tuned matrix's top-k singular vectors with all base singular vectors.
 
     Takes the base spectrum and the tuned matrix (m, n); returns a float tensor of shape (k,), or
@@ -375,8 +385,7 @@ def _feature_means(matrices: Sequence[dict], group_of, features: Sequence[str]) 
     return {key: {f: sum(v) / len(v) for f, v in group.items()} for key, group in sums.items()}
 
 
-def features_by_layer(matrices: Sequence[dict],
-                      features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
+def features_by_layer(matrices: Sequence[dict], features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
     """Mean of each spectral feature per layer index, from the `matrices` records of spectral.json
     (dicts of MatrixReport fields): {layer: {feature: mean}}, layers in numeric order ("-" = no layer
     number, last). A feature that is absent or None in a record is left out of that mean (and out of
@@ -385,8 +394,7 @@ def features_by_layer(matrices: Sequence[dict],
     return dict(sorted(means.items(), key=lambda item: layer_sort_key(item[0])))
 
 
-def features_by_module_type(matrices: Sequence[dict],
-                            features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
+def features_by_module_type(matrices: Sequence[dict], features: Sequence[str] = SPECTRAL_FEATURES) -> dict[str, dict[str, float]]:
     """Like features_by_layer, grouped by module type (`q_proj`, `up_proj`, ...) in order of first appearance."""
     return _feature_means(matrices, module_type_of, features)
 
@@ -490,22 +498,24 @@ class SpectrumCache:
             metadata = f.metadata() or {}
             spectrum = BaseSpectrum(u=f.get_tensor("u"), s=f.get_tensor("s"), vh=f.get_tensor("vh"))
         if metadata.get("name") != name or metadata.get("base_fingerprint") != self.base_fingerprint:
-            raise ValueError(f"{path}: holds {metadata}, expected name={name!r}, "
-                             f"base_fingerprint={self.base_fingerprint!r}")
+            raise ValueError(f"{path}: holds {metadata}, expected name={name!r}, base_fingerprint={self.base_fingerprint!r}")
         if spectrum.shape != tuple(w_base.shape):
-            raise ValueError(f"{path}: cached spectrum is for shape {spectrum.shape}, "
-                             f"w_base has {tuple(w_base.shape)}; the base fingerprint is stale")
+            raise ValueError(
+                f"{path}: cached spectrum is for shape {spectrum.shape}, "
+                f"w_base has {tuple(w_base.shape)}; the base fingerprint is stale"
+            )
         energy = float((spectrum.s.double() ** 2).sum())
         expected = float(torch.linalg.matrix_norm(_as_matrix(w_base).double()) ** 2)
         if not math.isclose(energy, expected, rel_tol=1e-3, abs_tol=1e-8):
-            raise ValueError(f"{path}: cached spectrum does not match w_base (sum s^2 = {energy:.6g}, "
-                             f"||w_base||_F^2 = {expected:.6g}); the base fingerprint is stale")
+            raise ValueError(
+                f"{path}: cached spectrum does not match w_base (sum s^2 = {energy:.6g}, "
+                f"||w_base||_F^2 = {expected:.6g}); the base fingerprint is stale"
+            )
         return spectrum
 
     def _store(self, path: Path, name: str, spectrum: BaseSpectrum) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"u": spectrum.u.contiguous(), "s": spectrum.s.contiguous(),
-                   "vh": spectrum.vh.contiguous()}
+        tensors = {"u": spectrum.u.contiguous(), "s": spectrum.s.contiguous(), "vh": spectrum.vh.contiguous()}
         metadata = {"name": name, "base_fingerprint": self.base_fingerprint}
         # Temp file in the same directory + os.replace: readers never see a half-written file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -16,10 +16,14 @@ mapping from words to code. Constants are single digits so that a small model ca
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from ftcompare.data.problems import Problem, TaskSplits
+from ftcompare.data.suites import TaskSettings, register_task
 
 INT_ARGS = ("x", "n", "value")
 LIST_ARGS = ("xs", "nums", "values")
@@ -52,8 +56,20 @@ IN_DOMAIN = (
     Family("add_mul", "int", "Return {arg} plus {a}, all times {b}.", "return ({arg} + {a}) * {b}", 2),
     Family("list_scale", "list", "Return a list of every element of {arg} times {a}.", "return [v * {a} for v in {arg}]", 1),
     Family("list_shift", "list", "Return a list of every element of {arg} plus {a}.", "return [v + {a} for v in {arg}]", 1),
-    Family("list_filter", "list", "Return a list of the elements of {arg} greater than {a}.", "return [v for v in {arg} if v > {a}]", 1),
-    Family("list_count", "list", "Return how many elements of {arg} are greater than {a}.", "return sum(1 for v in {arg} if v > {a})", 1),
+    Family(
+        "list_filter",
+        "list",
+        "Return a list of the elements of {arg} greater than {a}.",
+        "return [v for v in {arg} if v > {a}]",
+        1,
+    ),
+    Family(
+        "list_count",
+        "list",
+        "Return how many elements of {arg} are greater than {a}.",
+        "return sum(1 for v in {arg} if v > {a})",
+        1,
+    ),
     Family("list_sum", "list", "Return the sum of the elements of {arg}.", "return sum({arg})", 0),
     Family("list_max", "list", "Return the largest element of {arg}.", "return max({arg})", 0),
     Family("list_len", "list", "Return the number of elements of {arg}.", "return len({arg})", 0),
@@ -64,12 +80,21 @@ OUT_OF_DOMAIN = (
     Family("str_times", "str", "Return {arg} times {a}.", "return {arg} * {a}", 1),
     Family("str_len", "str", "Return the number of elements of {arg}.", "return len({arg})", 0),
     Family("str_max", "str", "Return the largest element of {arg}.", "return max({arg})", 0),
-    Family("str_filter", "str", "Return a list of the elements of {arg} greater than '{a}'.", "return [v for v in {arg} if v > '{a}']", 1, "letter"),
+    Family(
+        "str_filter",
+        "str",
+        "Return a list of the elements of {arg} greater than '{a}'.",
+        "return [v for v in {arg} if v > '{a}']",
+        1,
+        "letter",
+    ),
     # string idioms fine-tuning never shows: what the base knew from pre-training
     Family("str_upper", "str", "Return {arg} in upper case.", "return {arg}.upper()", 0),
     Family("str_reverse", "str", "Return {arg} reversed.", "return {arg}[::-1]", 0),
     Family("str_prefix", "str", "Return the first {a} characters of {arg}.", "return {arg}[:{a}]", 1),
-    Family("str_count", "str", "Return how many times the letter '{a}' occurs in {arg}.", "return {arg}.count('{a}')", 1, "letter"),
+    Family(
+        "str_count", "str", "Return how many times the letter '{a}' occurs in {arg}.", "return {arg}.count('{a}')", 1, "letter"
+    ),
 )
 
 _ARGS_BY_KIND = {"int": INT_ARGS, "list": LIST_ARGS, "str": STR_ARGS}
@@ -134,8 +159,9 @@ def make_problem(key: tuple[Family, str, tuple], rng: random.Random, task_id: st
     )
 
 
-def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, families: list[str] | None = None,
-                  test_key_fraction: float = 0.2) -> TaskSplits:
+def generate_task(
+    *, seed: int, n_train: int, n_test: int, n_ood: int, families: list[str] | None = None, test_key_fraction: float = 0.2
+) -> TaskSplits:
     """Train / in-domain test / out-of-domain test splits, deterministic from `seed`.
 
     `families` picks the in-domain families by name (default: the 15 integer and list families); the
@@ -167,3 +193,38 @@ def generate_task(*, seed: int, n_train: int, n_test: int, n_ood: int, families:
     if n_ood and ood_pool:
         suites["ood"] = draw(ood_pool, n_ood, "ood")
     return TaskSplits(name="generated", train=train, suites=suites)
+
+
+@register_task
+class GeneratedTask(TaskSettings):
+    """The built-in MBPP-style task: small Python functions of 15 integer and list families (in domain) and
+    string families (out of domain), generated from a seed; nothing is downloaded."""
+
+    kind: Literal["generated"] = Field(default="generated", description="Selects this task: the built-in generated problems.")
+    seed: int = Field(default=0, description="Seed of the generated problems (the same seed, the same task).")
+    n_train: int = Field(default=2000, gt=0, description="Training problems.")
+    n_test: int = Field(default=100, gt=0, description="In-domain test problems (the suite `test`).")
+    n_ood: int = Field(default=100, ge=0, description="Out-of-domain test problems (the suite `ood`; 0: none).")
+    families: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Fine-tune and test on these families only (None: the 15 integer and list families); string "
+        "families listed here become in domain and leave the out-of-domain suite.",
+    )
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [name for name in value or () if name not in FAMILY_NAMES]
+        if unknown:
+            raise ValueError(f"unknown families {unknown}; known: {', '.join(FAMILY_NAMES)}")
+        return value
+
+    def suite_names(self) -> list[str]:
+        return ["test", "ood"] if self.n_ood and ood_families(self.families) else ["test"]
+
+    def load(self, tokenizer=None) -> TaskSplits:
+        return generate_task(seed=self.seed, n_train=self.n_train, n_test=self.n_test, n_ood=self.n_ood, families=self.families)
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        return self.n_train, {name: self.n_test if name == "test" else self.n_ood for name in self.suite_names()}

@@ -39,9 +39,7 @@ def is_held_out(relative_path: str) -> bool:
 def stdlib_corpus(root: Path | None = None) -> Corpus:
     """The standard library's .py files, split into train and held-out by path hash, sorted."""
     root = root or stdlib_root()
-    files = sorted(
-        path for path in root.rglob("*.py") if not EXCLUDED_PARTS.intersection(path.relative_to(root).parts)
-    )
+    files = sorted(path for path in root.rglob("*.py") if not EXCLUDED_PARTS.intersection(path.relative_to(root).parts))
     if not files:
         raise FileNotFoundError(f"no Python source found under {root}")
     held = tuple(p for p in files if is_held_out(p.relative_to(root).as_posix()))

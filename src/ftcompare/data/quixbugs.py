@@ -26,8 +26,13 @@ import ast
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from ftcompare.data.problems import Problem
+from pydantic import Field, field_validator
+
+from ftcompare.data.problems import Problem, SuiteInfo
+from ftcompare.data.suites import SuiteSettings, register_benchmark, register_suite
+from ftcompare.schema import existing_file
 
 HARNESS_KINDS = ("json", "graph")
 
@@ -167,9 +172,7 @@ def to_problem(
     )
 
 
-def first_failing_check(
-    program: QuixBugsProgram, *, timeout_s: float = 3.0, memory_mb: int = 512
-) -> tuple[str, str] | None:
+def first_failing_check(program: QuixBugsProgram, *, timeout_s: float = 3.0, memory_mb: int = 512) -> tuple[str, str] | None:
     """(the first check the buggy program does not pass, the sandbox status) or None if it passes all.
 
     Runs the buggy program with the first 1, 2, ... checks until a run does not pass, so a check that
@@ -177,8 +180,14 @@ def first_failing_check(
     from ftcompare.evaluate.sandbox import run_program  # here: data loading needs no sandbox otherwise
 
     for count in range(1, len(program.checks) + 1):
-        source = Problem(task_id=program.name, prompt="", completion="", tests=program.checks[:count],
-                         entry_point=program.name, setup=program.setup).program(program.buggy)
+        source = Problem(
+            task_id=program.name,
+            prompt="",
+            completion="",
+            tests=program.checks[:count],
+            entry_point=program.name,
+            setup=program.setup,
+        ).program(program.buggy)
         result = run_program(source, timeout_s=timeout_s, memory_mb=memory_mb)
         if not result.passed:
             return program.checks[count - 1], result.status
@@ -210,8 +219,9 @@ def _json_program(common: dict, pytest_text: str) -> QuixBugsProgram:
             raise ValueError(f"{name}: the case that {test_function} skips matches {len(matching)} JSON cases")
         skipped.append((matching[0], reason))
     skipped_indices = {index for index, _ in skipped}
-    checks = tuple(_json_check(name, rule, args, expected) for i, (args, expected) in enumerate(cases)
-                   if i not in skipped_indices)
+    checks = tuple(
+        _json_check(name, rule, args, expected) for i, (args, expected) in enumerate(cases) if i not in skipped_indices
+    )
     return QuixBugsProgram(**common, harness_kind="json", checks=checks, comparison=rule, skipped_cases=tuple(skipped))
 
 
@@ -251,13 +261,21 @@ def _check_json_test_case(name: str, rule: str, module: ast.Module) -> tuple[str
 
 def _skipped_input(name: str, statement: ast.stmt) -> tuple[list, str]:
     """(input_data, reason) of `if ... input_data == LITERAL ...: pytest.skip(REASON)`."""
-    if not (isinstance(statement, ast.If) and len(statement.body) == 1 and not statement.orelse
-            and ast.unparse(statement.body[0]).startswith("pytest.skip(")):
+    if not (
+        isinstance(statement, ast.If)
+        and len(statement.body) == 1
+        and not statement.orelse
+        and ast.unparse(statement.body[0]).startswith("pytest.skip(")
+    ):
         raise ValueError(f"{name}: unexpected statement in the test function: {ast.unparse(statement)}")
     literal = None
     for node in ast.walk(statement.test):
-        if (isinstance(node, ast.Compare) and ast.unparse(node.left) == "input_data"
-                and isinstance(node.ops[0], ast.Eq) and len(node.ops) == 1):
+        if (
+            isinstance(node, ast.Compare)
+            and ast.unparse(node.left) == "input_data"
+            and isinstance(node.ops[0], ast.Eq)
+            and len(node.ops) == 1
+        ):
             literal = ast.literal_eval(node.comparators[0])
     if literal is None:
         raise ValueError(f"{name}: cannot tell which case is skipped: {ast.unparse(statement.test)}")
@@ -268,7 +286,6 @@ def _skipped_input(name: str, statement: ast.stmt) -> tuple[list, str]:
 
 
 def _graph_program(common: dict, pytest_text: str, node_source: str | None) -> QuixBugsProgram:
-    name = common["name"]
     module = ast.parse(pytest_text)
     fixtures, checks, needs_node = [], [], False
     for statement in module.body:
@@ -299,3 +316,41 @@ def _excluded(common: dict, reason: str) -> QuixBugsProgram:
 
 def _dump(source: str) -> str:
     return ast.dump(ast.parse(source).body[0])
+
+
+@register_suite
+class QuixBugsSuite(SuiteSettings):
+    """QuixBugs program repair (Lin et al. 2017) as an evaluation suite: pass@k of the repaired program and token
+    F1 of the fix against the reference fix."""
+
+    kind: Literal["quixbugs"] = Field(default="quixbugs", description="Selects this suite: QuixBugs program repair.")
+    name: str = Field(default="quixbugs", description="The suite's name in records and reports.")
+    data: Path = Field(description="quixbugs.jsonl (relative paths: from the config's folder).")
+    support: Path | None = Field(
+        default=None,
+        description="quixbugs_support.json (the Node class of the graph programs); None: the file of that name beside `data`.",
+    )
+    include_failing_test: bool = Field(default=False, description="Show the first check the buggy program fails in the prompt.")
+
+    _files = field_validator("data", "support")(existing_file)
+
+    def load(self, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
+        programs = [p for p in load_quixbugs(self.data, self.support) if p.excluded is None]
+        problems = tuple(to_problem(p, include_failing_test=self.include_failing_test) for p in programs)
+        return problems, SuiteInfo(in_domain=self.in_domain, extraction="auto", scoring="repair")
+
+    def count(self) -> int:
+        return sum(p.excluded is None for p in load_quixbugs(self.data, self.support))
+
+    @classmethod
+    def reference_problems(cls, data: Path | None) -> tuple[list[Problem], dict[str, str]]:
+        """Every harnessed program with its correct version (and its buggy one in `meta["buggy"]`), and the
+        programs left out with why."""
+        if data is None:
+            raise ValueError("quixbugs: give the path to quixbugs.jsonl (quixbugs_support.json beside it)")
+        programs = load_quixbugs(data)
+        excluded = excluded_programs(programs)
+        return [to_problem(p) for p in programs if p.name not in excluded], excluded
+
+
+register_benchmark("quixbugs", QuixBugsSuite)

@@ -112,7 +112,7 @@ def extract_code(text: str, *, style: str = "auto", think_opened_in_prompt: bool
         if body.strip():
             return Extracted(body, "completion", reasoning, True)
         return Extracted("", "empty", reasoning, True)
-    for method, find in (("fenced", _first_python_fence), ("begin_done", _begin_done_span), ("whole", _whole)):
+    for method, find in (("fenced", _first_python_fence), ("begin_done", _begin_done_span), ("whole", _whole)):  # noqa: B007  (read after the loop)
         code = find(answer)
         if code is not None:
             break

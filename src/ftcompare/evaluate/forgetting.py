@@ -11,7 +11,7 @@ are scored on identical tokens.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

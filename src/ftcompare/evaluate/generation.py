@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import torch
+
+from ftcompare.config import decoding_conflict
 
 _TOP_LEVEL_LINE = re.compile(r"\n(?=\S)")
 
@@ -47,10 +49,7 @@ def cache_kwargs(cache: str, compile: bool) -> dict:
 
     transformers compiles generate's forward only with a static cache on an accelerator, so compile=True
     is refused elsewhere rather than silently ignored (see `check_compile`)."""
-    if cache not in ("dynamic", "static"):
-        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
-    if compile and cache != "static":
-        raise ValueError("compile needs cache='static': transformers compiles generate only with a static cache")
+    check_decoding("generate", cache, compile, None)
     return ({"cache_implementation": "static"} if cache == "static" else {}) | {"disable_compile": not compile}
 
 
@@ -58,6 +57,13 @@ def extract_body(text: str) -> str:
     """The function body a completion-style model wrote: everything before the first top-level line."""
     match = _TOP_LEVEL_LINE.search(text)
     return text[: match.start() + 1] if match else text
+
+
+def check_decoding(backend: str, cache: str, compile: bool, round_tokens: int | None) -> None:
+    """Raise ValueError for generation settings that do not go together (`ftcompare.config.decoding_conflict`)."""
+    conflict = decoding_conflict(backend, cache, compile, round_tokens)
+    if conflict:
+        raise ValueError(conflict)
 
 
 def check_compile(compile: bool, device: torch.device) -> None:
@@ -92,12 +98,9 @@ def generate(
     until its longest answer ends while the slots of finished ones keep costing steps. Rounds change no
     completion: greedy answers equal one round's up to floating-point batch effects.
     """
+    check_decoding(settings.backend, settings.cache, settings.compile, settings.round_tokens)
     if settings.backend == "continuous":
         return generate_continuous(model, tokenizer, prompts, settings, on_batch)
-    if settings.backend != "generate":
-        raise ValueError(f"backend must be 'generate' or 'continuous', got {settings.backend!r}")
-    if settings.round_tokens and settings.cache != "dynamic":
-        raise ValueError("decoding in rounds drops finished rows from the KV cache, which needs cache='dynamic'")
     device = next(model.parameters()).device
     check_compile(settings.compile, device)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -154,8 +157,9 @@ def generate(
             live = [live[row] for row in keep]
     results = [[] for _ in prompts]
     for sequence in sequences:
-        results[sequence.prompt].append(decode_new_tokens(tokenizer, sequence.new_ids, eos_id, settings.max_new_tokens,
-                                                          settings.stop_strings))
+        results[sequence.prompt].append(
+            decode_new_tokens(tokenizer, sequence.new_ids, eos_id, settings.max_new_tokens, settings.stop_strings)
+        )
     return results, wall_s
 
 
@@ -171,7 +175,8 @@ def extend(sequence: _Sequence, row: list[int], steps: int, tokenizer, settings:
     sequence.new_ids += tokens
     stopped = len(tokens) < steps or (
         bool(settings.stop_strings)
-        and any(stop in tokenizer.decode(sequence.new_ids, skip_special_tokens=True) for stop in settings.stop_strings))
+        and any(stop in tokenizer.decode(sequence.new_ids, skip_special_tokens=True) for stop in settings.stop_strings)
+    )
     sequence.done = stopped or len(sequence.new_ids) >= settings.max_new_tokens
 
 
@@ -187,8 +192,9 @@ def left_padded(rows: Sequence[list[int]], pad_id: int, device: torch.device) ->
 
 
 @torch.no_grad()
-def generate_continuous(model, tokenizer, prompts: Sequence[str], settings: SamplingSettings,
-                        on_batch: Callable[[int], None] | None = None) -> tuple[list[list[Generation]], float]:
+def generate_continuous(
+    model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, on_batch: Callable[[int], None] | None = None
+) -> tuple[list[list[Generation]], float]:
     """`generate`'s result through transformers' continuous batching (`generate_batch`, paged KV cache).
 
     A sequence that ends frees its slot for a waiting one at once, so one long answer no longer holds a
@@ -198,14 +204,18 @@ def generate_continuous(model, tokenizer, prompts: Sequence[str], settings: Samp
     """
     from transformers import GenerationConfig
 
-    if settings.cache != "dynamic" or settings.compile or settings.round_tokens:
-        raise ValueError("continuous batching schedules its own paged KV cache: cache, compile and round_tokens do not apply")
+    check_decoding("continuous", settings.cache, settings.compile, settings.round_tokens)
     eos_id = tokenizer.eos_token_id
     requests = [ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"] for _ in range(settings.n)]
-    config = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                              temperature=settings.temperature if settings.do_sample else None,
-                              top_p=settings.top_p if settings.do_sample else None, top_k=None,
-                              eos_token_id=eos_id, pad_token_id=tokenizer.pad_token_id)
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature if settings.do_sample else None,
+        top_p=settings.top_p if settings.do_sample else None,
+        top_k=None,
+        eos_token_id=eos_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(settings.seed)
     device = next(model.parameters()).device
     if device.type == "cuda":
@@ -221,8 +231,13 @@ def generate_continuous(model, tokenizer, prompts: Sequence[str], settings: Samp
     failed = [o for o in ordered if getattr(o, "error", None)]
     if failed:
         raise RuntimeError(f"continuous batching failed on {len(failed)} request(s): {failed[0].error}")
-    generations = [cut_at_stop(decode_new_tokens(tokenizer, list(o.generated_tokens), eos_id, settings.max_new_tokens,
-                                                 settings.stop_strings), settings.stop_strings) for o in ordered]
+    generations = [
+        cut_at_stop(
+            decode_new_tokens(tokenizer, list(o.generated_tokens), eos_id, settings.max_new_tokens, settings.stop_strings),
+            settings.stop_strings,
+        )
+        for o in ordered
+    ]
     if on_batch:
         on_batch(len(prompts))
     return [generations[i * settings.n : (i + 1) * settings.n] for i in range(len(prompts))], wall_s
@@ -262,8 +277,9 @@ def decode_new_tokens(tokenizer, ids: list[int], eos_id: int, budget: int, stop_
 
 
 @torch.no_grad()
-def generation_tokens_per_s(model, tokenizer, prompts: Sequence[str], *, new_tokens: int, repeats: int,
-                            cache: str = "dynamic", compile: bool = False) -> float:
+def generation_tokens_per_s(
+    model, tokenizer, prompts: Sequence[str], *, new_tokens: int, repeats: int, cache: str = "dynamic", compile: bool = False
+) -> float:
     """Decoding throughput: a batch of `prompts` generating exactly `new_tokens` each, greedy, KV cache on.
 
     The median over `repeats` timed runs after one warm-up run.
@@ -271,13 +287,30 @@ def generation_tokens_per_s(model, tokenizer, prompts: Sequence[str], *, new_tok
     device = next(model.parameters()).device
     tokenizer.padding_side = "left"
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-    return timed_generate_tokens_per_s(model, encoded["input_ids"], encoded["attention_mask"], new_tokens=new_tokens,
-                                       repeats=repeats, pad_token_id=tokenizer.pad_token_id, cache=cache, compile=compile)
+    return timed_generate_tokens_per_s(
+        model,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        new_tokens=new_tokens,
+        repeats=repeats,
+        pad_token_id=tokenizer.pad_token_id,
+        cache=cache,
+        compile=compile,
+    )
 
 
 @torch.no_grad()
-def timed_generate_tokens_per_s(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, new_tokens: int,
-                                repeats: int, pad_token_id: int, cache: str = "dynamic", compile: bool = False) -> float:
+def timed_generate_tokens_per_s(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    new_tokens: int,
+    repeats: int,
+    pad_token_id: int,
+    cache: str = "dynamic",
+    compile: bool = False,
+) -> float:
     """Tokens/s of greedy `generate` on a prepared batch (batch, prompt_len), forced to `new_tokens` tokens;
     the median of `repeats` timed runs after a warm-up run (which also absorbs compilation)."""
     device = input_ids.device
@@ -287,8 +320,15 @@ def timed_generate_tokens_per_s(model, input_ids: torch.Tensor, attention_mask: 
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False, max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, pad_token_id=pad_token_id, **cache_kwargs(cache, compile))
+        model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad_token_id,
+            **cache_kwargs(cache, compile),
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         if attempt:  # the first run warms caches and kernels

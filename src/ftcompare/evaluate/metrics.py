@@ -27,16 +27,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def mean_pass_at_k(counts: Sequence[tuple[int, int]], k: int) -> float:
-    """pass@k averaged over problems; counts holds one (n samples, c passed) pair per problem."""
-    if not counts:
-        raise ValueError("counts must hold at least one (n, c) pair")
-    for index, (n, _) in enumerate(counts):
-        if n < k:
-            raise ValueError(f"counts[{index}] has n={n} samples, fewer than k={k}")
-    return sum(pass_at_k(n, c, k) for n, c in counts) / len(counts)
-
-
 def mean_stderr(values: Sequence[float]) -> float | None:
     """Standard error of a mean over problems: the sample standard deviation over √n, as
     lm-evaluation-harness reports it for accuracies. None below two problems."""
@@ -68,5 +58,11 @@ def paired_difference(scores: Mapping[str, float], reference: Mapping[str, float
         raise ValueError("the two score sets share no problem")
     differences = [scores[task] - reference[task] for task in shared]
     better, worse = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
-    return {"problems": len(shared), "difference": sum(differences) / len(differences),
-            "stderr": mean_stderr(differences), "better": better, "worse": worse, "p_value": sign_test_p(better, worse)}
+    return {
+        "problems": len(shared),
+        "difference": sum(differences) / len(differences),
+        "stderr": mean_stderr(differences),
+        "better": better,
+        "worse": worse,
+        "p_value": sign_test_p(better, worse),
+    }

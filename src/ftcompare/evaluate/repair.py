@@ -1,4 +1,4 @@
-"""Program-repair metrics: how closely a candidate's edits match the reference fix's, and repair rate.
+"""Program-repair metrics: how closely a candidate's edits match the reference fix's (the repair rate is pass@1).
 
 The reported F1 is token level (`token_f1`); the line-level one is kept as `line_edit_f1`. Both compare
 edits, not whole programs: a candidate that returns the buggy program unchanged shares all but a token or
@@ -46,10 +46,7 @@ import io
 import re
 import tokenize
 from collections import Counter
-from collections.abc import Mapping, Sequence
 from fractions import Fraction
-
-from ftcompare.evaluate.sandbox import SandboxResult
 
 _TRIPLE_QUOTES = ('"""', "'''")
 
@@ -118,15 +115,16 @@ def line_edit_f1(buggy: str, candidate: str, reference: str) -> dict[str, float]
     return _edit_f1(made, wanted)
 
 
-REPAIR_F1_KEYS = ("token_precision", "token_recall", "token_f1", "line_edit_precision", "line_edit_recall",
-                  "line_edit_f1")
+REPAIR_F1_KEYS = ("token_precision", "token_recall", "token_f1", "line_edit_precision", "line_edit_recall", "line_edit_f1")
 
 
 def repair_f1_scores(buggy: str, candidate: str, reference: str) -> dict[str, float]:
     """A candidate fix's per-sample scores, keyed by REPAIR_F1_KEYS: token_f1's (the reported F1) and
     line_edit_f1's precision, recall and F1."""
-    return {**{f"token_{key}": value for key, value in token_f1(buggy, candidate, reference).items()},
-            **{f"line_edit_{key}": value for key, value in line_edit_f1(buggy, candidate, reference).items()}}
+    return {
+        **{f"token_{key}": value for key, value in token_f1(buggy, candidate, reference).items()},
+        **{f"line_edit_{key}": value for key, value in line_edit_f1(buggy, candidate, reference).items()},
+    }
 
 
 def _edit_f1(made: Counter, wanted: Counter) -> dict[str, float]:
@@ -141,20 +139,6 @@ def _edit_f1(made: Counter, wanted: Counter) -> dict[str, float]:
     }
 
 
-def repair_rate(results: Sequence[SandboxResult | Mapping]) -> float:
-    """Fraction of programs whose candidate passes every test: one result per program, a SandboxResult of
-    the program's whole harness or a scored record with "passed" (records with a "task_id" must not
-    repeat it: several samples a program are pass@k's business)."""
-    if not results:
-        raise ValueError("results must hold at least one program's result")
-    task_ids = Counter(r["task_id"] for r in results if isinstance(r, Mapping) and "task_id" in r)
-    repeated = sorted(task_id for task_id, count in task_ids.items() if count > 1)
-    if repeated:
-        raise ValueError(f"one result per program expected; repeated task_id: {repeated[:5]}")
-    passed = [r.passed if isinstance(r, SandboxResult) else bool(r["passed"]) for r in results]
-    return sum(passed) / len(passed)
-
-
 def _code_end(source: str) -> int:
     """How many lines of `source` come before its trailing docstring block."""
     try:
@@ -162,8 +146,12 @@ def _code_end(source: str) -> int:
     except SyntaxError:
         return _code_end_unparsed(source.splitlines())
     end = None
-    while body and isinstance(body[-1], ast.Expr) and isinstance(body[-1].value, ast.Constant) \
-            and isinstance(body[-1].value.value, str):
+    while (
+        body
+        and isinstance(body[-1], ast.Expr)
+        and isinstance(body[-1].value, ast.Constant)
+        and isinstance(body[-1].value.value, str)
+    ):
         end = body.pop().lineno - 1
     return len(source.splitlines()) if end is None else end
 

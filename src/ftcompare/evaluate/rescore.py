@@ -10,9 +10,9 @@ difference means the records and the metrics are not of the same evaluation, and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ftcompare.evaluate.scoring import pass_at_k_table
 from ftcompare.runs.store import BASE_DIR, RunDir, read_json, read_jsonl, run_dirs, write_json
@@ -51,8 +51,9 @@ def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
             table = pass_at_k_table(mode_records, [int(key.removeprefix("pass@")) for key in stored])
             for key, value in stored.items():
                 if not math.isclose(table.get(key, math.nan), value, rel_tol=0, abs_tol=1e-9):
-                    raise RecordsDisagree(f"{suite} {mode} {key}: the metrics say {value}, "
-                                          f"the per-sample records give {table.get(key)}")
+                    raise RecordsDisagree(
+                        f"{suite} {mode} {key}: the metrics say {value}, the per-sample records give {table.get(key)}"
+                    )
             check_problems(f"{suite} {mode}", metrics, table["per_problem_pass@1"], mode_records)
             result[suite][mode] = {**metrics, **table}
     return result
@@ -66,17 +67,22 @@ def check_problems(where: str, metrics: dict, per_problem: dict[str, float], rec
     if stored is not None:
         if set(stored) != set(per_problem):
             only_metrics, only_records = sorted(set(stored) - set(per_problem)), sorted(set(per_problem) - set(stored))
-            raise RecordsDisagree(f"{where}: the task ids differ: only in the metrics {only_metrics[:5]}, "
-                                  f"only in the records {only_records[:5]}")
+            raise RecordsDisagree(
+                f"{where}: the task ids differ: only in the metrics {only_metrics[:5]}, only in the records {only_records[:5]}"
+            )
         for task_id, value in stored.items():
             if not math.isclose(per_problem[task_id], value, rel_tol=0, abs_tol=1e-9):
-                raise RecordsDisagree(f"{where} per-problem pass@1 of {task_id!r}: the metrics say {value}, "
-                                      f"the per-sample records give {per_problem[task_id]}")
+                raise RecordsDisagree(
+                    f"{where} per-problem pass@1 of {task_id!r}: the metrics say {value}, "
+                    f"the per-sample records give {per_problem[task_id]}"
+                )
     if metrics.get("problems") is not None and metrics["problems"] != len(per_problem):
         raise RecordsDisagree(f"{where}: the metrics count {metrics['problems']} problems, the records {len(per_problem)}")
     if metrics.get("n") is not None and len(records) != metrics["n"] * len(per_problem):
-        raise RecordsDisagree(f"{where}: the metrics say {metrics['n']} samples per problem, the records hold "
-                              f"{len(records)} samples of {len(per_problem)} problems")
+        raise RecordsDisagree(
+            f"{where}: the metrics say {metrics['n']} samples per problem, the records hold "
+            f"{len(records)} samples of {len(per_problem)} problems"
+        )
 
 
 def check_prompts(suite: str, records: Sequence[dict]) -> None:

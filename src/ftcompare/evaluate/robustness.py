@@ -72,8 +72,7 @@ def robust_relative_at_k(nominal: NominalTable, perturbed: PerturbedTable, k: in
     return _mean(worse) + _mean(better)
 
 
-def family_robustness(nominal: NominalTable, perturbed: PerturbedTable, not_applicable: Mapping[str, str],
-                      s: int) -> dict:
+def family_robustness(nominal: NominalTable, perturbed: PerturbedTable, not_applicable: Mapping[str, str], s: int) -> dict:
     """One family's robustness record (greedy, k = 1) over a suite: `nominal` for every problem, `perturbed`
     for those the family applies to, `not_applicable` {task_id: reason} for the others.
 
@@ -85,19 +84,22 @@ def family_robustness(nominal: NominalTable, perturbed: PerturbedTable, not_appl
     if overlap:
         raise ValueError(f"problems both perturbed and not applicable: {overlap[:5]}")
     if set(perturbed) | set(not_applicable) != set(nominal):
-        raise ValueError(f"perturbed and not-applicable problems must be the suite's: missing "
-                         f"{sorted(set(nominal) - set(perturbed) - set(not_applicable))[:5]}, unknown "
-                         f"{sorted(set(perturbed) | set(not_applicable) - set(nominal))[:5]}")
+        raise ValueError(
+            f"perturbed and not-applicable problems must be the suite's: missing "
+            f"{sorted(set(nominal) - set(perturbed) - set(not_applicable))[:5]}, unknown "
+            f"{sorted(set(perturbed) | set(not_applicable) - set(nominal))[:5]}"
+        )
     record = {"s": s, "problems": len(perturbed), "not_applicable": dict(sorted(not_applicable.items()))}
     if not perturbed:
-        return {**record, "nominal_pass@1": None, "robust_pass@1": None, "robust_drop@1": None,
-                "robust_relative@1": None}
+        return {**record, "nominal_pass@1": None, "robust_pass@1": None, "robust_drop@1": None, "robust_relative@1": None}
     scored = {task: nominal[task] for task in perturbed}
-    return {**record,
-            "nominal_pass@1": _mean(pass_at_k(len(v), sum(map(bool, v)), 1) for v in scored.values()),
-            "robust_pass@1": robust_pass_at_k(perturbed, 1),
-            "robust_drop@1": robust_drop_at_k(scored, perturbed, 1),
-            "robust_relative@1": robust_relative_at_k(scored, perturbed, 1)}
+    return {
+        **record,
+        "nominal_pass@1": _mean(pass_at_k(len(v), sum(map(bool, v)), 1) for v in scored.values()),
+        "robust_pass@1": robust_pass_at_k(perturbed, 1),
+        "robust_drop@1": robust_drop_at_k(scored, perturbed, 1),
+        "robust_relative@1": robust_relative_at_k(scored, perturbed, 1),
+    }
 
 
 def _robust_count(variants: Sequence[Sequence[bool]]) -> int:
@@ -122,8 +124,10 @@ def _check_perturbed(perturbed: PerturbedTable, k: int) -> None:
             raise ValueError(f"{task}: no perturbed variant (s must be >= 1)")
         lengths = {len(variant) for variant in variants}
         if len(lengths) != 1:
-            raise ValueError(f"{task}: variants hold different numbers of samples {sorted(lengths)}; "
-                             "sample i must be the i-th generation on every prompt")
+            raise ValueError(
+                f"{task}: variants hold different numbers of samples {sorted(lengths)}; "
+                "sample i must be the i-th generation on every prompt"
+            )
         n = lengths.pop()
         if not 1 <= k <= n:
             raise ValueError(f"{task}: k={k} needs 1 <= k <= n, the problem has n={n} samples")
@@ -134,8 +138,10 @@ def _check_pair(nominal: NominalTable, perturbed: PerturbedTable, k: int) -> Non
     if set(nominal) != set(perturbed):
         missing = sorted(set(perturbed) - set(nominal))
         extra = sorted(set(nominal) - set(perturbed))
-        raise ValueError(f"nominal and perturbed tables cover different problems: missing from nominal "
-                         f"{missing[:5]}, missing from perturbed {extra[:5]}")
+        raise ValueError(
+            f"nominal and perturbed tables cover different problems: missing from nominal "
+            f"{missing[:5]}, missing from perturbed {extra[:5]}"
+        )
     for task, samples in nominal.items():
         if len(samples) != _n(perturbed[task]):
             raise ValueError(f"{task}: {len(samples)} nominal samples but {_n(perturbed[task])} per variant")

@@ -309,12 +309,14 @@ def _run_program(source: str, steps: list, report) -> None:
 def _snapshot_modules(program, _items=dict.items, _copy=dict.copy) -> list:
     """(namespace, a copy of it) for sys.modules and every module loaded before the program but the
     program's own, builtins and sys included."""
-    return [(sys.modules, _copy(sys.modules))] + [(module.__dict__, _copy(module.__dict__))
-                                                  for _, module in _items(sys.modules) if module is not program]
+    return [(sys.modules, _copy(sys.modules))] + [
+        (module.__dict__, _copy(module.__dict__)) for _, module in _items(sys.modules) if module is not program
+    ]
 
 
-def _restore_modules(snapshot: list, _clear=dict.clear, _update=dict.update, _settrace=sys.settrace,
-                     _setprofile=sys.setprofile) -> None:
+def _restore_modules(
+    snapshot: list, _clear=dict.clear, _update=dict.update, _settrace=sys.settrace, _setprofile=sys.setprofile
+) -> None:
     """Put back every namespace in `snapshot` as it was (a program's patch of `abs` or of a test helper is
     undone; modules it imported stay loaded) and clear this thread's trace and profile functions."""
     _settrace(None)
@@ -330,9 +332,19 @@ _PLAIN_SCALARS = {int: "i", bool: "b", float: "f", complex: "c", str: "s", bytes
 _PLAIN_CONTAINERS = {list: "l", tuple: "t", set: "S", frozenset: "F", dict: "d"}
 
 
-def _encode_plain(value, budget: list, depth: int, _type=type, _scalars=_PLAIN_SCALARS,
-                  _containers=_PLAIN_CONTAINERS, _items=dict.items, _len=len, _hex=float.hex,
-                  _format=int.__format__, _tuple=tuple) -> tuple:
+def _encode_plain(
+    value,
+    budget: list,
+    depth: int,
+    _type=type,
+    _scalars=_PLAIN_SCALARS,
+    _containers=_PLAIN_CONTAINERS,
+    _items=dict.items,
+    _len=len,
+    _hex=float.hex,
+    _format=int.__format__,
+    _tuple=tuple,
+) -> tuple:
     """`value` as tagged tuples of str, bool and None (("i", "-ff"), ("l", (...)), ...) if it is plain data
     of exact builtin types (a subclass, however it compares, is not; see _dict_types for the exceptions);
     else ("x", why). Reads values by C slots only, so no code of the program runs; _decode_plain inverts it."""
@@ -359,8 +371,7 @@ def _encode_plain(value, budget: list, depth: int, _type=type, _scalars=_PLAIN_S
         budget[0] -= _len(value) // 64
         return (tag, value) if budget[0] >= 0 else ("x", "too large or too deep")
     if tag == "d":
-        items = _tuple((_encode_plain(k, budget, depth + 1), _encode_plain(v, budget, depth + 1))
-                       for k, v in _items(value))
+        items = _tuple((_encode_plain(k, budget, depth + 1), _encode_plain(v, budget, depth + 1)) for k, v in _items(value))
         refused = [node for pair in items for node in pair if node[0] == "x"]
     else:
         items = _tuple(_encode_plain(item, budget, depth + 1) for item in value)
@@ -372,8 +383,13 @@ _NOT_NUMPY = object()
 _HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement (or type()), not by C code
 
 
-def _numpy_item(kind: type, value, _flags=type.__dict__["__flags__"].__get__,
-                _module=type.__dict__["__module__"].__get__, _lookup=type.__getattribute__):
+def _numpy_item(
+    kind: type,
+    value,
+    _flags=type.__dict__["__flags__"].__get__,
+    _module=type.__dict__["__module__"].__get__,
+    _lookup=type.__getattribute__,
+):
     """A numpy scalar (or one-element array) as the Python value its `item()` gives, compared then as the
     assert would compare it (`np.int64(3) == 3`); _NOT_NUMPY for anything else, or an `item()` that fails
     (a larger array, whose `==` the assert could not use either). numpy's types are static C types whose
@@ -582,8 +598,10 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 _CGROUP_HEADROOM_MB = 32  # the supervisor's own memory, inside the run's memory cgroup with the program
 _FS_IOC_SETFLAGS = 0x40086602
 # The supervisor reads its code and then the request from stdin: no file of a run is on any disk.
-_BOOT = ("import sys,marshal;d=sys.stdin.buffer.read();n=int(d[:16]);"
-         "exec(marshal.loads(d[16:16+n]),{'__name__':'__main__','_REQUEST':d[16+n:]})")
+_BOOT = (
+    "import sys,marshal;d=sys.stdin.buffer.read();n=int(d[:16]);"
+    "exec(marshal.loads(d[16:16+n]),{'__name__':'__main__','_REQUEST':d[16+n:]})"
+)
 # -P (3.11+) keeps the current folder off sys.path
 _SAFE_PATH_FLAG = ("-P",) if sys.version_info >= (3, 11) else ()
 
@@ -678,9 +696,16 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) 
     uid = _program_uid(mode)
     with _run_cgroups(memory_mb) as cgroups, _workdir(mode, uid) as workdir:
         nproc = None if "pids" in cgroups else _nproc_limit(uid)
-        request = {"source": tests.body, "steps": tests.steps, "timeout_s": float(timeout_s),
-                   "memory_mb": int(memory_mb), "workdir": workdir, "uid": uid, "nproc": nproc,
-                   "unshare_network": mode == "fallback"}
+        request = {
+            "source": tests.body,
+            "steps": tests.steps,
+            "timeout_s": float(timeout_s),
+            "memory_mb": int(memory_mb),
+            "workdir": workdir,
+            "uid": uid,
+            "nproc": nproc,
+            "unshare_network": mode == "fallback",
+        }
         command = _join_cgroups(cgroups) + _command(mode, memory_mb)
         ran = _call_supervisor(command, marshal.dumps(request), timeout_s)
         oom_killed = _oom_kills(cgroups) > 0
@@ -688,9 +713,7 @@ def run_program(source: str, *, timeout_s: float = 10.0, memory_mb: int = 1024) 
     return _to_result(ran, tests, isolation, oom_killed, time.monotonic() - started)
 
 
-def run_programs(
-    sources: Sequence[str], *, timeout_s: float, memory_mb: int, workers: int = 2
-) -> list[SandboxResult]:
+def run_programs(sources: Sequence[str], *, timeout_s: float, memory_mb: int, workers: int = 2) -> list[SandboxResult]:
     """run_program for each source, `workers` at a time; results in the order of `sources`."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -715,8 +738,11 @@ class _Tests:
     in_process: int = 0
 
     def summary(self) -> dict:
-        return {"tests": "split" if self.split else "whole program", "plain_data": len(self.expected),
-                "in_process": self.in_process}
+        return {
+            "tests": "split" if self.split else "whole program",
+            "plain_data": len(self.expected),
+            "in_process": self.in_process,
+        }
 
 
 def _split_tests(source: str) -> _Tests:
@@ -825,8 +851,11 @@ def _decode_plain(node):
 
 
 def _assertion(message: str) -> dict:
-    return {"outcome": "raised", "types": ["AssertionError", "Exception", "BaseException", "object"],
-            "message": message[:_MESSAGE_CAP_CHARS]}
+    return {
+        "outcome": "raised",
+        "types": ["AssertionError", "Exception", "BaseException", "object"],
+        "message": message[:_MESSAGE_CAP_CHARS],
+    }
 
 
 def _short_repr(value) -> str:
@@ -840,7 +869,7 @@ _fallback_warned = False
 
 
 def _isolation_mode() -> str:
-    """"bubblewrap" where it works; else "fallback", warned about once per process. ISOLATION_ENV can
+    """ "bubblewrap" where it works; else "fallback", warned about once per process. ISOLATION_ENV can
     force the fallback or require bubblewrap."""
     wanted = os.environ.get(ISOLATION_ENV, "auto")
     if wanted not in ("auto", "bubblewrap", "fallback"):
@@ -877,7 +906,7 @@ def _bubblewrap_problem() -> str | None:
         return "bubblewrap needs Linux"
     if shutil.which("bwrap") is None:
         return "bwrap (bubblewrap) is not installed"
-    trial = _command("bubblewrap", 64) [:-2] + ["-c", "pass"]
+    trial = _command("bubblewrap", 64)[:-2] + ["-c", "pass"]
     try:
         ran = subprocess.run(trial, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, env=_environment())
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -890,8 +919,7 @@ def _bubblewrap_problem() -> str | None:
 
 def _environment() -> dict[str, str]:
     """The whole environment of the supervisor and the program: none of the scorer's variables."""
-    return {"PATH": _SAFE_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONHASHSEED": "0",
-            "PYTHONDONTWRITEBYTECODE": "1"}
+    return {"PATH": _SAFE_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _command(mode: str, memory_mb: int) -> list[str]:
@@ -908,8 +936,16 @@ def _bubblewrap_options(memory_mb: int) -> list[str]:
     supervisor keeps only CAP_SETUID and CAP_SETGID, to start the program as nobody; otherwise a user
     namespace stands in for root."""
     root = os.geteuid() == 0
-    options = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-               "--die-with-parent", "--new-session", "--clearenv"]
+    options = [
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--clearenv",
+    ]
     options += ["--unshare-user"] if not root else ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     for name, value in _environment().items():
         options += ["--setenv", name, value]
@@ -929,8 +965,14 @@ def _bubblewrap_options(memory_mb: int) -> list[str]:
 @functools.cache
 def _readable_paths() -> tuple[str, ...]:
     """The host paths a sandbox sees: the system directories and those of this Python and its packages."""
-    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-              os.path.dirname(os.path.realpath(sys.executable)), *site.getsitepackages()}
+    python = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+        *site.getsitepackages(),
+    }
     chosen: list[str] = list(_SYSTEM_DIRS)
     for path in sorted(os.path.realpath(p) for p in python):
         if not any(path == seen or path.startswith(seen.rstrip("/") + "/") for seen in chosen):
@@ -967,7 +1009,7 @@ def _world_can_run_python() -> bool:
 
 
 def _ancestors(path: str) -> list[str]:
-    """"/a/b/c" -> ["/a", "/a/b"]."""
+    """ "/a/b/c" -> ["/a", "/a/b"]."""
     parts = path.strip("/").split("/")[:-1]
     return ["/" + "/".join(parts[: index + 1]) for index in range(len(parts))]
 
@@ -980,15 +1022,29 @@ def _isolation_record(mode: str, uid: int | None, cgroups: dict, memory_mb: int)
         user = "same (root: nobody cannot read this Python)"
     cgroup = None
     if cgroups:
-        cgroup = {"memory_mb": memory_mb + _CGROUP_HEADROOM_MB if "memory" in cgroups else None,
-                  "processes": _PROCESS_BUDGET if "pids" in cgroups else None}
+        cgroup = {
+            "memory_mb": memory_mb + _CGROUP_HEADROOM_MB if "memory" in cgroups else None,
+            "processes": _PROCESS_BUDGET if "pids" in cgroups else None,
+        }
     if mode == "bubblewrap":
         namespaces = ["pid", "mount", "network", "ipc", "uts"] + ([] if uid is not None else ["user"])
-        return {"isolation": "bubblewrap", "namespaces": namespaces, "network": "namespace",
-                "filesystem": "read-only system and Python; a private tmpfs /tmp", "environment": "cleared",
-                "user": user, "cgroup": cgroup}
-    return {"isolation": "fallback", "namespaces": [], "filesystem": "the host's; a private working directory",
-            "environment": "minimal", "user": user, "cgroup": cgroup}
+        return {
+            "isolation": "bubblewrap",
+            "namespaces": namespaces,
+            "network": "namespace",
+            "filesystem": "read-only system and Python; a private tmpfs /tmp",
+            "environment": "cleared",
+            "user": user,
+            "cgroup": cgroup,
+        }
+    return {
+        "isolation": "fallback",
+        "namespaces": [],
+        "filesystem": "the host's; a private working directory",
+        "environment": "minimal",
+        "user": user,
+        "cgroup": cgroup,
+    }
 
 
 # ---- per-run cgroups: memory and processes over the whole process tree -------------------------------------
@@ -1056,9 +1112,12 @@ def _run_cgroups(memory_mb: int) -> Iterator[dict[str, str]]:
 
 
 def _limit_cgroup(controller: str, version: str, path: str, limit: int) -> None:
-    files = {("memory", "1"): ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
-             ("memory", "2"): ("memory.max", "memory.swap.max"), ("pids", "1"): ("pids.max",),
-             ("pids", "2"): ("pids.max",)}[controller, version]
+    files = {
+        ("memory", "1"): ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"),
+        ("memory", "2"): ("memory.max", "memory.swap.max"),
+        ("pids", "1"): ("pids.max",),
+        ("pids", "2"): ("pids.max",),
+    }[controller, version]
     values = {"memory.swap.max": 0}  # v2 counts swap apart; v1's memsw is memory plus swap
     for name in files:
         target = os.path.join(path, name)
@@ -1072,8 +1131,7 @@ def _join_cgroups(cgroups: dict[str, str]) -> list[str]:
     an OOM score that leaves it to the program to be killed first."""
     if not cgroups:
         return []
-    joins = "".join(f"echo 0 > {shlex.quote(os.path.join(path, 'cgroup.procs'))} && "
-                    for path in dict.fromkeys(cgroups.values()))
+    joins = "".join(f"echo 0 > {shlex.quote(os.path.join(path, 'cgroup.procs'))} && " for path in dict.fromkeys(cgroups.values()))
     script = joins + '{ echo -1000 > /proc/self/oom_score_adj; } 2>/dev/null; exec "$@"'
     return ["/bin/sh", "-c", script, "sh"]
 
@@ -1158,8 +1216,15 @@ def _call_supervisor(command: list[str], request: bytes, timeout_s: float) -> tu
     """Run one supervisor to the end, its code and request on stdin; (its stdout, its stderr, its exit
     status, whether we timed it out). Its whole process group is SIGKILLed afterwards, whatever happened."""
     payload = b"%016d" % len(_SUPERVISOR_CODE) + _SUPERVISOR_CODE + request
-    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env=_environment(), cwd="/", start_new_session=True) as supervisor:
+    with subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environment(),
+        cwd="/",
+        start_new_session=True,
+    ) as supervisor:
         try:
             stdout, stderr = supervisor.communicate(payload, timeout=timeout_s + _SUPERVISOR_GRACE_S)
             timed_out = False
@@ -1190,11 +1255,20 @@ def _to_result(ran: tuple, tests: _Tests, isolation: dict, oom_killed: bool, dur
             exception += ": " + stderr.decode(errors="replace").strip().splitlines()[-1]
     else:
         report = _checked_report(result["report"], tests)
-        status, exception = classify_outcome(report, timed_out=result["timed_out"],
-                                             returncode=result["returncode"], oom_killed=oom_killed)
+        status, exception = classify_outcome(
+            report, timed_out=result["timed_out"], returncode=result["returncode"], oom_killed=oom_killed
+        )
         program_stdout, program_stderr = result["stdout"], result["stderr"]
-    return SandboxResult(status=status, passed=status == "passed", stdout=program_stdout, stderr=program_stderr,
-                         duration_s=duration_s, exception=exception, isolation=isolation, checks=tests.summary())
+    return SandboxResult(
+        status=status,
+        passed=status == "passed",
+        stdout=program_stdout,
+        stderr=program_stderr,
+        duration_s=duration_s,
+        exception=exception,
+        isolation=isolation,
+        checks=tests.summary(),
+    )
 
 
 def _parse_records(stdout: bytes) -> tuple[dict, dict | None]:

@@ -7,8 +7,8 @@ deterministic up to timing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ftcompare.data.problems import Problem
 from ftcompare.evaluate.extraction import count_reasoning_tokens, extract_code
@@ -68,13 +68,24 @@ def execute_records(records: list[dict], settings: SandboxSettings) -> list[dict
     `checks` (how its tests were checked: how many on plain data outside the program's interpreter, how many
     in it) and `isolation` (bubblewrap or the fallback)."""
     distinct = list(dict.fromkeys(record["program"] for record in records))
-    results = dict(zip(distinct, run_programs(distinct, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb,
-                                              workers=settings.workers)))
+    results = dict(
+        zip(
+            distinct, run_programs(distinct, timeout_s=settings.timeout_s, memory_mb=settings.memory_mb, workers=settings.workers)
+        )
+    )
     scored = []
     for record in records:
         result = results[record["program"]]
-        scored.append({**record, "status": result.status, "passed": result.passed, "exception": result.exception,
-                       "checks": result.checks, "isolation": result.isolation.get("isolation")})
+        scored.append(
+            {
+                **record,
+                "status": result.status,
+                "passed": result.passed,
+                "exception": result.exception,
+                "checks": result.checks,
+                "isolation": result.isolation.get("isolation"),
+            }
+        )
     return scored
 
 

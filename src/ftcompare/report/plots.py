@@ -8,23 +8,26 @@ is a LoRA rank.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ftcompare.config import RUN_ID_TAGS, run_id_without  # noqa: E402
+from ftcompare.matrix import RUN_ID_TAGS, run_id_without  # noqa: E402
 from ftcompare.report.tables import group_mean  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-AXIS_LABELS = {"rank": "LoRA rank", "alpha": "LoRA alpha (the update is scaled by alpha/r, or alpha/√r for rsLoRA)",
-               "layer_fraction": "fraction of layers adapted (by lowest input–output CKA)",
-               "data_fraction": "fraction of the training set",
-               "lr_multiplier": "learning-rate multiplier (of each method's configured rate)"}
+AXIS_LABELS = {
+    "rank": "LoRA rank",
+    "alpha": "LoRA alpha (the update is scaled by alpha/r, or alpha/√r for rsLoRA)",
+    "layer_fraction": "fraction of layers adapted (by lowest input–output CKA)",
+    "data_fraction": "fraction of the training set",
+    "lr_multiplier": "learning-rate multiplier (of each method's configured rate)",
+}
 _LOG2_AXES = ("rank", "alpha", "lr_multiplier")
 
 
@@ -37,6 +40,7 @@ def series_name(row: dict, axis: str = "rank") -> str:
 def sweep_axes(rows: Sequence[dict]) -> list[str]:
     """The axes some series of runs is swept along (two or more values of the axis), in a fixed order.
     alpha defaults to 2·rank, so a rank sweep alone is not an alpha sweep."""
+
     def swept(axis: str) -> bool:
         values: dict[str, set] = {}
         for row in rows:
@@ -62,8 +66,15 @@ def series_colors(rows: Sequence[dict], axis: str = "rank") -> dict[str, str]:
     return {name: COLORS[index % len(COLORS)] for index, name in enumerate(names)}
 
 
-def versus_axis(ax, rows: Sequence[dict], field: str, axis: str = "rank", label_suffix: str = "", style: str = "-o",
-                reference_color: str = "black") -> None:
+def versus_axis(
+    ax,
+    rows: Sequence[dict],
+    field: str,
+    axis: str = "rank",
+    label_suffix: str = "",
+    style: str = "-o",
+    reference_color: str = "black",
+) -> None:
     """`field` along a sweep axis, one series per combination of the other settings (mean ± sd over
     seeds); runs without the axis (full FT along rank, the base) as horizontal reference lines."""
     swept = [r for r in rows if r.get(axis) is not None]
@@ -71,22 +82,35 @@ def versus_axis(ax, rows: Sequence[dict], field: str, axis: str = "rank", label_
         stats = group_mean([r for r in swept if series_name(r, axis) == name], lambda r: r[axis], field)
         xs = sorted(stats)
         if xs:
-            ax.errorbar(xs, [stats[x][0] for x in xs], yerr=[stats[x][1] for x in xs], fmt=style,
-                        color=color, capsize=3, label=f"{name}{label_suffix}")
+            ax.errorbar(
+                xs,
+                [stats[x][0] for x in xs],
+                yerr=[stats[x][1] for x in xs],
+                fmt=style,
+                color=color,
+                capsize=3,
+                label=f"{name}{label_suffix}",
+            )
     references = [r for r in rows if r.get(axis) is None]
     for name in sorted({series_name(r, "rank") for r in references}):
         stats = group_mean([r for r in references if series_name(r, "rank") == name], lambda r: 0, field)
         if stats:
-            ax.axhline(stats[0][0], linestyle="--" if name != "base" else ":", color=reference_color,
-                       alpha=1.0 if name != "base" else 0.5, label=f"{name}{label_suffix}")
+            ax.axhline(
+                stats[0][0],
+                linestyle="--" if name != "base" else ":",
+                color=reference_color,
+                alpha=1.0 if name != "base" else 0.5,
+                label=f"{name}{label_suffix}",
+            )
     if swept:
         if axis in _LOG2_AXES:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(AXIS_LABELS[axis], fontsize=8)
 
 
-def accuracy_axis(ax, rows: Sequence[dict], axis: str = "rank", in_domain: str = " (in-domain)",
-                  out_of_domain: str = " (out-of-domain)") -> None:
+def accuracy_axis(
+    ax, rows: Sequence[dict], axis: str = "rank", in_domain: str = " (in-domain)", out_of_domain: str = " (out-of-domain)"
+) -> None:
     """Greedy pass@1 along `axis`: in domain as solid lines, out of domain dotted, each series in one colour."""
     versus_axis(ax, rows, "id_pass1", axis, in_domain)
     if any(r.get("ood_pass1") is not None for r in rows):
@@ -118,8 +142,15 @@ def swept_rows(rows: Sequence[dict], axis: str) -> list[dict]:
     for row in rows:
         if row.get(axis) is not None:
             values.setdefault(series_name(row, axis), set()).add(row[axis])
-    return [r for r in rows if (len(values.get(series_name(r, axis), ())) > 1 if r.get(axis) is not None
-                                else axis == "data_fraction" or r.get("data_fraction") in (None, 1.0))]
+    return [
+        r
+        for r in rows
+        if (
+            len(values.get(series_name(r, axis), ())) > 1
+            if r.get(axis) is not None
+            else axis == "data_fraction" or r.get("data_fraction") in (None, 1.0)
+        )
+    ]
 
 
 def sweep(rows: Sequence[dict], axis: str) -> bytes:
@@ -160,8 +191,11 @@ def forgetting_vs_accuracy(rows: Sequence[dict]) -> bytes:
 
 
 def latency_bars(rows: Sequence[dict]) -> bytes:
-    fields = [("train_tokens_per_s", "train"), ("merged_tokens_per_s", "inference, merged"),
-              ("unmerged_tokens_per_s", "inference, unmerged")]
+    fields = [
+        ("train_tokens_per_s", "train"),
+        ("merged_tokens_per_s", "inference, merged"),
+        ("unmerged_tokens_per_s", "inference, unmerged"),
+    ]
     runs = [r for r in rows if r["run"] != "base"]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     width = 0.8 / len(fields)
@@ -188,8 +222,14 @@ def epsilon_sweep(sweeps: dict[str, dict[str, int]]) -> bytes:
     figure, ax = plt.subplots(figsize=(6, 4))
     for index, (run, sweep) in enumerate(sweeps.items()):
         epsilons = sorted(sweep, key=float)
-        ax.plot([float(e) for e in epsilons], [sweep[e] for e in epsilons], "-o", markersize=3,
-                color=COLORS[index % len(COLORS)], label=run)
+        ax.plot(
+            [float(e) for e in epsilons],
+            [sweep[e] for e in epsilons],
+            "-o",
+            markersize=3,
+            color=COLORS[index % len(COLORS)],
+            label=run,
+        )
     ax.set_xlabel("ε (a tuned singular vector is an intruder when max |cos| with the base's < ε)")
     ax.set_ylabel("intruder dimensions (all matrices)")
     ax.set_title("Intruder count vs ε")
@@ -237,7 +277,7 @@ def sequence_curves(sequences: dict[str, dict]) -> bytes:
     figure, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.6), squeeze=False)
     for index, (run, sequence) in enumerate(sequences.items()):
         color = "black" if run.startswith("full") else COLORS[index % len(COLORS)]
-        for column, task in enumerate(tasks):
+        for column in range(len(tasks)):
             scores = [row[column] for row in sequence["pass@1"]]
             axes[0][column].plot(range(len(scores)), scores, "-o", markersize=3, color=color, label=run)
     for column, task in enumerate(tasks):
@@ -258,9 +298,13 @@ def cka_by_layer(representations: dict[str, dict]) -> bytes:
         for probe, style in (("task", "-o"), ("pretraining", "--s")):
             if probe in probes:
                 cka = probes[probe]["cka"]
-                axes[0].plot(range(len(cka)), cka, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})")
+                axes[0].plot(
+                    range(len(cka)), cka, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})"
+                )
                 js = probes[probe]["attention_js"]
-                axes[1].plot(range(1, len(js) + 1), js, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})")
+                axes[1].plot(
+                    range(1, len(js) + 1), js, style, markersize=3, color=COLORS[index % len(COLORS)], label=f"{run} ({probe})"
+                )
     axes[0].set_xlabel("layer (0 = embeddings)")
     axes[0].set_ylabel("linear CKA, tuned vs base")
     axes[0].set_title("Representational drift")

@@ -11,8 +11,18 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
-from ftcompare.report.tables import (markdown_from_cells, markdown_table, paired_comparison_table, result_row, sandbox_line,
-                                     sequence_tables, suite_tables, table_cells, training_precision_line, weights_line)
+from ftcompare.report.tables import (
+    markdown_from_cells,
+    markdown_table,
+    paired_comparison_table,
+    result_row,
+    sandbox_line,
+    sequence_tables,
+    suite_tables,
+    table_cells,
+    training_precision_line,
+    weights_line,
+)
 from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
 
 FIGURES_DIR = "figures"
@@ -54,8 +64,9 @@ def collect(experiment: Path) -> Collected:
                 collected.spectral[run.run_id] = read_json(run.file("spectral.json"))
             if run.has("representations.json"):
                 collected.representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
-    collected.unfinished = [run["run_id"] for run in study.get("runs", ())
-                            if not (experiment / run["run_id"] / "metrics.json").is_file()]
+    collected.unfinished = [
+        run["run_id"] for run in study.get("runs", ()) if not (experiment / run["run_id"] / "metrics.json").is_file()
+    ]
     if len(collected.records) <= (1 if base.is_file() else 0):
         raise FileNotFoundError(f"{experiment}: no finished runs to report")
     return collected
@@ -66,53 +77,115 @@ def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
     only each method's selected rate (and the base)."""
     rows = [r for r in all_rows if r.get("selected") is not False]
     result = [
-        Figure("accuracy_vs_rank", "Accuracy vs rank", "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.", plots.accuracy_vs_rank(rows)),
-        Figure("forgetting_vs_accuracy", "Forgetting vs accuracy", "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.", plots.forgetting_vs_accuracy(rows)),
-        Figure("intruders_vs_rank", "Intruder dimensions vs rank", "Total intruder dimensions over every adapted matrix (Algorithm 1 of Shuttleworth et al. 2024 at the configured k and ε).", plots.intruders_vs_rank(rows)),
+        Figure(
+            "accuracy_vs_rank",
+            "Accuracy vs rank",
+            "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.",
+            plots.accuracy_vs_rank(rows),
+        ),
+        Figure(
+            "forgetting_vs_accuracy",
+            "Forgetting vs accuracy",
+            "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.",
+            plots.forgetting_vs_accuracy(rows),
+        ),
+        Figure(
+            "intruders_vs_rank",
+            "Intruder dimensions vs rank",
+            "Total intruder dimensions over every adapted matrix (Algorithm 1 of Shuttleworth et al. 2024 at the configured k and ε).",
+            plots.intruders_vs_rank(rows),
+        ),
     ]
     for axis in plots.sweep_axes(all_rows):
         if axis == "lr_multiplier" and any(r.get("selection_pass1") is not None for r in all_rows):
-            result.append(Figure("learning_rate_selection", "Learning-rate selection",
-                                 "Greedy pass@1 on the selection suite per learning-rate multiplier, per method; each method's best multiplier is the one reported everywhere else.",
-                                 plots.learning_rate_selection(all_rows)))
+            result.append(
+                Figure(
+                    "learning_rate_selection",
+                    "Learning-rate selection",
+                    "Greedy pass@1 on the selection suite per learning-rate multiplier, per method; each method's best multiplier is the one reported everywhere else.",
+                    plots.learning_rate_selection(all_rows),
+                )
+            )
         elif axis != "rank":
             name = plots.AXIS_LABELS[axis].split(" (")[0]
-            result.append(Figure(f"sweep_{axis}", f"Sweep over the {name}",
-                                 f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (mean ± sd over seeds); runs without this axis as horizontal lines.",
-                                 plots.sweep(rows, axis)))
-    result.append(Figure("latency", "Latency and memory", "Training and generation throughput, and peak training memory, per run.", plots.latency_bars(rows)))
+            result.append(
+                Figure(
+                    f"sweep_{axis}",
+                    f"Sweep over the {name}",
+                    f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (mean ± sd over seeds); runs without this axis as horizontal lines.",
+                    plots.sweep(rows, axis),
+                )
+            )
+    result.append(
+        Figure(
+            "latency",
+            "Latency and memory",
+            "Training and generation throughput, and peak training memory, per run.",
+            plots.latency_bars(rows),
+        )
+    )
     summaries = {run: record["summary"] for run, record in collected.spectral.items()}
     if summaries:
         k = max((record.get("k") or 0 for record in collected.spectral.values()), default=0) or None
         result += [
-            Figure("epsilon_sweep", "Intruders vs ε", "Total intruder dimensions per run as the similarity threshold ε varies.",
-                   plots.epsilon_sweep({run: s.get("epsilon_sweep", {}) for run, s in summaries.items()})),
-            Figure("intruders_by_layer", "Intruders by layer and module type",
-                   "Intruder dimensions per layer (left) and per module type (right), per run; full fine-tuning in black.",
-                   spectral_plots.intruders_by_layer(summaries)),
-            Figure("intruder_positions", "Where intruders sit in the spectrum",
-                   "Intruder dimensions at each position among the tuned matrix's top-k singular vectors (1 = largest), summed over matrices.",
-                   spectral_plots.intruder_positions(summaries, k=k)),
+            Figure(
+                "epsilon_sweep",
+                "Intruders vs ε",
+                "Total intruder dimensions per run as the similarity threshold ε varies.",
+                plots.epsilon_sweep({run: s.get("epsilon_sweep", {}) for run, s in summaries.items()}),
+            ),
+            Figure(
+                "intruders_by_layer",
+                "Intruders by layer and module type",
+                "Intruder dimensions per layer (left) and per module type (right), per run; full fine-tuning in black.",
+                spectral_plots.intruders_by_layer(summaries),
+            ),
+            Figure(
+                "intruder_positions",
+                "Where intruders sit in the spectrum",
+                "Intruder dimensions at each position among the tuned matrix's top-k singular vectors (1 = largest), summed over matrices.",
+                spectral_plots.intruder_positions(summaries, k=k),
+            ),
         ]
         matrices = {run: record.get("matrices", []) for run, record in collected.spectral.items()}
         if any(matrices.values()):
-            result.append(Figure("spectral_features_by_layer", "Spectral features per layer",
-                                 "Per layer, mean over adapted matrices: effective rank (Roy & Vetterli 2007) of W and ΔW = W − W0, singular-value entropy, stable rank and spectral norm of ΔW, and ‖ΔW‖_F/‖W0‖_F; the base W0's effective rank dotted.",
-                                 spectral_plots.spectral_features_by_layer(matrices)))
+            result.append(
+                Figure(
+                    "spectral_features_by_layer",
+                    "Spectral features per layer",
+                    "Per layer, mean over adapted matrices: effective rank (Roy & Vetterli 2007) of W and ΔW = W − W0, singular-value entropy, stable rank and spectral norm of ΔW, and ‖ΔW‖_F/‖W0‖_F; the base W0's effective rank dotted.",
+                    spectral_plots.spectral_features_by_layer(matrices),
+                )
+            )
     interventions = {r["run_id"]: r["intervene"] for r in collected.records if r.get("intervene")}
     if interventions:
-        result.append(Figure("intervene", "Causal test: scaling the intruder dimensions",
-                             "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (Shuttleworth et al. 2024, §6); λ = 1 is the tuned model, λ = 0 removes those directions.",
-                             plots.interventions(interventions)))
+        result.append(
+            Figure(
+                "intervene",
+                "Causal test: scaling the intruder dimensions",
+                "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (Shuttleworth et al. 2024, §6); λ = 1 is the tuned model, λ = 0 removes those directions.",
+                plots.interventions(interventions),
+            )
+        )
     sequences = {r["run_id"]: r["sequence"] for r in collected.records if r.get("sequence")}
     if sequences:
-        result.append(Figure("sequence", "Sequential fine-tuning: interference",
-                             "Greedy pass@1 on each task (panel) after each training stage, per run; the dotted line marks the stage that trains that task.",
-                             plots.sequence_curves(sequences)))
+        result.append(
+            Figure(
+                "sequence",
+                "Sequential fine-tuning: interference",
+                "Greedy pass@1 on each task (panel) after each training stage, per run; the dotted line marks the stage that trains that task.",
+                plots.sequence_curves(sequences),
+            )
+        )
     if collected.representations:
-        result.append(Figure("representations", "Representational drift and attention change",
-                             "Per layer: linear CKA between base and tuned hidden states (Kornblith et al. 2019) and the Jensen–Shannon distance between their attention maps, on task inputs (solid) and held-out pre-training text (dashed).",
-                             plots.cka_by_layer(collected.representations)))
+        result.append(
+            Figure(
+                "representations",
+                "Representational drift and attention change",
+                "Per layer: linear CKA between base and tuned hidden states (Kornblith et al. 2019) and the Jensen–Shannon distance between their attention maps, on task inputs (solid) and held-out pre-training text (dashed).",
+                plots.cka_by_layer(collected.representations),
+            )
+        )
     return result
 
 
@@ -130,8 +203,12 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     header, body = table_cells(rows)
     suite_header, suite_body, robust_header, robust_body = suite_tables(records)
     paired_header, paired_body = paired_comparison_table(records)
-    environment = Environment(loader=PackageLoader("ftcompare.report", "templates"), autoescape=select_autoescape(["html"]),
-                              trim_blocks=True, lstrip_blocks=True)
+    environment = Environment(
+        loader=PackageLoader("ftcompare.report", "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     context = {
         "study": study,
         "weights": weights_line((study.get("base") or {}).get("provenance") or {}),
@@ -144,15 +221,27 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "header": header,
         "body": body,
         "markdown_table": markdown_table(rows),
-        "suite_header": suite_header, "suite_body": suite_body, "suite_markdown": markdown_from_cells(suite_header, suite_body),
-        "robust_header": robust_header, "robust_body": robust_body,
-        "paired_header": paired_header, "paired_body": paired_body,
+        "suite_header": suite_header,
+        "suite_body": suite_body,
+        "suite_markdown": markdown_from_cells(suite_header, suite_body),
+        "robust_header": robust_header,
+        "robust_body": robust_body,
+        "paired_header": paired_header,
+        "paired_body": paired_body,
         "paired_markdown": markdown_from_cells(paired_header, paired_body) if paired_body else "",
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
         "sequences": sequence_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
-        "figures": [{"slug": f.slug, "title": f.title, "caption": f.caption,
-                     "data": base64.b64encode(f.png).decode(), "file": f"{FIGURES_DIR}/{f.slug}.png"} for f in figs],
+        "figures": [
+            {
+                "slug": f.slug,
+                "title": f.title,
+                "caption": f.caption,
+                "data": base64.b64encode(f.png).decode(),
+                "file": f"{FIGURES_DIR}/{f.slug}.png",
+            }
+            for f in figs
+        ],
         "experiment": study.get("config", {}).get("experiment", experiment.name),
         "unfinished": collected.unfinished,
         "retrained": [r["run_id"] for r in records if (r.get("train") or {}).get("retrained_without_saved_weights")],

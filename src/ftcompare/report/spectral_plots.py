@@ -9,7 +9,7 @@ the other runs in the colors of plots.py.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ftcompare.analyze.spectral import features_by_layer, layer_sort_key
 from ftcompare.report.plots import COLORS, _png, plt
@@ -61,8 +61,9 @@ def intruders_by_layer(summaries: dict[str, dict]) -> bytes:
         layers = _numeric_layers(by_layer)
         if layers:
             color, fmt = styles[run]
-            axes[0].plot([int(layer) for layer in layers], [by_layer[layer] for layer in layers], fmt, markersize=3,
-                         color=color, label=run)
+            axes[0].plot(
+                [int(layer) for layer in layers], [by_layer[layer] for layer in layers], fmt, markersize=3, color=color, label=run
+            )
             plotted = True
     if not plotted:
         _no_data(axes[0], "per-layer intruder counts")
@@ -79,8 +80,13 @@ def intruders_by_layer(summaries: dict[str, dict]) -> bytes:
         for offset, run in enumerate(runs):
             counts = summaries[run].get("by_module_type") or {}
             color, _ = styles[run]
-            axes[1].bar([i + offset * width for i in range(len(modules))], [counts.get(m, 0) for m in modules],
-                        width=width, color=color, label=run)
+            axes[1].bar(
+                [i + offset * width for i in range(len(modules))],
+                [counts.get(m, 0) for m in modules],
+                width=width,
+                color=color,
+                label=run,
+            )
         axes[1].set_xticks([i + 0.4 - width / 2 for i in range(len(modules))], modules, rotation=45, ha="right", fontsize=7)
         _legend(axes[1])
     else:
@@ -137,16 +143,22 @@ def spectral_features_by_layer(matrices_by_run: dict[str, list[dict]]) -> bytes:
     for ax, (feature, title, ylabel) in zip(axes.flat, FEATURE_PANELS):
         plotted = False
         for run in runs:
-            points = [(int(layer), values[feature]) for layer, values in per_layer[run].items()
-                      if layer.isdigit() and feature in values and math.isfinite(values[feature])]
+            points = [
+                (int(layer), values[feature])
+                for layer, values in per_layer[run].items()
+                if layer.isdigit() and feature in values and math.isfinite(values[feature])
+            ]
             if points:
                 color, fmt = styles[run]
                 ax.plot([x for x, _ in points], [y for _, y in points], fmt, markersize=3, color=color, label=run)
                 plotted = True
         if feature == "tuned_effective_rank":  # the base is the same for every run: the first that has it
             for run in runs:
-                base = [(int(layer), values["base_effective_rank"]) for layer, values in per_layer[run].items()
-                        if layer.isdigit() and "base_effective_rank" in values]
+                base = [
+                    (int(layer), values["base_effective_rank"])
+                    for layer, values in per_layer[run].items()
+                    if layer.isdigit() and "base_effective_rank" in values
+                ]
                 if base:
                     ax.plot([x for x, _ in base], [y for _, y in base], ":", color="gray", label="base W0")
                     break

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ftcompare.evaluate.metrics import paired_difference
 
@@ -37,8 +37,11 @@ def intruder_total(record: dict) -> int | None:
 def weights_line(provenance: dict) -> str:
     """Which weights the base was, from its provenance record: source, revision or file and checksum,
     quantization, and the record's own caveat (a quantized file is not the upstream model)."""
-    parts = [str(provenance[key]) if key == "source" else f"{key} {provenance[key]}"
-             for key in ("source", "revision", "file") if provenance.get(key)]
+    parts = [
+        str(provenance[key]) if key == "source" else f"{key} {provenance[key]}"
+        for key in ("source", "revision", "file")
+        if provenance.get(key)
+    ]
     if provenance.get("sha256"):
         parts.append(f"sha256 {provenance['sha256'][:12]}…")
     if provenance.get("quantization"):
@@ -107,7 +110,7 @@ def result_row(record: dict) -> dict:
     """The table's values for one metrics record (None where the run has no such number)."""
     primary = record.get("primary_suite", "test")
     ood = out_of_domain_suite(record, primary)
-    is_adapter = record.get("rank") is not None
+    is_adapter = _get(record, "train", "method", "library") == "peft"  # what the run recorded it trained
     row = {
         "run": record.get("run_id"),
         "method": record.get("label", record.get("method")),
@@ -128,7 +131,9 @@ def result_row(record: dict) -> dict:
         "ood_pass1": _get(record, "suites", ood, "greedy", "pass@1") if ood else None,
         "forgetting": _get(record, "forgetting", "increase") if record.get("method") != "base" else 0.0,
         "heldout_loss": _get(record, "forgetting", "heldout_loss"),
-        "forgetting_prose": _get(record, "forgetting", "corpora", "prose", "increase") if record.get("method") != "base" else None,
+        "forgetting_prose": _get(record, "forgetting", "corpora", "prose", "increase")
+        if record.get("method") != "base"
+        else None,
         # QLoRA: the loss moved by the adapter alone, over the quantized base it was trained on
         "forgetting_over_quantized": _get(record, "forgetting", "increase_over_quantized_base"),
         # steady state: the first steps' one-time costs left out (records from before it have only the overall)
@@ -153,8 +158,11 @@ def columns(rows: Sequence[dict]) -> list[Column]:
     ood_name = next((r["ood_suite"] for r in rows if r.get("ood_suite")), "ood")
     ood_title = "OOD" if ood_name.endswith("ood") else f"OOD ({ood_name})"
     k_ood = next((r["ood_k_name"] for r in rows if r.get("ood_passk") is not None), "pass@k")
-    selection = [Column("selection_pass1", "selection pass@1", ".3f"), Column("selected", "selected", "s")] \
-        if any(r.get("selection_pass1") is not None for r in rows) else []
+    selection = (
+        [Column("selection_pass1", "selection pass@1", ".3f"), Column("selected", "selected", "s")]
+        if any(r.get("selection_pass1") is not None for r in rows)
+        else []
+    )
     return [
         Column("method", "method", "s"),
         Column("seed", "seed", "d"),
@@ -167,9 +175,16 @@ def columns(rows: Sequence[dict]) -> list[Column]:
         Column("ood_passk", f"{ood_title} {k_ood}", ".3f"),
         Column("generalisation_gap", "ID−OOD gap", "+.3f"),
         Column("forgetting", "forgetting (Δ loss)", "+.3f"),
-        *([Column("forgetting_prose", "forgetting, prose", "+.3f")] if any(r.get("forgetting_prose") is not None for r in rows) else []),
-        *([Column("forgetting_over_quantized", "forgetting over quantized base", "+.3f")]
-          if any(r.get("forgetting_over_quantized") is not None for r in rows) else []),
+        *(
+            [Column("forgetting_prose", "forgetting, prose", "+.3f")]
+            if any(r.get("forgetting_prose") is not None for r in rows)
+            else []
+        ),
+        *(
+            [Column("forgetting_over_quantized", "forgetting over quantized base", "+.3f")]
+            if any(r.get("forgetting_over_quantized") is not None for r in rows)
+            else []
+        ),
         Column("train_tokens_per_s", "train tok/s", ",.0f"),
         Column("peak_memory_mb", "peak MB", ",.0f"),
         Column("merged_tokens_per_s", "infer tok/s merged", ",.0f"),
@@ -190,7 +205,16 @@ def format_cell(value: object, fmt: str) -> str:
     return str(value)
 
 
-SUMMARY_KEYS = ("method", "id_pass1", "id_passk", "ood_pass1", "forgetting", "train_tokens_per_s", "merged_tokens_per_s", "intruders")
+SUMMARY_KEYS = (
+    "method",
+    "id_pass1",
+    "id_passk",
+    "ood_pass1",
+    "forgetting",
+    "train_tokens_per_s",
+    "merged_tokens_per_s",
+    "intruders",
+)
 
 
 def table_cells(rows: Sequence[dict], keys: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
@@ -227,19 +251,53 @@ def suite_tables(records: Sequence[dict]) -> tuple[list[str], list[list[str]], l
     matters for reasoning models; then per run, suite and perturbation family: ReCode's robust metrics over
     the problems the family applies to ("applies to": perturbed / all; a family that applies to none
     shows n/a)."""
-    suite_header = ["run", "suite", "in domain", "pass@1", "± s.e.", "F1 (tokens)", "line-edit F1", "mean new tokens",
-                    "reasoning tokens", "s / problem", "cut by budget"]
-    robust_header = ["run", "suite", "perturbation", "s", "applies to", "nominal pass@1", "robust pass@1",
-                     "robust drop@1", "robust relative@1"]
+    suite_header = [
+        "run",
+        "suite",
+        "in domain",
+        "pass@1",
+        "± s.e.",
+        "F1 (tokens)",
+        "line-edit F1",
+        "mean new tokens",
+        "reasoning tokens",
+        "s / problem",
+        "cut by budget",
+    ]
+    robust_header = [
+        "run",
+        "suite",
+        "perturbation",
+        "s",
+        "applies to",
+        "nominal pass@1",
+        "robust pass@1",
+        "robust drop@1",
+        "robust relative@1",
+    ]
     suite_body, robust_body = [], []
     for record in records:
         for suite, metrics in (record.get("suites") or {}).items():
             greedy = metrics.get("greedy", {})
-            suite_body.append([str(record.get("run_id")), suite, "yes" if metrics.get("in_domain") else "no", *_cells([
-                (greedy.get("pass@1"), ".3f"), ((greedy.get("stderr") or {}).get("pass@1"), ".3f"),
-                (greedy.get("token_f1"), ".3f"), (greedy.get("line_edit_f1", greedy.get("diff_f1")), ".3f"),
-                (greedy.get("mean_new_tokens"), ".1f"), (greedy.get("mean_reasoning_tokens"), ".1f"),
-                (greedy.get("seconds_per_problem"), ".3f"), (greedy.get("hit_budget_fraction"), ".2f")])])
+            suite_body.append(
+                [
+                    str(record.get("run_id")),
+                    suite,
+                    "yes" if metrics.get("in_domain") else "no",
+                    *_cells(
+                        [
+                            (greedy.get("pass@1"), ".3f"),
+                            ((greedy.get("stderr") or {}).get("pass@1"), ".3f"),
+                            (greedy.get("token_f1"), ".3f"),
+                            (greedy.get("line_edit_f1", greedy.get("diff_f1")), ".3f"),
+                            (greedy.get("mean_new_tokens"), ".1f"),
+                            (greedy.get("mean_reasoning_tokens"), ".1f"),
+                            (greedy.get("seconds_per_problem"), ".3f"),
+                            (greedy.get("hit_budget_fraction"), ".2f"),
+                        ]
+                    ),
+                ]
+            )
             for family, robust in (metrics.get("robustness") or {}).items():
                 robust_body.append([str(record.get("run_id")), suite, family, str(robust["s"]), *_robust_cells(robust)])
     return suite_header, suite_body, robust_header, robust_body
@@ -253,14 +311,32 @@ def _robust_cells(robust: dict) -> list[str]:
         applies = f"{robust['problems']}/{robust['problems'] + len(robust['not_applicable'])}"
         if robust["problems"] == 0:
             return [applies, *["n/a"] * 4]
-    return [applies, *_cells([(robust["nominal_pass@1"], ".3f"), (robust["robust_pass@1"], ".3f"),
-                              (robust["robust_drop@1"], "+.3f"), (robust["robust_relative@1"], ".3f")])]
+    return [
+        applies,
+        *_cells(
+            [
+                (robust["nominal_pass@1"], ".3f"),
+                (robust["robust_pass@1"], ".3f"),
+                (robust["robust_drop@1"], "+.3f"),
+                (robust["robust_relative@1"], ".3f"),
+            ]
+        ),
+    ]
 
 
 def _reference_full(record: dict, records: Sequence[dict]) -> dict | None:
     """The full fine-tuning run a method is compared with: selected, same seed and data fraction."""
-    return next((r for r in records if r.get("method") == "full" and r.get("selected") is not False
-                 and r.get("seed") == record.get("seed") and r.get("data_fraction") == record.get("data_fraction")), None)
+    return next(
+        (
+            r
+            for r in records
+            if r.get("method") == "full"
+            and r.get("selected") is not False
+            and r.get("seed") == record.get("seed")
+            and r.get("data_fraction") == record.get("data_fraction")
+        ),
+        None,
+    )
 
 
 def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -285,8 +361,10 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
                     cells.append("–")
                     continue
                 paired = paired_difference(scores, against)
-                cells.append(f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
-                             f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})")
+                cells.append(
+                    f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
+                    f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})"
+                )
             if any(cell != "–" for cell in cells):
                 body.append([str(run.get("run_id")), name, *cells])
     return ["run", "against", *suites], body
@@ -301,11 +379,21 @@ def sequence_tables(records: Sequence[dict]) -> list[dict]:
         if not sequence:
             continue
         header = ["after"] + [f"{task} pass@1" for task in sequence["tasks"]] + ["held-out loss"]
-        body = [[label, *_cells([(v, ".3f") for v in scores]), format_cell(loss, ".3f")]
-                for label, scores, loss in zip(sequence["rows"], sequence["pass@1"], sequence["heldout_loss"])]
-        tables.append({"run": record["run_id"], "label": record.get("label"), "header": header, "body": body,
-                       "markdown": markdown_from_cells(header, body),
-                       "mean_forgetting": sequence["mean_forgetting"], "mean_backward_transfer": sequence["mean_backward_transfer"]})
+        body = [
+            [label, *_cells([(v, ".3f") for v in scores]), format_cell(loss, ".3f")]
+            for label, scores, loss in zip(sequence["rows"], sequence["pass@1"], sequence["heldout_loss"])
+        ]
+        tables.append(
+            {
+                "run": record["run_id"],
+                "label": record.get("label"),
+                "header": header,
+                "body": body,
+                "markdown": markdown_from_cells(header, body),
+                "mean_forgetting": sequence["mean_forgetting"],
+                "mean_backward_transfer": sequence["mean_backward_transfer"],
+            }
+        )
     return tables
 
 

@@ -11,10 +11,10 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ftcompare.config import InputError
+from ftcompare.schema import InputError
 
 STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
@@ -23,8 +23,16 @@ BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by
 
 # why a folder cannot be written that the user can fix (a full disk, no permission, a file where a folder
 # should be); other OS errors are bugs or hardware and keep their traceback
-FIXABLE_WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                        errno.EISDIR}
+FIXABLE_WRITE_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
 
 
 class OutputError(InputError):
@@ -58,8 +66,11 @@ def _raise_if_fixable(path: Path, error: OSError) -> None:
     """Raise OutputError naming `path` when `error` is one the user can fix; return otherwise."""
     if error.errno in FIXABLE_WRITE_ERRORS:
         reason = "a file is in the way of a folder" if error.errno in (errno.ENOTDIR, errno.EEXIST) else os.strerror(error.errno)
-        raise OutputError(path, f"cannot write there: {reason} ({error.filename or path}); fix that and run the same "
-                                "command again (what was finished is kept)") from None
+        raise OutputError(
+            path,
+            f"cannot write there: {reason} ({error.filename or path}); fix that and run the same "
+            "command again (what was finished is kept)",
+        ) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -97,8 +108,11 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise InputError(path, f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
-                               "repair it or delete it (and what was recorded with it)") from None
+        raise InputError(
+            path,
+            f"not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+            "repair it or delete it (and what was recorded with it)",
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -116,8 +130,9 @@ def _read_record_text(path: Path) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise InputError(path, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
-                               "repair it or delete it") from None
+        raise InputError(
+            path, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); repair it or delete it"
+        ) from None
 
 
 class RunDir:
@@ -135,6 +150,12 @@ class RunDir:
 
     def has(self, name: str) -> bool:
         return self.file(name).is_file()
+
+    def reuse(self, name: str, compute: Callable[[], dict], key: str | None = None) -> dict:
+        """The record `name` if an earlier session wrote it, else what `compute()` returns (it writes the
+        record): a stage that left its record is not done again. `key`: that part of the record only."""
+        record = read_json(self.file(name)) if self.has(name) else compute()
+        return record if key is None else record[key]
 
     @property
     def done(self) -> bool:
@@ -168,5 +189,6 @@ def run_dirs(experiment: Path) -> list[RunDir]:
     if study_file.is_file():
         order = [run["run_id"] for run in read_json(study_file)["runs"]]
         return [RunDir(experiment / run_id) for run_id in order if (experiment / run_id).is_dir()]
-    return sorted((RunDir(p) for p in experiment.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))),
-                  key=lambda run: run.run_id)
+    return sorted(
+        (RunDir(p) for p in experiment.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))), key=lambda run: run.run_id
+    )

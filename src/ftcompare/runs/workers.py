@@ -12,10 +12,10 @@ import fcntl
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -94,8 +94,12 @@ class Worker:
         return 1.0 if self.sharing == 1 else SHARED_GPU_MEMORY / self.sharing
 
     def record(self, device: torch.device) -> dict:
-        return {"index": self.index, "count": self.count, "workers_on_this_device": self.sharing,
-                **({"gpu_memory_fraction": self.gpu_memory_fraction} if device.type == "cuda" else {})}
+        return {
+            "index": self.index,
+            "count": self.count,
+            "workers_on_this_device": self.sharing,
+            **({"gpu_memory_fraction": self.gpu_memory_fraction} if device.type == "cuda" else {}),
+        }
 
     def cap_gpu_memory(self, device: torch.device) -> None:
         """On a GPU shared with other workers, keep this process's allocator to its share of the memory."""
@@ -103,7 +107,7 @@ class Worker:
             torch.cuda.set_per_process_memory_fraction(self.gpu_memory_fraction, device.index or 0)
 
     @classmethod
-    def from_environment(cls) -> "Worker | None":
+    def from_environment(cls) -> Worker | None:
         value = os.environ.get(WORKER_ENV)
         if not value:
             return None
@@ -119,10 +123,14 @@ def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[st
     environments = []
     for index in range(count):
         sharing = len(range(index % gpus, count, gpus)) if gpus else count
-        gpu = {"CUDA_VISIBLE_DEVICES": str(index % gpus),
-               **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})} if gpus else {}
-        environments.append({WORKER_ENV: f"{index}/{count}/{sharing}",
-                             "OMP_NUM_THREADS": str(max(1, cpu_threads // count)), **gpu})
+        gpu = (
+            {"CUDA_VISIBLE_DEVICES": str(index % gpus), **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})}
+            if gpus
+            else {}
+        )
+        environments.append(
+            {WORKER_ENV: f"{index}/{count}/{sharing}", "OMP_NUM_THREADS": str(max(1, cpu_threads // count)), **gpu}
+        )
     return environments
 
 

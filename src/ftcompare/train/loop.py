@@ -13,16 +13,16 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
-IGNORE_INDEX = -100
+from ftcompare.data.problems import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,23 @@ class TrainSettings:
 
     def recipe(self) -> dict:
         """The optimizer and schedule as run, for the records."""
-        return {"optimizer": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
-                "steps": self.steps, "grad_clip": self.grad_clip}
+        return {
+            "optimizer": "AdamW",
+            "lr": self.lr,
+            "betas": list(self.betas),
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+            "schedule": self.schedule,
+            "warmup_steps": self.warmup_steps,
+            "steps": self.steps,
+            "grad_clip": self.grad_clip,
+        }
+
+
+def optimizer_steps(n_examples: int, epochs: float, batch_size: int, max_steps: int | None) -> int:
+    """How many optimizer steps a run takes: ceil(epochs · examples / batch), capped at `max_steps` when set."""
+    steps = math.ceil(epochs * n_examples / batch_size)
+    return min(steps, max_steps) if max_steps else steps
 
 
 @contextmanager
@@ -134,9 +148,12 @@ def train(
     accelerator = accelerator or Accelerator()
     seed_everything(settings.seed)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas,
-                                  eps=settings.eps)
-    scheduler = get_scheduler(settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas, eps=settings.eps
+    )
+    scheduler = get_scheduler(
+        settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     meter = MemoryMeter(accelerator.device)
@@ -150,8 +167,9 @@ def train(
     try:
         for step in range(1, settings.steps + 1):
             batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
-            with torch.autocast(accelerator.device.type, dtype=settings.autocast_dtype,
-                                enabled=settings.autocast_dtype is not None):
+            with torch.autocast(
+                accelerator.device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None
+            ):
                 loss = model(**batch).loss
             accelerator.backward(loss)
             if settings.grad_clip is not None:

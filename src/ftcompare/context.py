@@ -1,0 +1,81 @@
+"""What every stage of a study shares: the device it runs on, the environment it records, and the frozen
+`StudyContext` (resolved once by `ftcompare.study.prepare`, read by the stages, changed by none).
+
+Writes no record itself; `environment()` is the part of `study.json` (and of `ftcompare eval`'s
+`metrics.json`) that names the libraries and hardware a result was measured with.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ftcompare import __version__
+from ftcompare.analyze.spectral import SpectrumCache
+from ftcompare.config import StudyConfig
+from ftcompare.data.problems import Problem, TaskSplits
+from ftcompare.models.base import BaseSource
+from ftcompare.runs.workers import Worker
+
+if TYPE_CHECKING:
+    from ftcompare.analyze.stage import Probe
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyContext:
+    """What every run of a study shares: resolved once, read by the stages."""
+
+    config: StudyConfig
+    device: torch.device
+    base: BaseSource
+    tokenizer: object
+    task: TaskSplits  # every evaluation suite
+    experiment: Path
+    stages: tuple[tuple[str, TaskSplits], ...] = ()  # the tasks trained in order (one unless the study is a sequence)
+    heldout: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # forgetting corpora by name, the headline one first (empty: no forgetting)
+    base_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    spectra: SpectrumCache | None = None
+    probes: dict[str, Probe] = field(default_factory=dict)
+    layer_scores: list[float] | None = None  # per decoder layer, the base's input-output CKA (layer-wise LoRA)
+    worker: Worker | None = None  # which of several workers on this experiment folder this process is
+
+    @property
+    def primary_problems(self) -> tuple[Problem, ...]:
+        return self.task.suites[self.config.primary_suite]
+
+    @property
+    def headline_heldout(self) -> torch.Tensor:
+        """The first forgetting corpus: the one the tables' forgetting column and the causal test report."""
+        return next(iter(self.heldout.values()))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def environment(worker: Worker | None = None) -> dict:
+    import peft
+    import transformers
+
+    return {
+        "ftcompare": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **({"workers": f"{worker.count} ({worker.sharing} on this device)"} if worker else {}),
+    }

@@ -1,0 +1,348 @@
+"""The evaluation stage: latency (an adapter unmerged, then merged), pass@k on every suite with per-sample
+records, robustness under perturbations, forgetting as held-out loss; and the base model's own evaluation.
+
+Records: `<run>/eval.json` and `<run>/samples.jsonl`; for the base, `_base/eval.json`, `_base/samples.jsonl`,
+`_base/metrics.json` and (QLoRA studies) `_base/quantized_base.json`. `ftcompare eval` (`evaluate_benchmark`)
+writes `metrics.json` and `samples.jsonl` in its output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from ftcompare.config import BaseModelConfig, EvaluationConfig, StudyConfig
+from ftcompare.console import console, step_progress
+from ftcompare.context import StudyContext, environment, resolve_device
+from ftcompare.data.perturb import family_variants
+from ftcompare.data.problems import Problem, TaskSplits
+from ftcompare.data.suites import BENCHMARKS
+from ftcompare.evaluate.forgetting import mean_token_loss
+from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
+from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
+from ftcompare.evaluate.robustness import family_robustness
+from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
+from ftcompare.matrix import RunSpec
+from ftcompare.models.base import load_model, load_tokenizer, resolve_base
+from ftcompare.models.methods import method_for
+from ftcompare.models.methods.full import FullSettings
+from ftcompare.models.weights import merge_adapter
+from ftcompare.runs.store import BASE_DIR, RunDir, read_json, write_json, write_jsonl
+
+
+def evaluate_stage(
+    run: RunSpec | None, run_dir: RunDir, context: StudyContext, model: torch.nn.Module
+) -> tuple[dict, torch.nn.Module]:
+    """Latency (unmerged, then merged), pass@k on every suite, forgetting: the evaluation record (the one
+    an earlier session wrote, if any) and the merged model."""
+
+    def evaluate() -> dict:
+        nonlocal model
+        started = time.perf_counter()
+        latency, model = merged_with_latency(model, context)
+        return evaluate_merged(run, run_dir, context, model, latency, started)
+
+    if run_dir.has("eval.json"):
+        console.print("  evaluate: finished earlier")
+    record = run_dir.reuse("eval.json", evaluate)
+    return record, merge_adapter(model)  # as is when `evaluate` merged it already
+
+
+def merged_with_latency(model: torch.nn.Module, context: StudyContext) -> tuple[dict, torch.nn.Module]:
+    """Generation throughput of an adapter unmerged, then merged (empty: latency is not measured); the
+    latency record and the merged model."""
+    evaluation = context.config.evaluation
+    latency: dict = {}
+    if evaluation.latency:
+        prompts = latency_prompts(context)
+
+        def measure(m: torch.nn.Module) -> float:
+            return generation_tokens_per_s(
+                m,
+                context.tokenizer,
+                prompts,
+                new_tokens=evaluation.latency.new_tokens,
+                repeats=evaluation.latency.repeats,
+                cache=evaluation.cache,
+                compile=evaluation.compile,
+            )
+
+        if isinstance(model, PeftModel):
+            latency["unmerged_tokens_per_s"] = measure(model)
+        model = merge_adapter(model)
+        latency["merged_tokens_per_s"] = measure(model)
+        latency.update(batch_size=len(prompts), new_tokens=evaluation.latency.new_tokens)
+    return latency, merge_adapter(model)  # no-op when latency already merged it
+
+
+def evaluate_merged(
+    run: RunSpec | None, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, latency: dict, started: float
+) -> dict:
+    """Score the merged `model` on every suite and measure its forgetting; writes `samples.jsonl` and
+    `eval.json` and returns the latter's record (`started`: when the stage began, latency included)."""
+    evaluation = context.config.evaluation
+    model.eval()
+    suites, records = {}, []
+    # the selection score is reused only if it was measured on this very model
+    selection_suite = (
+        context.config.training.select_lr_on
+        if run is not None and not read_json(run_dir.file("train.json")).get("retrained_without_saved_weights")
+        else None
+    )
+    for suite_name, problems in context.task.suites.items():
+        problems = problems[: evaluation.limit] if evaluation.limit else problems
+        if not problems:
+            continue
+        if suite_name == selection_suite:  # scored greedily when the rate was chosen
+            selection = read_json(run_dir.file("selection.json"))
+            suites[suite_name] = {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}
+            continue
+        seed = run.seed if run else 0
+        suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=seed)
+        suites[suite_name] = {**suite_metrics, "in_domain": context.task.suite_info(suite_name).in_domain}
+        records.extend(suite_records)
+        if evaluation.robustness and suite_name in evaluation.robustness.suites:
+            robust_records, suites[suite_name]["robustness"] = evaluate_robustness(
+                model, problems, suite_records, suite_name, context, seed
+            )
+            records.extend(robust_records)
+    write_jsonl(run_dir.file("samples.jsonl"), records)
+    forgetting = {}
+    if context.heldout:
+        base_forgetting = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"] if run else {}
+        corpora = {}
+        for corpus, chunks in context.heldout.items():
+            tuned_loss = mean_token_loss(model, chunks)
+            base_loss = base_forgetting["corpora"][corpus]["heldout_loss"] if run else tuned_loss
+            corpora[corpus] = {"heldout_loss": tuned_loss, "base_heldout_loss": base_loss, "increase": tuned_loss - base_loss}
+            if run is not None and method_for(run.method).quantized_base:
+                quantized = quantized_base_loss(run, context)[corpus]
+                corpora[corpus].update(quantized_base_heldout_loss=quantized, increase_over_quantized_base=tuned_loss - quantized)
+        forgetting = {**next(iter(corpora.values())), "corpus": next(iter(corpora)), "corpora": corpora}
+    result = {
+        "suites": suites,
+        "forgetting": forgetting,
+        "latency": latency,
+        "merged_for_evaluation": run is not None and run.is_adapter,
+        "wall_s": time.perf_counter() - started,
+    }
+    write_json(run_dir.file("eval.json"), result)
+    summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
+    console.print(
+        f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss {forgetting['increase']:+.3f}" if forgetting and run else "")
+    )
+    return result
+
+
+def latency_prompts(context: StudyContext) -> list[str]:
+    suite = context.primary_problems
+    return [suite[i % len(suite)].prompt for i in range(context.config.evaluation.latency.batch_size)]
+
+
+def evaluate_suite(
+    model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int, greedy_only: bool = False
+) -> tuple[list[dict], dict]:
+    """Generate (greedy and/or sampled), extract, execute and score one suite; per-sample records and metrics."""
+    evaluation = context.config.evaluation
+    info = context.task.suite_info(suite)
+    sandbox = SandboxSettings(
+        info.timeout_s or evaluation.timeout_s, info.memory_mb or evaluation.memory_mb, evaluation.sandbox_workers
+    )
+    common = {
+        "max_new_tokens": evaluation.max_new_tokens,
+        "batch_size": evaluation.batch_size,
+        "seed": seed,
+        "stop_strings": info.stop_strings,
+        "backend": evaluation.backend,
+        "round_tokens": evaluation.round_tokens,
+        "cache": evaluation.cache,
+        "compile": evaluation.compile,
+    }
+    modes = []
+    if evaluation.greedy:
+        modes.append(("greedy", SamplingSettings(n=1, do_sample=False, **common)))
+    sampled = evaluation.sampled_suites is None or suite in evaluation.sampled_suites
+    if evaluation.n_samples and sampled and not greedy_only:
+        modes.append(
+            (
+                "sampled",
+                SamplingSettings(
+                    n=evaluation.n_samples, do_sample=True, temperature=evaluation.temperature, top_p=evaluation.top_p, **common
+                ),
+            )
+        )
+    all_problems, records, metrics = problems, [], {}
+    for mode, settings in modes:
+        problems = all_problems[: evaluation.sampled_limit] if mode == "sampled" and evaluation.sampled_limit else all_problems
+        with step_progress(console, f"  {suite} {mode}", len(problems)) as advance:
+            generations, generate_s = generate(
+                model, context.tokenizer, [p.prompt for p in problems], settings, on_batch=running_total(advance)
+            )
+        sampled = sample_records(
+            problems, generations, suite=suite, mode=mode, extraction=info.extraction, tokenizer=context.tokenizer
+        )
+        scored = execute_records(sampled, sandbox)
+        if info.scoring == "repair":
+            scored = [
+                {**record, **repair_scores(problem, record)}
+                for problem, record in zip((p for p in problems for _ in range(settings.n)), scored, strict=True)
+            ]
+        metrics[mode] = {
+            **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
+            **generation_statistics(scored, generate_s, len(problems)),
+            "n": settings.n,
+        }
+        if info.scoring == "repair":
+            metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in REPAIR_F1_KEYS})
+        records.extend(scored)
+    return records, metrics
+
+
+def running_total(advance: Callable[[int], None]) -> Callable[[int], None]:
+    """A `generate` batch callback (problems finished in the batch) that moves a progress bar to the total so far."""
+    finished = 0
+
+    def add(count: int) -> None:
+        nonlocal finished
+        finished += count
+        advance(finished)
+
+    return add
+
+
+def evaluate_robustness(
+    model, problems: tuple[Problem, ...], nominal_records: list[dict], suite: str, context: StudyContext, seed: int
+) -> tuple[list[dict], dict]:
+    """ReCode's Robust Pass@1, Drop@1 and Relative@1 per perturbation family: s variants of every problem,
+    decoded greedily, against the suite's own greedy (nominal) results."""
+    robustness = context.config.evaluation.robustness
+    nominal = {r["task_id"]: [r["passed"]] for r in nominal_records if r["mode"] == "greedy"}
+    records, metrics = [], {}
+    for family in robustness.perturbations:
+        variants, not_applicable = family_variants(problems, family, robustness.s, robustness.seed)
+        family_records = []
+        if variants:  # a family that applies to no problem generates nothing
+            family_records, _ = evaluate_suite(model, tuple(variants), suite, context, seed=seed, greedy_only=True)
+        family_records = [
+            {**r, "suite": f"{suite}~{family}", "perturbation": family, "variant": v.meta["variant"]}
+            for r, v in zip(family_records, variants, strict=True)
+        ]
+        perturbed: dict[str, list[list[bool]]] = {}
+        for record in family_records:
+            perturbed.setdefault(record["task_id"], []).append([record["passed"]])
+        metrics[family] = family_robustness(nominal, perturbed, not_applicable, robustness.s)
+        records.extend(family_records)
+    return records, metrics
+
+
+def repair_scores(problem: Problem, record: dict) -> dict:
+    """Token-level F1 (the reported F1) and line-edit F1, with their precision and recall, of a candidate
+    fix against the reference fix (ftcompare.evaluate.repair)."""
+    return repair_f1_scores(problem.meta["buggy"], record["extracted_code"], problem.meta["correct"])
+
+
+def generation_statistics(scored: list[dict], generate_s: float, problems: int) -> dict:
+    """What the latency story of a (reasoning) model needs: tokens generated, reasoning tokens, time per
+    problem, and how often the budget cut an answer (recorded, not silently scored as a method's failure)."""
+    new_tokens = sum(r["new_tokens"] for r in scored)
+    reasoning = [r["reasoning_tokens"] for r in scored if r.get("reasoning_tokens") is not None]
+    return {
+        "problems": problems,
+        "mean_new_tokens": new_tokens / len(scored),
+        "mean_reasoning_tokens": sum(reasoning) / len(reasoning) if reasoning else 0.0,
+        "hit_budget_fraction": sum(r["hit_budget"] for r in scored) / len(scored),
+        "unfinished_reasoning_fraction": sum(not r["reasoning_closed"] for r in scored) / len(scored),
+        "generate_s": generate_s,
+        "seconds_per_problem": generate_s / problems,
+        "generate_tokens_per_s": new_tokens / max(generate_s, 1e-9),
+        "status_counts": {s: sum(r["status"] == s for r in scored) for s in sorted({r["status"] for r in scored})},
+        "extraction_counts": {m: sum(r["extraction"] == m for r in scored) for m in sorted({r["extraction"] for r in scored})},
+        # bubblewrap or the weaker fallback (ftcompare.evaluate.sandbox): the report says which scored each run
+        "isolation_counts": {
+            i: sum(r.get("isolation") == i for r in scored) for i in sorted({str(r.get("isolation")) for r in scored})
+        },
+    }
+
+
+def quantized_base_loss(run: RunSpec, context: StudyContext) -> dict[str, float]:
+    """Held-out loss per corpus of the base quantized as `run`'s method quantizes it (QLoRA: 4-bit NF4; once
+    per study)."""
+    base_dir = RunDir(context.experiment / BASE_DIR)
+
+    def measure() -> dict:
+        model = method_for(run.method).prepare_base(load_model(context.base, context.device), run)
+        losses = {corpus: mean_token_loss(model, chunks) for corpus, chunks in context.heldout.items()}
+        record = {"quantization": "bitsandbytes NF4, double quantization", "heldout_loss": losses}
+        write_json(base_dir.file("quantized_base.json"), record)
+        return record
+
+    return base_dir.reuse("quantized_base.json", measure, key="heldout_loss")
+
+
+def evaluate_base(context: StudyContext) -> None:
+    """The base model's own scores and held-out loss: the reference every run is compared with."""
+    base_dir = RunDir(context.experiment / BASE_DIR)
+
+    def evaluate() -> dict:
+        console.print("[bold]base model[/]: evaluating before any fine-tuning")
+        model = load_model(context.base, context.device)
+        evaluation, _ = evaluate_stage(None, base_dir, context, model)
+        metrics = {
+            "run_id": "base",
+            "method": "base",
+            "label": "base",
+            "primary_suite": context.config.primary_suite,
+            **evaluation,
+            "params": sum(p.numel() for p in model.parameters()),
+            **({"worker": context.worker.record(context.device)} if context.worker else {}),
+        }
+        write_json(base_dir.file("metrics.json"), metrics)
+        return metrics
+
+    base_dir.reuse("metrics.json", evaluate)
+
+
+def evaluate_benchmark(
+    model: str,
+    benchmark: str,
+    output: Path,
+    *,
+    data: Path | None,
+    prompt_format: str,
+    evaluation: EvaluationConfig,
+    device_name: str = "auto",
+) -> dict:
+    """Score a base model on a benchmark, no fine-tuning (`ftcompare eval`): `output/metrics.json` with
+    pass@k and the generation cost, `output/samples.jsonl` with every sample's prompt, output and verdict."""
+    device = resolve_device(device_name)
+    check_compile(evaluation.compile, device)
+    config = StudyConfig(experiment="eval", base=BaseModelConfig(model=model), methods=[FullSettings()], evaluation=evaluation)
+    base = resolve_base(config.base, device, console)
+    tokenizer = load_tokenizer(base)
+    problems, info = BENCHMARKS[benchmark].evaluation(data, prompt_format, tokenizer)
+    problems = problems[: evaluation.limit] if evaluation.limit else problems
+    splits = TaskSplits(name=benchmark, train=(), suites={benchmark: problems}, info={benchmark: info})
+    context = StudyContext(config=config, device=device, base=base, tokenizer=tokenizer, task=splits, experiment=output)
+    started = time.perf_counter()
+    records, metrics = evaluate_suite(load_model(base, device).eval(), problems, benchmark, context, seed=0)
+    output.mkdir(parents=True, exist_ok=True)
+    write_jsonl(output / "samples.jsonl", records)
+    result = {
+        "model": model,
+        "benchmark": benchmark,
+        "format": prompt_format,
+        "problems": len(problems),
+        **{key: value for key, value in metrics.get("greedy", {}).items() if key.startswith("pass@")},
+        "modes": metrics,
+        "wall_s": time.perf_counter() - started,
+        "base": {"path": base.path, "dtype": str(base.dtype), "provenance": base.provenance},
+        "evaluation": evaluation.model_dump(mode="json"),
+        "device": str(device),
+        "environment": environment(),
+    }
+    write_json(output / "metrics.json", result)
+    return result
