@@ -130,7 +130,7 @@ def _main(
 
 def _load(config_path: Path, overrides: Sequence[str] = ()) -> StudyConfig:
     try:  # overrides are applied to the file's data before validation (config.load_config)
-        return load_config(config_path, overrides=tuple(overrides)) if overrides else load_config(config_path)
+        return load_config(config_path, overrides)
     except InputError as error:  # a ConfigError (a bad override too), or a data file the config names
         _usage_error(str(error))
 
@@ -224,9 +224,8 @@ def _run_with_workers(config_path: Path, overrides: Sequence[str], config: Study
         check_runs_match(config, output)
     except (StudyMismatch, InputError) as error:
         _usage_error(str(error))
+    _check_device(config.device, "device")
     gpus = torch.cuda.device_count() if config.device != "cpu" else 0
-    if config.device == "cuda" and not gpus:
-        _usage_error("device: cuda was asked for, but no GPU is visible")
     if workers > max(gpus, 1) or not gpus:
         console.print(
             f"[yellow]warning:[/] {workers} workers share {f'{gpus} GPUs' if gpus else 'the CPU'}: "
