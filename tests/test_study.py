@@ -78,6 +78,8 @@ def test_metrics_hold_every_measure(experiment):
     )
     assert metrics["latency"]["unmerged_tokens_per_s"] > 0 and metrics["latency"]["merged_tokens_per_s"] > 0
     assert metrics["train"]["tokens_per_s"] > 0 and metrics["train"]["steps"] == 4
+    assert metrics["train"]["batching"] == "random" and 0 <= metrics["train"]["padded_fraction"] < 1
+    assert metrics["train"]["token_slots"] >= metrics["train"]["tokens"] and metrics["train"]["warmup_s"] > 0
     assert metrics["train"]["trainable_params"] < metrics["train"]["total_params"]
     assert metrics["train"]["method"]["adapter_dtype"].startswith("created and saved in the base dtype")
     # an fp32 base on the CPU: trained as it is, no autocast

@@ -184,6 +184,13 @@ class TrainingConfig(Strict):
         "leaner, but an update under half the dtype's spacing is rounded away; at lr 1e-5 a step moves 2% "
         "of SmolLM2's bf16 weights, benchmarks/master_weights.py).",
     )
+    batching: Literal["random", "length_grouped"] = Field(
+        default="random",
+        description="How each epoch's examples form batches. random: a seeded shuffle, batch by batch (every batch "
+        "padded to its longest example). length_grouped: the shuffle cut into windows of 50 batches, each window "
+        "sorted by length and cut into batches, the batches then shuffled (Hugging Face's group_by_length): the "
+        "same examples per epoch with far less padding (train.json records padded_fraction).",
+    )
 
     @field_validator("adam_betas")
     @classmethod

@@ -28,6 +28,44 @@ def test_epoch_batches_are_seeded_and_full_size():
     assert all(len(b) == 4 for b in first)
 
 
+def _ragged_examples(count: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    import random
+
+    rng = random.Random(seed)
+    return [([i + 1] * length, [i + 1] * length) for i, length in enumerate(rng.randint(1, 60) for _ in range(count))]
+
+
+def _epoch(examples, **kwargs) -> list[dict]:
+    batches = epoch_batches(examples, batch_size=8, pad_id=0, max_length=64, seed=3, **kwargs)
+    return [next(batches) for _ in range(len(examples) // 8)]
+
+
+def test_length_grouping_keeps_each_epochs_examples_and_batch_sizes_and_cuts_padding():
+    examples = _ragged_examples(800)
+    plain, grouped = _epoch(examples), _epoch(examples, group_by_length=True)
+
+    def who(batches):  # each example is its id repeated, so the first column names it
+        return sorted(int(row[0]) for batch in batches for row in batch["input_ids"])
+
+    def padded(batches):
+        return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / sum(b["attention_mask"].numel() for b in batches)
+
+    assert who(grouped) == who(plain) == list(range(1, 801))
+    assert {len(b["input_ids"]) for b in grouped} == {8}
+    assert padded(plain) > 0.3 and padded(grouped) < 0.05
+    # batches are shuffled after grouping: lengths do not rise or fall with the step
+    widths = [b["input_ids"].shape[1] for b in grouped]
+    assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+
+
+def test_training_records_its_padding_and_warm_up(tmp_path):
+    model = tiny_llama()
+    batches = epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0)
+    result = train(model, batches, TrainSettings(lr=1e-2, steps=4, throughput_skip_steps=2))
+    assert result.token_slots >= result.tokens > 0
+    assert 0 < result.warmup_s <= result.wall_s and result.steady_skipped_steps == 2
+
+
 def test_training_lowers_the_completion_loss_and_logs(tmp_path):
     model = tiny_llama()
     examples = copy_examples()

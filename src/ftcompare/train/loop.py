@@ -83,6 +83,7 @@ def trainable_parameters_in(model: torch.nn.Module, dtype: torch.dtype | None) -
 class TrainResult:
     steps: int
     tokens: int  # tokens processed (attention mask), the throughput numerator
+    token_slots: int  # batch positions, padding included: tokens / token_slots is the useful share
     loss_tokens: int  # tokens that carried the loss
     wall_s: float
     tokens_per_s: float  # over every step
@@ -90,6 +91,7 @@ class TrainResult:
     steady_skipped_steps: int
     steady_tokens: int
     steady_wall_s: float
+    warmup_s: float  # the first `steady_skipped_steps` steps (compilation, allocator warm-up), left out of steady_*
     peak_memory_mb: float
     memory_measure: str  # what peak_memory_mb measures on this device
     final_loss: float  # mean loss over the last logging window
@@ -158,7 +160,7 @@ def train(
     model.train()
     meter = MemoryMeter(accelerator.device)
     log_file = open(log_path, "w") if log_path else None
-    tokens = loss_tokens = 0
+    tokens = loss_tokens = token_slots = 0
     window_losses: list[float] = []
     final_loss = math.nan
     skip = min(settings.throughput_skip_steps, settings.steps // 2)
@@ -180,6 +182,7 @@ def train(
 
             step_tokens = int(batch["attention_mask"].sum())
             tokens += step_tokens
+            token_slots += batch["attention_mask"].numel()
             window_tokens += step_tokens
             loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             window_losses.append(loss.item())
@@ -214,6 +217,7 @@ def train(
     return TrainResult(
         steps=settings.steps,
         tokens=tokens,
+        token_slots=token_slots,
         loss_tokens=loss_tokens,
         wall_s=wall_s,
         tokens_per_s=tokens / max(wall_s, 1e-9),
@@ -221,6 +225,7 @@ def train(
         steady_skipped_steps=skip,
         steady_tokens=steady_tokens,
         steady_wall_s=end - steady_start,
+        warmup_s=steady_start - start,
         peak_memory_mb=meter.sample(),
         memory_measure=meter.measure,
         final_loss=final_loss,
@@ -243,16 +248,44 @@ def pad_batch(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int, max
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+GROUP_WINDOW_BATCHES = 50  # length grouping sorts windows of this many batches (Hugging Face's megabatch_mult)
+
+
 def epoch_batches(
-    examples: Sequence[tuple[list[int], list[int]]], *, batch_size: int, pad_id: int, max_length: int, seed: int
+    examples: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int,
+    pad_id: int,
+    max_length: int,
+    seed: int,
+    group_by_length: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches over `examples`, reshuffled each epoch from `seed`."""
+    """Endless batches over `examples`, reshuffled each epoch from `seed`; with `group_by_length`, examples of
+    similar length share a batch (see `length_grouped`)."""
     rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            if len(chunk) < batch_size <= len(order):
-                break  # drop the ragged tail: every step the same size, so tokens/s compares across steps
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        if len(chunks[-1]) < batch_size <= len(order):
+            chunks.pop()  # drop the ragged tail: every step the same size, so tokens/s compares across steps
+        if group_by_length:
+            chunks = length_grouped(chunks, [min(len(ids), max_length) for ids, _ in examples], rng)
+        for chunk in chunks:
             yield pad_batch([examples[i] for i in chunk], pad_id, max_length)
+
+
+def length_grouped(chunks: list[list[int]], lengths: Sequence[int], rng: random.Random) -> list[list[int]]:
+    """The same examples regrouped so that a batch holds similar lengths: each window of GROUP_WINDOW_BATCHES
+    shuffled batches is sorted by length and cut again into batches of the same sizes, and the batches of the
+    epoch are then shuffled (so length does not follow the step). Batches keep their sizes and the epoch its
+    examples; only who shares a batch changes."""
+    grouped = []
+    for start in range(0, len(chunks), GROUP_WINDOW_BATCHES):
+        window = chunks[start : start + GROUP_WINDOW_BATCHES]
+        by_length = sorted((i for chunk in window for i in chunk), key=lambda i: lengths[i])
+        for chunk in window:
+            grouped.append(by_length[: len(chunk)])
+            by_length = by_length[len(chunk) :]
+    rng.shuffle(grouped)
+    return grouped

@@ -153,6 +153,7 @@ def fit(
         pad_id=context.tokenizer.pad_token_id,
         max_length=training.max_length,
         seed=run.seed,
+        group_by_length=training.batching == "length_grouped",
     )
     accelerator = Accelerator(cpu=context.device.type == "cpu")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,11 +164,13 @@ def fit(
     console.print(
         f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.steady_tokens_per_s:,.0f} tokens/s "
         f"after the first {result.steady_skipped_steps} steps ({result.tokens_per_s:,.0f} over all), "
-        f"peak {result.peak_memory_mb:,.0f} MB"
+        f"peak {result.peak_memory_mb:,.0f} MB, {1 - result.tokens / result.token_slots:.0%} of token slots padding"
     )
     record = {
         **asdict(result),
         "recipe": {**result.recipe, "warmup_ratio": training.warmup_ratio},
+        "batching": training.batching,
+        "padded_fraction": 1 - result.tokens / result.token_slots,
         "examples": len(examples),
         "epochs": steps * training.batch_size / len(examples),
         "master_weights": "float32" if mixed else str(context.base.dtype).removeprefix("torch."),
@@ -182,11 +185,15 @@ def training_totals(records: Sequence[dict]) -> dict:
     if len(records) == 1:
         return dict(records[0])
     tokens, wall_s = sum(r["tokens"] for r in records), sum(r["wall_s"] for r in records)
+    slots = sum(r.get("token_slots", 0) for r in records)
     steady_tokens, steady_s = sum(r.get("steady_tokens", 0) for r in records), sum(r.get("steady_wall_s", 0) for r in records)
     return {
         "task": "+".join(r["task"] for r in records),
         "steps": sum(r["steps"] for r in records),
         "tokens": tokens,
+        "token_slots": slots,
+        "padded_fraction": 1 - tokens / slots if slots else None,
+        "batching": records[-1].get("batching"),
         "loss_tokens": sum(r["loss_tokens"] for r in records),
         "wall_s": wall_s,
         "tokens_per_s": tokens / wall_s if wall_s else 0.0,
@@ -195,6 +202,7 @@ def training_totals(records: Sequence[dict]) -> dict:
         "steady_wall_s": steady_s,
         "steady_tokens_per_s": steady_tokens / steady_s if steady_s else 0.0,
         "steady_skipped_steps": sum(r.get("steady_skipped_steps", 0) for r in records),
+        "warmup_s": sum(r.get("warmup_s", 0) for r in records),
         # the recipe is the same for every stage but its step counts: those are in `stages`
         "recipe": {k: v for k, v in records[-1]["recipe"].items() if k not in ("steps", "warmup_steps")},
         "peak_memory_mb": max(r["peak_memory_mb"] for r in records),
