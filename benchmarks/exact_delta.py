@@ -16,10 +16,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ftcompare.analyze.spectral import analyze_matrix, base_spectrum, summarize
-from ftcompare.config import BuiltinPretraining, RunSpec
+from ftcompare.config import BuiltinPretraining
 from ftcompare.console import console
+from ftcompare.matrix import RunSpec
 from ftcompare.models.builtin import pretrain_builtin
-from ftcompare.models.methods import adapted_weight_names, apply_method, merge_adapter, weight_updates
+from ftcompare.models.methods import apply_method
+from ftcompare.models.weights import adapted_weight_names, merge_adapter, weight_updates
 from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, epoch_batches, train
 
 FEATURES = (

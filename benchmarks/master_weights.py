@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ftcompare.config import BaseModelConfig, MbppTask
+from ftcompare.config import BaseModelConfig
 from ftcompare.console import console
-from ftcompare.data.tasks import finetune_examples, load_mbpp_task
+from ftcompare.data.mbpp import MbppTask
+from ftcompare.data.tasks import finetune_examples
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
 from ftcompare.train.loop import TrainSettings, epoch_batches, train, trainable_parameters_in
 
@@ -55,7 +56,7 @@ def main() -> None:
     for step in (1e-6, 1e-5, 1.875e-5, 7.5e-5, 1e-4, 1e-3):
         print(f"| {step:g} | {((weights + step) != weights).float().mean():.1%} |")
 
-    task = load_mbpp_task(MbppTask(data=args.data, format="chat"), tokenizer)
+    task = MbppTask(data=args.data, format="chat").load(tokenizer)
     examples = finetune_examples(task.train, tokenizer, args.max_length)
     print(f"\nfull fine-tuning, {args.steps} steps of {args.batch_size} at lr {args.lr:g} (constant), {device}\n")
     print("| trainable weights | entries moved | ‖ΔW‖/‖W‖ | last loss | tokens/s | peak MB |")

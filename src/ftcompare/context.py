@@ -24,6 +24,7 @@ from ftcompare.runs.workers import Worker
 
 if TYPE_CHECKING:
     from ftcompare.analyze.stage import Probe
+    from ftcompare.evaluate.vllm_engine import EnginePool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +46,7 @@ class StudyContext:
     probes: dict[str, Probe] = field(default_factory=dict)
     layer_scores: list[float] | None = None  # per decoder layer, the base's input-output CKA (layer-wise LoRA)
     worker: Worker | None = None  # which of several workers on this experiment folder this process is
+    engines: EnginePool | None = None  # the vLLM engine (evaluation.backend: vllm), shared by every run of this process
 
     @property
     def primary_problems(self) -> tuple[Problem, ...]:

@@ -26,13 +26,13 @@ from ftcompare.analyze.stage import (
     representations_stage,
     spectral_stage,
 )
-from ftcompare.config import RepresentationsConfig, StudyConfig, fingerprint, parse_config
+from ftcompare.config import RepresentationsConfig, StudyConfig, VllmConfig, fingerprint, parse_config
 from ftcompare.console import console
 from ftcompare.context import StudyContext, environment, resolve_device
 from ftcompare.data.tasks import load_study_tasks
 from ftcompare.evaluate.forgetting import heldout_chunks
 from ftcompare.evaluate.generation import check_compile
-from ftcompare.evaluate.stage import evaluate_base, evaluate_stage, evaluate_suite
+from ftcompare.evaluate.stage import evaluate_base, evaluate_stage, evaluate_suite, served_model, vllm_engines
 from ftcompare.matrix import RunSpec, expand, selection_group
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
 from ftcompare.models.weights import adapted_weight_names, merge_adapter
@@ -139,7 +139,8 @@ def selection_job(run: RunSpec, context: StudyContext) -> Job:
         model = merge_adapter(train_stage(run, run_dir, context)).eval()
         limit = context.config.evaluation.limit
         problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
-        records, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
+        generator = served_model(run, run_dir, context, model) if context.engines else model
+        records, metrics = evaluate_suite(generator, problems, suite, context, seed=run.seed, greedy_only=True)
         write_jsonl(run_dir.file("selection_samples.jsonl"), records)
         write_json(run_dir.file("selection.json"), {"suite": suite, **metrics})
 
@@ -235,6 +236,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
         probes=probes,
         layer_scores=layer_scores,
         worker=worker,
+        engines=vllm_engines(config, base, device) if config.evaluation.backend == "vllm" else None,
     )
 
 
@@ -243,6 +245,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
 FINGERPRINT_SILENT_DEFAULTS = {
     "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random"},
     "task": {"timeout_s": None, "memory_mb": None},
+    "evaluation": {"vllm": VllmConfig().model_dump(mode="json")},
 }
 
 

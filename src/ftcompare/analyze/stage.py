@@ -29,7 +29,7 @@ from ftcompare.console import console
 from ftcompare.context import StudyContext
 from ftcompare.data.problems import Problem
 from ftcompare.evaluate.forgetting import mean_token_loss
-from ftcompare.evaluate.stage import evaluate_suite
+from ftcompare.evaluate.stage import evaluate_suite, generation_backend
 from ftcompare.matrix import RunSpec
 from ftcompare.models.methods import method_for
 from ftcompare.models.weights import EXACT_DELTA, EXACT_DELTA_RULE, adapted_weight_names, as_out_in, weight_updates
@@ -233,6 +233,8 @@ def intervention_stage(
         "epsilon": spectral.epsilon,
         "suite": suite,
         "problems": len(problems),
+        # the weights are edited in memory per λ: transformers generates, whatever evaluation.backend says
+        "backend": generation_backend(model, config.evaluation.backend),
         "rows": rows,
         "wall_s": time.perf_counter() - started,
     }

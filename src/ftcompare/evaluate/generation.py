@@ -99,6 +99,8 @@ def generate(
     completion: greedy answers equal one round's up to floating-point batch effects.
     """
     check_decoding(settings.backend, settings.cache, settings.compile, settings.round_tokens)
+    if settings.backend == "vllm":
+        raise ValueError("backend vllm generates from saved weights (ftcompare.evaluate.vllm_engine), not from a model in memory")
     if settings.backend == "continuous":
         return generate_continuous(model, tokenizer, prompts, settings, on_batch)
     device = next(model.parameters()).device

@@ -8,6 +8,7 @@ writes `metrics.json` and `samples.jsonl` in its output folder.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,9 @@ from ftcompare.evaluate.generation import SamplingSettings, check_compile, gener
 from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
 from ftcompare.evaluate.robustness import family_robustness
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
-from ftcompare.matrix import RunSpec
-from ftcompare.models.base import load_model, load_tokenizer, resolve_base
+from ftcompare.evaluate.vllm_engine import EnginePool, Served, lora_rank_for, save_servable
+from ftcompare.matrix import RunSpec, expand
+from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
 from ftcompare.models.methods import method_for
 from ftcompare.models.methods.full import FullSettings
 from ftcompare.models.weights import merge_adapter
@@ -86,6 +88,7 @@ def evaluate_merged(
     `eval.json` and returns the latter's record (`started`: when the stage began, latency included)."""
     evaluation = context.config.evaluation
     model.eval()
+    generator = served_model(run, run_dir, context, model) if context.engines else model
     suites, records = {}, []
     # the selection score is reused only if it was measured on this very model
     selection_suite = (
@@ -102,15 +105,18 @@ def evaluate_merged(
             suites[suite_name] = {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}
             continue
         seed = run.seed if run else 0
-        suite_records, suite_metrics = evaluate_suite(model, problems, suite_name, context, seed=seed)
+        suite_records, suite_metrics = evaluate_suite(generator, problems, suite_name, context, seed=seed)
         suites[suite_name] = {**suite_metrics, "in_domain": context.task.suite_info(suite_name).in_domain}
         records.extend(suite_records)
         if evaluation.robustness and suite_name in evaluation.robustness.suites:
             robust_records, suites[suite_name]["robustness"] = evaluate_robustness(
-                model, problems, suite_records, suite_name, context, seed
+                generator, problems, suite_records, suite_name, context, seed
             )
             records.extend(robust_records)
     write_jsonl(run_dir.file("samples.jsonl"), records)
+    generation = context.engines.record(generator) if context.engines else {"backend": evaluation.backend}
+    if isinstance(generator, Served) and generator.path == "merged":  # written only to be served
+        shutil.rmtree(generator.folder, ignore_errors=True)
     forgetting = {}
     if context.heldout:
         base_forgetting = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"] if run else {}
@@ -127,6 +133,7 @@ def evaluate_merged(
         "suites": suites,
         "forgetting": forgetting,
         "latency": latency,
+        "generation": generation,
         "merged_for_evaluation": run is not None and run.is_adapter,
         "wall_s": time.perf_counter() - started,
     }
@@ -157,7 +164,7 @@ def evaluate_suite(
         "batch_size": evaluation.batch_size,
         "seed": seed,
         "stop_strings": info.stop_strings,
-        "backend": evaluation.backend,
+        "backend": generation_backend(model, evaluation.backend),
         "round_tokens": evaluation.round_tokens,
         "cache": evaluation.cache,
         "compile": evaluation.compile,
@@ -179,9 +186,11 @@ def evaluate_suite(
     for mode, settings in modes:
         problems = all_problems[: evaluation.sampled_limit] if mode == "sampled" and evaluation.sampled_limit else all_problems
         with step_progress(console, f"  {suite} {mode}", len(problems)) as advance:
-            generations, generate_s = generate(
-                model, context.tokenizer, [p.prompt for p in problems], settings, on_batch=running_total(advance)
-            )
+            prompts = [p.prompt for p in problems]
+            if isinstance(model, Served):
+                generations, generate_s = context.engines.generate(model, prompts, settings, on_batch=running_total(advance))
+            else:
+                generations, generate_s = generate(model, context.tokenizer, prompts, settings, on_batch=running_total(advance))
         sampled = sample_records(
             problems, generations, suite=suite, mode=mode, extraction=info.extraction, tokenizer=context.tokenizer
         )
@@ -195,11 +204,61 @@ def evaluate_suite(
             **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
             **generation_statistics(scored, generate_s, len(problems)),
             "n": settings.n,
+            "backend": settings.backend,
         }
         if info.scoring == "repair":
             metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in REPAIR_F1_KEYS})
         records.extend(scored)
     return records, metrics
+
+
+def generation_backend(model, configured: str) -> str:
+    """The backend that generates for `model`: vLLM for a `Served` model; for a model in memory (a sequence's
+    stages, which keep training, and the causal test, which edits the weights per λ) transformers' generate when
+    vLLM was configured, recorded as such with every suite's metrics."""
+    if isinstance(model, Served):
+        return "vllm"
+    return "generate" if configured == "vllm" else configured
+
+
+def vllm_engines(config: StudyConfig, base: BaseSource, device: torch.device) -> EnginePool:
+    """The study's vLLM engine pool: LoRA enabled up to the largest adapter rank it will serve."""
+    ranks = [
+        method_for(run.method).saved_rank(run)
+        for run in expand(config)
+        if method_for(run.method).is_adapter and method_for(run.method).vllm_serves_adapter
+    ]
+    return EnginePool(
+        config.evaluation.vllm,
+        dtype=str(base.dtype).removeprefix("torch."),
+        seed=0,
+        max_lora_rank=lora_rank_for(ranks),
+        device=device.type,
+    )
+
+
+def served_model(run: RunSpec | None, run_dir: RunDir, context: StudyContext, model: torch.nn.Module) -> Served:
+    """How vLLM serves this run (see `ftcompare.evaluate.vllm_engine`): the base's folder, the base with the run's
+    saved adapter, the run's saved full model, or its merged weights saved for the purpose."""
+    base = base_folder(context)
+    if run is None:
+        return Served(base, base, path="base")
+    method = method_for(run.method)
+    if method.is_adapter and method.vllm_serves_adapter:
+        return Served(base, base, adapter=run_dir.file("weights"), adapter_rank=method.saved_rank(run), path="adapter")
+    if not method.is_adapter:
+        return Served(run_dir.file("weights"), base, path="model")
+    return Served(save_servable(model, context.tokenizer, run_dir.file("served")), base, path="merged")
+
+
+def base_folder(context: StudyContext) -> Path:
+    """The base as a folder vLLM loads: where it was loaded from, or (a hub id, a GGUF file) saved once."""
+    if (Path(context.base.path) / "config.json").is_file():
+        return Path(context.base.path)
+    folder = context.experiment / BASE_DIR / "served"
+    if not (folder / "config.json").is_file():
+        save_servable(load_model(context.base, torch.device("cpu")), context.tokenizer, folder)
+    return folder
 
 
 def running_total(advance: Callable[[int], None]) -> Callable[[int], None]:
@@ -326,9 +385,16 @@ def evaluate_benchmark(
     problems, info = BENCHMARKS[benchmark].evaluation(data, prompt_format, tokenizer)
     problems = problems[: evaluation.limit] if evaluation.limit else problems
     splits = TaskSplits(name=benchmark, train=(), suites={benchmark: problems}, info={benchmark: info})
-    context = StudyContext(config=config, device=device, base=base, tokenizer=tokenizer, task=splits, experiment=output)
+    engines = vllm_engines(config, base, device) if evaluation.backend == "vllm" else None
+    context = StudyContext(
+        config=config, device=device, base=base, tokenizer=tokenizer, task=splits, experiment=output, engines=engines
+    )
     started = time.perf_counter()
-    records, metrics = evaluate_suite(load_model(base, device).eval(), problems, benchmark, context, seed=0)
+    generator = served_model(None, RunDir(output), context, None) if engines else load_model(base, device).eval()
+    records, metrics = evaluate_suite(generator, problems, benchmark, context, seed=0)
+    generation = engines.record(generator) if engines else {"backend": evaluation.backend}
+    if engines:
+        engines.close()
     output.mkdir(parents=True, exist_ok=True)
     write_jsonl(output / "samples.jsonl", records)
     result = {
@@ -338,6 +404,7 @@ def evaluate_benchmark(
         "problems": len(problems),
         **{key: value for key, value in metrics.get("greedy", {}).items() if key.startswith("pass@")},
         "modes": metrics,
+        "generation": generation,
         "wall_s": time.perf_counter() - started,
         "base": {"path": base.path, "dtype": str(base.dtype), "provenance": base.provenance},
         "evaluation": evaluation.model_dump(mode="json"),

@@ -21,7 +21,7 @@ from ftcompare.context import StudyContext
 from ftcompare.data.problems import Problem
 from ftcompare.data.tasks import finetune_examples, training_subset
 from ftcompare.evaluate.forgetting import forgetting_matrix, mean_token_loss
-from ftcompare.evaluate.stage import evaluate_suite
+from ftcompare.evaluate.stage import evaluate_suite, generation_backend
 from ftcompare.matrix import RunSpec
 from ftcompare.models.base import load_model
 from ftcompare.models.methods import apply_method, load_tuned, method_record, save_tuned
@@ -80,6 +80,8 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
             console.print(f"  stage {index + 1}/{len(context.stages)}: {name}")
         result, model = fit(model, splits.train, run, context, Path(folder) / log_name)
         save_tuned(model, Path(folder) / "weights", run)
+        if not run.is_adapter:  # a whole model: with its tokenizer it is a folder any server loads (vLLM)
+            context.tokenizer.save_pretrained(Path(folder) / "weights")
         record = {"task": name, **result}
         if not last:
             record["evaluation"] = stage_evaluation(model, run, context, Path(folder))
@@ -227,7 +229,8 @@ def stage_evaluation(model: torch.nn.Module, run: RunSpec, context: StudyContext
         scores[name] = metrics["greedy"]["pass@1"]
         records.extend(suite_records)
     write_jsonl(folder / "samples.jsonl", records)
-    result = {"pass@1": scores}
+    # the model keeps training in memory: transformers generates, whatever evaluation.backend says
+    result = {"pass@1": scores, "backend": generation_backend(model, context.config.evaluation.backend)}
     if context.heldout:
         result["heldout_loss"] = mean_token_loss(model, context.headline_heldout)
     console.print("  after this stage: greedy pass@1 " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))

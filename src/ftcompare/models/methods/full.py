@@ -44,6 +44,9 @@ class Full(Method):
     def scaling(self, run: RunSpec) -> None:
         return None
 
+    def saved_rank(self, run: RunSpec) -> None:
+        return None
+
     def build(self, model: PreTrainedModel, run: RunSpec, layers: list[int] | None = None) -> torch.nn.Module:
         if layers is not None:
             raise ValueError("layers: full fine-tuning trains every layer")

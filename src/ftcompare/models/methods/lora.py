@@ -168,6 +168,7 @@ class Lora(Method):
     kind = "lora"
     label = "LoRA"
     settings = LoraSettings
+    vllm_serves_adapter = True
 
     def peft_config(self, run: RunSpec, model: torch.nn.Module, layers: list[int] | None) -> LoraConfig:
         return lora_peft_config(run, model, layers)

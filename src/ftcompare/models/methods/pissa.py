@@ -42,11 +42,15 @@ class Pissa(Method):
     kind = "pissa"
     label = "PiSSA"
     settings = PissaSettings
+    vllm_serves_adapter = True
     init = "pissa: A, B from the top-r singular vectors of W (exact SVD), base keeps the residual"
     saved_adapter = "plain LoRA of rank 2r on the original base (PEFT path_initial_model_for_weight_conversion)"
 
     def peft_config(self, run: RunSpec, model: torch.nn.Module, layers: list[int] | None) -> LoraConfig:
         return lora_peft_config(run, model, layers, init_lora_weights="pissa")
+
+    def saved_rank(self, run: RunSpec) -> int:
+        return 2 * run.rank  # the conversion stores s·(BA − B0A0) as one LoRA of rank 2r
 
     def build(self, model: PreTrainedModel, run: RunSpec, layers: list[int] | None = None) -> torch.nn.Module:
         from peft import get_peft_model_state_dict

@@ -34,7 +34,8 @@ class Method:
     """A fine-tuning method kind. The defaults are a PEFT adapter's; full fine-tuning overrides them.
 
     Class attributes: `kind` (the YAML `kind`), `label` (tables and figures), `settings` (the config class),
-    `is_adapter`, `quantized_base` (the quantization the base is trained under, e.g. "nf4": the evaluation also
+    `is_adapter`, `vllm_serves_adapter` (vLLM can serve the saved adapter on the base without merging),
+    `quantized_base` (the quantization the base is trained under, e.g. "nf4": the evaluation also
     measures that base's forgetting, and the spectral analysis compares with it), `scaling_rule`, `init` and `saved_adapter` (recorded in train.json)."""
 
     kind: ClassVar[str]
@@ -45,6 +46,7 @@ class Method:
     scaling_rule: ClassVar[str] = "alpha/r"
     init: ClassVar[str] = "B = 0, A Kaiming-uniform (PEFT default)"
     saved_adapter: ClassVar[str] = "PEFT LoRA adapter"
+    vllm_serves_adapter: ClassVar[bool] = False  # vLLM applies the saved adapter to the base (else: merged weights)
 
     def peft_config(self, run: RunSpec, model: torch.nn.Module, layers: list[int] | None) -> PeftConfig:
         """The PEFT config of the run's adapter (`layers`: only those decoder layers; None: all)."""
@@ -53,6 +55,10 @@ class Method:
     def scaling(self, run: RunSpec) -> float | None:
         """The factor the low-rank update is multiplied by (None: no adapter)."""
         return run.alpha / run.rank
+
+    def saved_rank(self, run: RunSpec) -> int | None:
+        """The rank of the adapter `save` writes (what a server must accept); None: no adapter."""
+        return run.rank
 
     def prepare_base(self, model: PreTrainedModel, run: RunSpec) -> PreTrainedModel:
         """The base the adapter applies to, made from `model` in place (QLoRA quantizes it)."""

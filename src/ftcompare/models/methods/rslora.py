@@ -29,6 +29,7 @@ class RsLora(Method):
     kind = "rslora"
     label = "rsLoRA"
     settings = RsLoraSettings
+    vllm_serves_adapter = True
     scaling_rule = "alpha/sqrt(r)"
 
     def scaling(self, run: RunSpec) -> float:
