@@ -243,7 +243,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
 # fields added after studies were recorded, at the values every run had before they existed: left
 # out of the fingerprint at those values, so a folder recorded earlier still resumes
 FINGERPRINT_SILENT_DEFAULTS = {
-    "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random"},
+    "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random", "pad_to_multiple_of": 1},
     "task": {"timeout_s": None, "memory_mb": None},
     "evaluation": {"vllm": VllmConfig().model_dump(mode="json")},
 }

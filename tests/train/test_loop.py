@@ -16,6 +16,13 @@ def test_pad_batch_right_pads_and_masks():
     assert pad_batch([([1, 2, 3, 4], [1, 2, 3, 4])], pad_id=0, max_length=2)["input_ids"].tolist() == [[1, 2]]
 
 
+def test_a_batch_width_rounds_up_to_the_multiple_and_no_further_than_max_length():
+    batch = pad_batch([([5, 6, 7], [5, 6, 7]), ([8], [8])], pad_id=0, max_length=16, multiple=8)
+    assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"].sum() == 4
+    assert (batch["labels"][:, 3:] == IGNORE_INDEX).all()  # the rounding adds no target
+    assert pad_batch([([1] * 15, [1] * 15)], pad_id=0, max_length=12, multiple=8)["input_ids"].shape == (1, 12)
+
+
 def test_epoch_batches_are_seeded_and_full_size():
     examples = copy_examples(10)
     first = [

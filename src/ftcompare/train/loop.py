@@ -234,9 +234,13 @@ def train(
     )
 
 
-def pad_batch(sequences: Sequence[tuple[list[int], list[int]]], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
-    """Right-pad (input_ids, labels) pairs into a batch, truncating to `max_length`."""
-    length = min(max(len(ids) for ids, _ in sequences), max_length)
+def pad_batch(
+    sequences: Sequence[tuple[list[int], list[int]]], pad_id: int, max_length: int, multiple: int = 1
+) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) pairs into a batch, truncating to `max_length`; the width is rounded up to a
+    `multiple` (so that batches repeat a few shapes, whose kernels and memory blocks a GPU then reuses)."""
+    longest = max(len(ids) for ids, _ in sequences)
+    length = min(-(-longest // multiple) * multiple, max_length)
     input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
     labels = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
@@ -259,6 +263,7 @@ def epoch_batches(
     max_length: int,
     seed: int,
     group_by_length: bool = False,
+    pad_multiple: int = 1,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches over `examples`, reshuffled each epoch from `seed`; with `group_by_length`, examples of
     similar length share a batch (see `length_grouped`)."""
@@ -272,7 +277,7 @@ def epoch_batches(
         if group_by_length:
             chunks = length_grouped(chunks, [min(len(ids), max_length) for ids, _ in examples], rng)
         for chunk in chunks:
-            yield pad_batch([examples[i] for i in chunk], pad_id, max_length)
+            yield pad_batch([examples[i] for i in chunk], pad_id, max_length, pad_multiple)
 
 
 def length_grouped(chunks: list[list[int]], lengths: Sequence[int], rng: random.Random) -> list[list[int]]:

@@ -156,6 +156,7 @@ def fit(
         max_length=training.max_length,
         seed=run.seed,
         group_by_length=training.batching == "length_grouped",
+        pad_multiple=training.pad_to_multiple_of,
     )
     accelerator = Accelerator(cpu=context.device.type == "cpu")
     log_path.parent.mkdir(parents=True, exist_ok=True)
