@@ -373,3 +373,13 @@ def test_relative_data_paths_in_overrides_resolve_against_the_configs_folder(tmp
     monkeypatch.chdir(tmp_path)  # not the config's folder
     config = load_config(path, overrides=["task.test=other.jsonl"])
     assert Path(config.task.test) == folder / "other.jsonl"
+
+
+def test_eval_of_a_benchmark_that_needs_its_file_says_so(tmp_path):
+    result = _invoke("eval", "builtin:tiny-code", "-b", "quixbugs", "--output", tmp_path)
+    assert result.exit_code == 2 and "data: Field required" in result.stderr
+
+
+def test_eval_refuses_a_format_for_a_benchmark_without_formats(tmp_path):
+    result = _invoke("eval", "builtin:tiny-code", "-b", "quixbugs", "--format", "chat", "--output", tmp_path)
+    assert result.exit_code == 2 and "quixbugs takes no format" in result.stderr

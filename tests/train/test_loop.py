@@ -159,8 +159,8 @@ def test_steady_state_throughput_leaves_out_the_first_steps():
         on_step=slow_first,
     )
     assert result.steady_skipped_steps == 2 and result.steady_tokens == 6 * 8 * 5
-    assert result.steady_wall_s < result.wall_s - 0.5  # the slow first step is not in the steady window
-    assert result.steady_tokens_per_s > 2 * result.tokens_per_s
+    # the slow first step is in the warm-up, not in the steady window (no ratio of timings: CI may be loaded)
+    assert result.warmup_s >= 0.5 and result.steady_wall_s <= result.wall_s - 0.5
     short = train(
         tiny_llama(),
         epoch_batches(copy_examples(), batch_size=8, pad_id=0, max_length=8, seed=0),

@@ -118,7 +118,7 @@ class Benchmark:
     options: dict
 
     def configure(self, data: Path | None, prompt_format: str | None = None) -> TaskSettings | SuiteSettings:
-        fields = {"data": data, **self.options}
+        fields = {**({"data": data} if data is not None else {}), **self.options}  # absent: the class's default or "required"
         if prompt_format is not None:
             fields["format"] = prompt_format
         return self.settings(**fields)

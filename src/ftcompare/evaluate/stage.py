@@ -379,6 +379,7 @@ def evaluate_benchmark(
     pass@k and the generation cost, `output/samples.jsonl` with every sample's prompt, output and verdict."""
     device = resolve_device(device_name)
     check_compile(evaluation.compile, device)
+    BENCHMARKS[benchmark].configure(data, prompt_format)  # a missing or bad file fails before any model loads
     config = StudyConfig(experiment="eval", base=BaseModelConfig(model=model), methods=[FullSettings()], evaluation=evaluation)
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
