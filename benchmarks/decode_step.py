@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM
 
 from ftcompare.config import BaseModelConfig
 from ftcompare.console import console
-from ftcompare.data.suites import BENCHMARKS
+from ftcompare.data.suites import BENCHMARKS, evaluation_problems
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
 
 
@@ -56,7 +56,7 @@ def main() -> None:
     source = resolve_base(BaseModelConfig(model=args.model), device, console)
     tokenizer = load_tokenizer(source)
     tokenizer.padding_side = "left"
-    problems, _ = BENCHMARKS[args.benchmark].evaluation(args.data, "chat", tokenizer)
+    problems, _ = evaluation_problems(BENCHMARKS[args.benchmark].configure(args.data, "chat"), tokenizer)
     encoded = tokenizer(
         [p.prompt for p in problems[: args.limit]], return_tensors="pt", padding=True, add_special_tokens=False
     ).to(device)

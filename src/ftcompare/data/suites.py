@@ -110,32 +110,33 @@ def load_suite(suite: SuiteSettings, tokenizer=None) -> tuple[tuple[Problem, ...
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A benchmark: a task or suite class with fixed settings. `evaluation` is what `ftcompare eval` scores;
-    `references` the problems whose reference solutions (and buggy versions, in `meta["buggy"]`) the
+    """A benchmark: a task or suite class with fixed settings. `configure` gives the settings `ftcompare eval`
+    scores (`evaluation_problems`); `references` the problems whose reference solutions (and buggy versions, in `meta["buggy"]`) the
     sandbox checks, and the programs left out with why."""
 
     settings: type[TaskSettings] | type[SuiteSettings]
     options: dict
 
     def configure(self, data: Path | None, prompt_format: str | None = None) -> TaskSettings | SuiteSettings:
+        """The validated settings (a missing or bad file fails here, before any model loads)."""
         fields = {**({"data": data} if data is not None else {}), **self.options}  # absent: the class's default or "required"
         if prompt_format is not None:
             fields["format"] = prompt_format
         return self.settings(**fields)
-
-    def evaluation(self, data: Path | None, prompt_format: str | None, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
-        """The problems a model is scored on: a task's test suite, or the suite itself."""
-        settings = self.configure(data, prompt_format)
-        if isinstance(settings, TaskSettings):
-            splits = load_task(settings, tokenizer)
-            return splits.suites["test"], splits.suite_info("test")
-        return load_suite(settings, tokenizer)
 
     def references(self, data: Path | None) -> tuple[list[Problem], dict[str, str]]:
         return self.settings.reference_problems(data, **self.options)
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def evaluation_problems(settings: TaskSettings | SuiteSettings, tokenizer=None) -> tuple[tuple[Problem, ...], SuiteInfo]:
+    """The problems a model is scored on without fine-tuning: a task's test suite, or the suite itself."""
+    if isinstance(settings, TaskSettings):
+        splits = load_task(settings, tokenizer)
+        return splits.suites["test"], splits.suite_info("test")
+    return load_suite(settings, tokenizer)
 
 
 def register_benchmark(name: str, settings: type[TaskSettings] | type[SuiteSettings], **options) -> None:

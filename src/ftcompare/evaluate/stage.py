@@ -21,7 +21,7 @@ from ftcompare.console import console, step_progress
 from ftcompare.context import StudyContext, environment, resolve_device
 from ftcompare.data.perturb import family_variants
 from ftcompare.data.problems import Problem, TaskSplits
-from ftcompare.data.suites import BENCHMARKS
+from ftcompare.data.suites import BENCHMARKS, evaluation_problems
 from ftcompare.evaluate.forgetting import mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
 from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
@@ -223,11 +223,7 @@ def generation_backend(model, configured: str) -> str:
 
 def vllm_engines(config: StudyConfig, base: BaseSource, device: torch.device) -> EnginePool:
     """The study's vLLM engine pool: LoRA enabled up to the largest adapter rank it will serve."""
-    ranks = [
-        method_for(run.method).saved_rank(run)
-        for run in expand(config)
-        if method_for(run.method).is_adapter and method_for(run.method).vllm_serves_adapter
-    ]
+    ranks = [method.saved_rank(run) for run in expand(config) if (method := method_for(run.method)).vllm_serves_adapter]
     return EnginePool(
         config.evaluation.vllm,
         dtype=str(base.dtype).removeprefix("torch."),
@@ -244,7 +240,7 @@ def served_model(run: RunSpec | None, run_dir: RunDir, context: StudyContext, mo
     if run is None:
         return Served(base, base, path="base")
     method = method_for(run.method)
-    if method.is_adapter and method.vllm_serves_adapter:
+    if method.vllm_serves_adapter:
         return Served(base, base, adapter=run_dir.file("weights"), adapter_rank=method.saved_rank(run), path="adapter")
     if not method.is_adapter:
         return Served(run_dir.file("weights"), base, path="model")
@@ -379,11 +375,11 @@ def evaluate_benchmark(
     pass@k and the generation cost, `output/samples.jsonl` with every sample's prompt, output and verdict."""
     device = resolve_device(device_name)
     check_compile(evaluation.compile, device)
-    BENCHMARKS[benchmark].configure(data, prompt_format)  # a missing or bad file fails before any model loads
+    settings = BENCHMARKS[benchmark].configure(data, prompt_format)  # a missing or bad file fails before any model loads
     config = StudyConfig(experiment="eval", base=BaseModelConfig(model=model), methods=[FullSettings()], evaluation=evaluation)
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
-    problems, info = BENCHMARKS[benchmark].evaluation(data, prompt_format, tokenizer)
+    problems, info = evaluation_problems(settings, tokenizer)
     problems = problems[: evaluation.limit] if evaluation.limit else problems
     splits = TaskSplits(name=benchmark, train=(), suites={benchmark: problems}, info={benchmark: info})
     engines = vllm_engines(config, base, device) if evaluation.backend == "vllm" else None
