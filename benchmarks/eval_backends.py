@@ -2,9 +2,11 @@
 
     python benchmarks/eval_backends.py smollm2-135m-instruct --data ../shared/data/mbpp.jsonl --limit 256
 
-Each backend scores the same problems greedily (chat template); `rounds` is the default backend with
-`evaluation.round_tokens` (finished answers leave the batch every `--round-tokens` tokens). Columns: seconds spent generating,
-useful tokens/s (tokens up to EOS, summed over samples, per second of generation), pass@1, and how many
+Each backend scores the same problems greedily (chat template); `plain` is transformers' `generate` as a user calls
+it (batch 64), `rounds` the default backend with `evaluation.round_tokens` (finished answers leave the batch every
+`--round-tokens` tokens), `static` ftcompare's decoder (`evaluation.backend: static`; its first call in a process
+includes capturing its CUDA graphs, which the table includes). Columns: seconds spent generating, useful tokens/s
+(tokens up to EOS, summed over samples, per second of generation), pass@1 with its standard error, and how many
 completions are identical to the first backend's (bf16 kernels differ between batch shapes, so greedy
 answers can diverge after a near-tie; pass@1 shows whether that matters). Run by hand on a GPU; the
 first compiled call of a process includes compilation, which the table reports as it happened.
@@ -21,10 +23,12 @@ from ftcompare.config import EvaluationConfig
 from ftcompare.evaluate.stage import evaluate_benchmark
 
 BACKENDS = {  # name: (description, evaluation settings)
+    "plain": ("plain generate, batch 64, dynamic cache", dict(backend="generate", batch_size=64)),
     "dynamic": ("generate, dynamic cache (HF default)", dict(backend="generate", cache="dynamic", compile=False)),
     "static-compile": ("generate, static cache + torch.compile", dict(backend="generate", cache="static", compile=True)),
     "rounds": ("generate, dynamic cache, in rounds of --round-tokens", dict(backend="generate")),
     "continuous": ("continuous batching (generate_batch)", dict(backend="continuous")),
+    "static": ("ftcompare's static decoder (CUDA graphs, shrinking batches)", dict(backend="static")),
 }
 
 
@@ -40,18 +44,23 @@ def main() -> None:
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated names from: " + ", ".join(BACKENDS))
     args = parser.parse_args()
 
-    rows, reference = [], None
+    print(
+        f"{args.model} on {args.benchmark}: {args.limit} problems, greedy, ≤{args.max_new_tokens} new tokens, "
+        f"batch {args.batch_size} unless the backend says otherwise"
+    )
+    print("| backend | generating (s) | useful tokens/s | pass@1 ± s.e. | completions identical to the first row |")
+    print("|---|---:|---:|---:|---:|", flush=True)
+    reference = None
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.backends.split(","):
             evaluation = EvaluationConfig(
                 n_samples=0,
                 k=[1],
                 max_new_tokens=args.max_new_tokens,
-                batch_size=args.batch_size,
                 limit=args.limit,
                 forgetting=None,
                 latency=None,
-                **BACKENDS[name][1],
+                **({"batch_size": args.batch_size} | BACKENDS[name][1]),
                 **({"round_tokens": args.round_tokens} if name == "rounds" else {}),
             )
             output = Path(scratch) / name
@@ -60,26 +69,15 @@ def main() -> None:
             )
             completions = [json.loads(line)["completion"] for line in (output / "samples.jsonl").open()]
             reference = reference or completions
-            greedy = result["modes"]["greedy"]
+            greedy, pass1 = result["modes"]["greedy"], result["pass@1"]
             same = sum(a == b for a, b in zip(completions, reference))
-            rows.append(
-                (
-                    BACKENDS[name][0].replace("--round-tokens", str(args.round_tokens)),
-                    greedy["generate_s"],
-                    greedy["generate_tokens_per_s"],
-                    result["pass@1"],
-                    same,
-                    len(completions),
-                )
+            standard_error = (pass1 * (1 - pass1) / len(completions)) ** 0.5
+            description = BACKENDS[name][0].replace("--round-tokens", str(args.round_tokens))
+            print(
+                f"| {description} | {greedy['generate_s']:.1f} | {greedy['generate_tokens_per_s']:,.0f} | "
+                f"{pass1:.3f} ± {standard_error:.3f} | {same}/{len(completions)} |",
+                flush=True,
             )
-    print(
-        f"{args.model} on {args.benchmark}: {args.limit} problems, greedy, ≤{args.max_new_tokens} new tokens, "
-        f"batch {args.batch_size} (generate backends)"
-    )
-    print("| backend | generating (s) | useful tokens/s | pass@1 | completions identical to the first row |")
-    print("|---|---:|---:|---:|---:|")
-    for name, seconds, tokens_per_s, pass1, same, total in rows:
-        print(f"| {name} | {seconds:.1f} | {tokens_per_s:,.0f} | {pass1:.3f} | {same}/{total} |")
 
 
 if __name__ == "__main__":

