@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftcompare.data.codegen import GeneratedTask
 from ftcompare.data.suites import SUITES, TASKS
+from ftcompare.evaluate.lm_eval_forgetting import LmEvalConfig
 from ftcompare.matrix import RunSpec, expand
 from ftcompare.models.methods import METHODS
 from ftcompare.schema import ConfigError, Strict, as_list, check_data_fractions
@@ -376,6 +377,12 @@ class EvaluationConfig(Strict):
     robustness: RobustnessConfig | None = Field(
         default=None, description="ReCode robustness to perturbed prompts (null, the default: not measured)."
     )
+    lm_eval: LmEvalConfig | None = Field(
+        default=None,
+        description="Forgetting on lm-evaluation-harness tasks (HellaSwag, ARC-Challenge, WinoGrande, or your own): "
+        "each model's accuracy as the harness computes it, beside the held-out loss (null, the default: not "
+        "measured; needs the lm-eval extra).",
+    )
 
     @model_validator(mode="after")
     def _decoding_settings_agree(self) -> EvaluationConfig:
@@ -662,18 +669,18 @@ def import_plugins(plugins: object, source: str) -> None:
 
 
 def _path_keys() -> set[str]:
-    """The fields of every task and suite kind that hold a file path."""
+    """The fields of every task and suite kind, and of evaluation.lm_eval, that hold a file path."""
     return {
         name
-        for cls in [*TASKS.values(), *SUITES.values()]
+        for cls in [*TASKS.values(), *SUITES.values(), LmEvalConfig]
         for name, field in cls.model_fields.items()
         if Path in (field.annotation, *get_args(field.annotation))
     }
 
 
 def _resolve_data_paths(data: dict, folder: Path) -> dict:
-    """Relative data paths in `task`, `sequence` and `extra_suites`, and plugin files, resolve against the config
-    file's folder."""
+    """Relative data paths in `task`, `sequence`, `extra_suites` and `evaluation.lm_eval`, and plugin files, resolve
+    against the config file's folder."""
     path_keys = _path_keys()
 
     def resolve(section: object) -> object:
@@ -692,6 +699,9 @@ def _resolve_data_paths(data: dict, folder: Path) -> dict:
         ]
     if isinstance(data.get("extra_suites"), list):
         resolved["extra_suites"] = [resolve(suite) for suite in data["extra_suites"]]
+    evaluation = data.get("evaluation")
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("lm_eval"), dict):
+        resolved["evaluation"] = {**evaluation, "lm_eval": resolve(evaluation["lm_eval"])}
     if isinstance(data.get("sequence"), list):
         resolved["sequence"] = [
             {**stage, "task": resolve(stage.get("task"))} if isinstance(stage, dict) else stage for stage in data["sequence"]

@@ -32,6 +32,7 @@ from ftcompare.context import StudyContext, environment, resolve_device
 from ftcompare.data.tasks import load_study_tasks
 from ftcompare.evaluate.forgetting import heldout_chunks
 from ftcompare.evaluate.generation import check_compile
+from ftcompare.evaluate.lm_eval_forgetting import check_tasks
 from ftcompare.evaluate.stage import evaluate_base, evaluate_stage, evaluate_suite, served_model, vllm_engines
 from ftcompare.matrix import RunSpec, expand, selection_group
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
@@ -184,11 +185,14 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
 
 
 def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
-    """The context every run shares, resolved once: the base and its tokenizer, the tasks, the forgetting
-    corpora, the base's adapted weights (and their SVD cache), and, where the study asks, the base's probes
-    and per-layer scores (`_base/layer_scores.json`)."""
+    """The context every run shares, resolved once (the lm-evaluation-harness tasks built first, so that one that
+    cannot load fails before anything else): the base and its tokenizer, the tasks, the forgetting corpora, the
+    base's adapted weights (and their SVD cache), and, where the study asks, the base's probes and per-layer
+    scores (`_base/layer_scores.json`)."""
     if worker:
         worker.cap_gpu_memory(device)
+    if config.evaluation.lm_eval:  # its tasks load (a hub task's data download) before anything trains
+        check_tasks(config.evaluation.lm_eval)
     base = resolve_base(config.base, device, console)
     tokenizer = load_tokenizer(base)
     forgetting = config.evaluation.forgetting
@@ -245,7 +249,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
 FINGERPRINT_SILENT_DEFAULTS = {
     "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random", "pad_to_multiple_of": 1},
     "task": {"timeout_s": None, "memory_mb": None},
-    "evaluation": {"vllm": VllmConfig().model_dump(mode="json")},
+    "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
 }
 
 

@@ -1,9 +1,11 @@
 """The evaluation stage: latency (an adapter unmerged, then merged), pass@k on every suite with per-sample
-records, robustness under perturbations, forgetting as held-out loss; and the base model's own evaluation.
+records, robustness under perturbations, forgetting as held-out loss and as lm-evaluation-harness accuracy; and the
+base model's own evaluation.
 
-Records: `<run>/eval.json` and `<run>/samples.jsonl`; for the base, `_base/eval.json`, `_base/samples.jsonl`,
-`_base/metrics.json` and (QLoRA studies) `_base/quantized_base.json`. `ftcompare eval` (`evaluate_benchmark`)
-writes `metrics.json` and `samples.jsonl` in its output folder.
+Records: `<run>/eval.json` and `<run>/samples.jsonl` (with `evaluation.lm_eval`, `lm_eval_samples.jsonl` too); for
+the base, `_base/eval.json`, `_base/samples.jsonl`, `_base/metrics.json` and (QLoRA studies)
+`_base/quantized_base.json`. `ftcompare eval` (`evaluate_benchmark`) writes `metrics.json` and `samples.jsonl` in its
+output folder.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.suites import BENCHMARKS, evaluation_problems
 from ftcompare.evaluate.forgetting import mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
+from ftcompare.evaluate.lm_eval_forgetting import lm_eval_stage
 from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
 from ftcompare.evaluate.robustness import family_robustness
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
@@ -129,9 +132,14 @@ def evaluate_merged(
                 quantized = quantized_base_loss(run, context)[corpus]
                 corpora[corpus].update(quantized_base_heldout_loss=quantized, increase_over_quantized_base=tuned_loss - quantized)
         forgetting = {**next(iter(corpora.values())), "corpus": next(iter(corpora)), "corpora": corpora}
+    lm_eval = {}
+    if evaluation.lm_eval:  # the harness's accuracies, against the base's
+        base_lm_eval = read_json(context.experiment / BASE_DIR / "eval.json")["lm_eval"] if run else None
+        lm_eval = {"lm_eval": lm_eval_stage(run_dir, context, model, base_lm_eval)}
     result = {
         "suites": suites,
         "forgetting": forgetting,
+        **lm_eval,
         "latency": latency,
         "generation": generation,
         "merged_for_evaluation": run is not None and run.is_adapter,

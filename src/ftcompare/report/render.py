@@ -12,6 +12,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
+    lm_eval_line,
+    lm_eval_table,
     markdown_from_cells,
     markdown_table,
     paired_comparison_table,
@@ -203,6 +205,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     header, body = table_cells(rows)
     suite_header, suite_body, robust_header, robust_body = suite_tables(records)
     paired_header, paired_body = paired_comparison_table(records)
+    lm_eval_header, lm_eval_body = lm_eval_table(records)
     environment = Environment(
         loader=PackageLoader("ftcompare.report", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -230,6 +233,10 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "paired_body": paired_body,
         "paired_markdown": markdown_from_cells(paired_header, paired_body) if paired_body else "",
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
+        "lm_eval_header": lm_eval_header,
+        "lm_eval_body": lm_eval_body,
+        "lm_eval_markdown": markdown_from_cells(lm_eval_header, lm_eval_body) if lm_eval_body else "",
+        "lm_eval_settings": lm_eval_line(records),
         "sequences": sequence_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "figures": [

@@ -143,6 +143,11 @@ def result_row(record: dict) -> dict:
         "merged_tokens_per_s": _get(record, "latency", "merged_tokens_per_s"),
         "unmerged_tokens_per_s": _get(record, "latency", "unmerged_tokens_per_s"),
         "intruders": intruder_total(record),
+        # lm-evaluation-harness: each task's accuracy change against the base (the base's own: 0)
+        **{
+            f"lm_eval_change:{task}": 0.0 if record.get("method") == "base" else _get(scores, "change", "acc", "difference")
+            for task, scores in (_get(record, "lm_eval", "tasks") or {}).items()
+        },
     }
     id_pass1, ood_pass1 = row["id_pass1"], row["ood_pass1"]
     row["generalisation_gap"] = id_pass1 - ood_pass1 if id_pass1 is not None and ood_pass1 is not None else None
@@ -185,12 +190,18 @@ def columns(rows: Sequence[dict]) -> list[Column]:
             if any(r.get("forgetting_over_quantized") is not None for r in rows)
             else []
         ),
+        *[Column(f"lm_eval_change:{task}", f"{task} Δ acc", "+.3f") for task in lm_eval_tasks(rows)],
         Column("train_tokens_per_s", "train tok/s", ",.0f"),
         Column("peak_memory_mb", "peak MB", ",.0f"),
         Column("merged_tokens_per_s", "infer tok/s merged", ",.0f"),
         Column("unmerged_tokens_per_s", "infer tok/s unmerged", ",.0f"),
         Column("intruders", "intruders", "d"),
     ]
+
+
+def lm_eval_tasks(rows: Sequence[dict]) -> list[str]:
+    """The lm-evaluation-harness tasks some row has a change for, in the order first seen."""
+    return list(dict.fromkeys(key.split(":", 1)[1] for row in rows for key in row if key.startswith("lm_eval_change:")))
 
 
 def format_cell(value: object, fmt: str) -> str:
@@ -368,6 +379,44 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
             if any(cell != "–" for cell in cells):
                 body.append([str(run.get("run_id")), name, *cells])
     return ["run", "against", *suites], body
+
+
+def plus_minus(value: float | None, stderr: float | None, fmt: str = ".3f") -> str:
+    """A value ± its standard error ("0.412 ± 0.021"); the value alone without one, – without a value."""
+    if value is None:
+        return "–"
+    return format_cell(value, fmt) + (f" ± {format_cell(stderr, '.3f')}" if stderr is not None else "")
+
+
+def lm_eval_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per model (the base first) and lm-evaluation-harness task: the documents scored, the few-shot count, acc and
+    acc_norm ± the harness's standard errors, and each one's change against the base ± its standard error, paired
+    by document (a metric the task lacks shows –)."""
+    header = ["run", "task", "documents", "shots", "acc ± s.e.", "Δ acc vs base", "acc_norm ± s.e.", "Δ acc_norm vs base"]
+    body = []
+    for record in records:
+        if record.get("selected") is False:
+            continue
+        for task, scores in (_get(record, "lm_eval", "tasks") or {}).items():
+            cells = [str(record.get("run_id")), task, str(scores.get("documents")), str(scores.get("num_fewshot"))]
+            for metric in ("acc", "acc_norm"):
+                change = _get(scores, "change", metric) or {}
+                cells += [
+                    plus_minus(scores.get(metric), scores.get(f"{metric}_stderr")),
+                    plus_minus(change.get("difference"), change.get("stderr"), "+.3f"),
+                ]
+            body.append(cells)
+    return header, body
+
+
+def lm_eval_line(records: Sequence[dict]) -> str:
+    """How the harness was run, from the base's record (or the first that has one): version, shots, documents, seed."""
+    settings = next((r["lm_eval"] for r in records if r.get("lm_eval")), None)
+    if not settings:
+        return ""
+    shots = "each task's default few-shot count" if settings.get("num_fewshot") is None else f"{settings['num_fewshot']}-shot"
+    documents = f"the first {settings['limit']} documents of each task" if settings.get("limit") else "every document"
+    return f"lm-eval {settings.get('lm_eval_version')}, {shots}, {documents}, seed {settings.get('seed')}, batch size {settings.get('batch_size')}"
 
 
 def sequence_tables(records: Sequence[dict]) -> list[dict]:
