@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
+    judged_tables,
     markdown_from_cells,
     markdown_table,
     paired_comparison_table,
@@ -231,6 +232,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "paired_markdown": markdown_from_cells(paired_header, paired_body) if paired_body else "",
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
         "sequences": sequence_tables(records),
+        "judged": judged_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "figures": [
             {
