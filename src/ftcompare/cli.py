@@ -60,6 +60,7 @@ PromptFormat = _choices("PromptFormat", list(dict.fromkeys(f for b in BENCHMARKS
 Backend = _choices("Backend", _literal_values(EvaluationConfig.model_fields["backend"].annotation))
 Cache = _choices("Cache", _literal_values(EvaluationConfig.model_fields["cache"].annotation))
 Device = _choices("Device", _literal_values(StudyConfig.model_fields["device"].annotation))
+Mode = _choices("Mode", ("greedy", "sampled"))  # the decoding modes of an evaluation's records
 
 FORMATS_HELP = "; ".join(f"{b}: {', '.join(benchmark_formats(b))}" for b in BENCHMARKS if benchmark_formats(b))
 
@@ -527,6 +528,59 @@ def verify_benchmark_command(
         print(line)
     if report.failures or report.buggy_passing:
         raise typer.Exit(code=1)
+
+
+@app.command("judge-calibrate")
+@_exits
+def judge_calibrate_command(
+    run_dir: Path = typer.Argument(..., help="A folder with samples.jsonl: a run, _base, or an `ftcompare eval` output."),
+    judge_config: Path = typer.Option(
+        ..., "--judge-config", help="YAML of one judge section (kind: endpoint or local, and its fields; see docs/config.md)."
+    ),
+    suite: str = typer.Option("test", "--suite", help="The code suite whose executed answers are judged."),
+    mode: Mode = typer.Option(Mode.greedy, "--mode", help="The greedy or the sampled answers."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0, max=1, help="A score at or above it predicts passed."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Judge only the first N answers."),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder for the calibration records (default: RUN_DIR)."),
+    device: Device = typer.Option(
+        Device(StudyConfig.model_fields["device"].default), "--device", help="Where a local judge runs."
+    ),
+) -> None:
+    """Judge calibration: score a code suite's executed answers with a judge and report its agreement with
+    pass/fail (accuracy at the threshold, ROC AUC, counts). Unparseable verdicts are counted, not scored."""
+    from ftcompare.context import resolve_device
+    from ftcompare.evaluate.calibrate import calibrate_judge
+    from ftcompare.evaluate.judge import load_judge_config
+
+    _check_device(device.value, "--device")
+    settings = load_judge_config(judge_config)  # a ConfigError (an InputError) exits 2 in one line
+    try:
+        result, path = calibrate_judge(
+            run_dir,
+            settings,
+            suite=suite,
+            mode=mode.value,
+            threshold=threshold,
+            limit=limit,
+            device=resolve_device(device.value).type,
+            output=output,
+        )
+    except RuntimeError as error:  # the judge could not be asked at all
+        _run_failed(str(error))
+
+    def number(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    results.print(
+        f"judge on {suite} ({mode.value}): {result['samples']} answers, {result['passed']} passed and {result['failed']} failed "
+        f"among the {result['scored']} scored ({result['unparseable']} unparseable, {result['out_of_range']} out of range, "
+        f"{result['error']} failed requests); accuracy at {threshold:g} {number(result['accuracy'])} "
+        f"(majority class {number(result['majority_accuracy'])}), ROC AUC {number(result['roc_auc'])}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    results.print(f"records: {path}, {path.with_suffix('.jsonl')}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

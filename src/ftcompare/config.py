@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ftcompare.data.codegen import GeneratedTask
 from ftcompare.data.suites import SUITES, TASKS
+from ftcompare.evaluate.judge import JUDGE_KINDS
 from ftcompare.evaluate.lm_eval_forgetting import LmEvalConfig
 from ftcompare.matrix import RunSpec, expand
 from ftcompare.models.methods import METHODS
@@ -536,6 +537,11 @@ class StudyConfig(Strict):
         return names + [suite.name for suite in self.extra_suites]
 
     @property
+    def judged_suites(self) -> list[str]:
+        """The suites a judge scores (no program runs: no pass@1 to select on or to perturb)."""
+        return [suite.name for suite in self.extra_suites if getattr(suite, "judge", None) is not None]
+
+    @property
     def primary_suite(self) -> str:
         """The in-domain suite that latency prompts, probes and the causal test use: the last task's test."""
         return f"{self.sequence[-1].name}/test" if self.sequence else "test"
@@ -560,6 +566,11 @@ class StudyConfig(Strict):
                 raise ValueError(f"evaluation.robustness.suites: unknown suites {unknown}; this study has {sorted(known)}")
             if not self.evaluation.greedy:
                 raise ValueError("evaluation.robustness needs greedy: true (robust pass@1 is scored on greedy outputs)")
+            judged = sorted(set(robustness.suites) & set(self.judged_suites))
+            if judged:
+                raise ValueError(
+                    f"evaluation.robustness.suites: {judged} are scored by a judge; robustness perturbs code problems"
+                )
         return self
 
     @model_validator(mode="after")
@@ -577,6 +588,8 @@ class StudyConfig(Strict):
         suite = self.training.select_lr_on
         if suite is not None and suite not in self.suite_names:
             raise ValueError(f"training.select_lr_on: no suite {suite!r}; this study has {self.suite_names}")
+        if suite in self.judged_suites:
+            raise ValueError(f"training.select_lr_on: {suite!r} is scored by a judge; choose on a suite scored by pass@1")
         if suite is not None and (suite == "test" or suite.endswith("/test")):
             raise ValueError(
                 f"training.select_lr_on: choosing learning rates on {suite!r}, a test suite that is "
@@ -617,7 +630,7 @@ def fingerprint(payload: object) -> str:
 
 
 def _field_path(loc: tuple) -> str:
-    tags = {*TASKS, *SUITES, *METHODS}  # a union's member is named by its kind in the location, not by a key
+    tags = {*TASKS, *SUITES, *METHODS, *JUDGE_KINDS}  # a union's member is named by its kind in the location, not by a key
     return ".".join(str(part) for part in loc if not (isinstance(part, str) and part in tags))
 
 

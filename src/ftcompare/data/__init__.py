@@ -2,4 +2,4 @@
 kinds (`suites.py` is the registry); a kind defined elsewhere registers itself with `@register_task` or
 `@register_suite`."""
 
-from ftcompare.data import codegen, humaneval, jsonl, mbpp, quixbugs  # noqa: F401  (the built-in kinds register)
+from ftcompare.data import codegen, humaneval, instructions, jsonl, mbpp, quixbugs  # noqa: F401  (the built-in kinds register)

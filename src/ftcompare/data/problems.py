@@ -57,11 +57,13 @@ class SuiteInfo:
     """How one evaluation suite is generated, extracted and scored."""
 
     in_domain: bool = True
-    extraction: str = "completion"  # "completion": a body after a signature prompt; "auto": chat/few-shot output
+    # "completion": a body after a signature prompt; "auto": chat/few-shot output; "answer": the whole reply (judged)
+    extraction: str = "completion"
     stop_strings: tuple[str, ...] = ()
-    scoring: str = "pass"  # "pass": pass@k; "repair": pass@k plus token F1 against the reference fix
+    scoring: str = "pass"  # "pass": pass@k; "repair": pass@k plus token F1 against the reference fix; "judge": a judge's scores
     timeout_s: float | None = None  # the sandbox's limits for this suite's programs (None: the evaluation's)
     memory_mb: int | None = None
+    judge: object | None = None  # scoring "judge": the judge's settings (ftcompare.evaluate.judge)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,9 @@ Every extracted block is dedented and stripped of surrounding blank lines, and e
 
 Style "completion" is for prompts that opened a function (HumanEval): after step 1 the answer goes to
 `generation.extract_body`, which cuts at the first top-level line; method "completion" (or "empty").
+
+Style "answer" is for prose a judge reads (instruction suites): after step 1 the whole answer, stripped of
+surrounding whitespace; method "answer" (or "empty").
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ from dataclasses import dataclass
 
 from ftcompare.evaluate.generation import extract_body
 
-STYLES = ("auto", "completion")
+STYLES = ("auto", "completion", "answer")
 
 # Stop strings to pass to a generator for each style. "auto" has none: a chat or reasoning answer only
 # ends at EOS, and HumanEval's stops ("\ndef", "\n#", ...) would cut it inside reasoning or prose.
 STOP_SEQUENCES_BY_STYLE: dict[str, tuple[str, ...]] = {
     "auto": (),
     "completion": ("\ndef", "\nclass", "\nif", "\nprint", "\n#"),
+    "answer": (),
 }
 
 PYTHON_INFO_STRINGS = frozenset({"", "python", "py", "python3", "py3"})
@@ -107,6 +111,8 @@ def extract_code(text: str, *, style: str = "auto", think_opened_in_prompt: bool
     reasoning, answer, closed = split_reasoning(text, think_opened_in_prompt=think_opened_in_prompt)
     if not closed:
         return Extracted("", "empty", reasoning, False)
+    if style == "answer":
+        return Extracted(answer.strip(), "answer" if answer.strip() else "empty", reasoning, True)
     if style == "completion":
         body = extract_body(answer)
         if body.strip():

@@ -45,8 +45,8 @@ def rescored_suites(suites: dict, records: Sequence[dict]) -> dict:
         result[suite] = dict(modes)
         for mode, metrics in modes.items():
             mode_records = grouped.get((suite, mode))
-            if not mode_records or not isinstance(metrics, dict):
-                continue
+            if not mode_records or not isinstance(metrics, dict) or metrics.get("scoring") == "judge":
+                continue  # a judged suite has no pass@k to recompute
             stored = {key: value for key, value in metrics.items() if key.startswith("pass@")}
             table = pass_at_k_table(mode_records, [int(key.removeprefix("pass@")) for key in stored])
             for key, value in stored.items():

@@ -1,6 +1,6 @@
-"""The evaluation stage: latency (an adapter unmerged, then merged), pass@k on every suite with per-sample
-records, robustness under perturbations, forgetting as held-out loss and as lm-evaluation-harness accuracy; and the
-base model's own evaluation.
+"""The evaluation stage: latency (an adapter unmerged, then merged), pass@k on every suite (a judge's scores on
+a judged one) with per-sample records, robustness under perturbations, forgetting as held-out loss and as
+lm-evaluation-harness accuracy; and the base model's own evaluation.
 
 Records: `<run>/eval.json` and `<run>/samples.jsonl` (with `evaluation.lm_eval`, `lm_eval_samples.jsonl` too); for
 the base, `_base/eval.json`, `_base/samples.jsonl`, `_base/metrics.json` and (QLoRA studies)
@@ -26,6 +26,7 @@ from ftcompare.data.problems import Problem, TaskSplits
 from ftcompare.data.suites import BENCHMARKS, evaluation_problems
 from ftcompare.evaluate.forgetting import mean_token_loss
 from ftcompare.evaluate.generation import SamplingSettings, check_compile, generate, generation_tokens_per_s
+from ftcompare.evaluate.judge import judge_records, judged_metrics
 from ftcompare.evaluate.lm_eval_forgetting import lm_eval_stage
 from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
 from ftcompare.evaluate.robustness import family_robustness
@@ -146,11 +147,20 @@ def evaluate_merged(
         "wall_s": time.perf_counter() - started,
     }
     write_json(run_dir.file("eval.json"), result)
-    summary = ", ".join(f"{name} {m.get('greedy', {}).get('pass@1', float('nan')):.2f}" for name, m in suites.items())
     console.print(
-        f"  evaluate: greedy pass@1 {summary}" + (f"; held-out loss {forgetting['increase']:+.3f}" if forgetting and run else "")
+        f"  evaluate: greedy {', '.join(f'{name} {headline(metrics)}' for name, metrics in suites.items())}"
+        + (f"; held-out loss {forgetting['increase']:+.3f}" if forgetting and run else "")
     )
     return result
+
+
+def headline(suite_metrics: dict) -> str:
+    """A suite's greedy score for a log line: pass@1, or a judged suite's macro average over categories."""
+    greedy = suite_metrics.get("greedy", {})
+    if greedy.get("scoring") == "judge":
+        macro = greedy["macro_mean"]
+        return f"judged {'–' if macro is None else f'{macro:.2f}'} ({greedy['verdict_counts']['scored']}/{greedy['problems']} scored)"
+    return f"pass@1 {greedy.get('pass@1', float('nan')):.2f}"
 
 
 def latency_prompts(context: StudyContext) -> list[str]:
@@ -161,7 +171,8 @@ def latency_prompts(context: StudyContext) -> list[str]:
 def evaluate_suite(
     model, problems: tuple[Problem, ...], suite: str, context: StudyContext, seed: int, greedy_only: bool = False
 ) -> tuple[list[dict], dict]:
-    """Generate (greedy and/or sampled), extract, execute and score one suite; per-sample records and metrics."""
+    """Generate (greedy and/or sampled), extract, execute and score one suite (a judged suite's answers are
+    scored by its judge instead: `judge_records`); per-sample records and metrics."""
     evaluation = context.config.evaluation
     info = context.task.suite_info(suite)
     sandbox = SandboxSettings(
@@ -202,22 +213,32 @@ def evaluate_suite(
         sampled = sample_records(
             problems, generations, suite=suite, mode=mode, extraction=info.extraction, tokenizer=context.tokenizer
         )
-        scored = execute_records(sampled, sandbox)
-        if info.scoring == "repair":
-            scored = [
-                {**record, **repair_scores(problem, record)}
-                for problem, record in zip((p for p in problems for _ in range(settings.n)), scored, strict=True)
-            ]
-        metrics[mode] = {
-            **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
-            **generation_statistics(scored, generate_s, len(problems)),
-            "n": settings.n,
-            "backend": settings.backend,
-        }
-        if info.scoring == "repair":
-            metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in REPAIR_F1_KEYS})
+        if info.scoring == "judge":  # a judge scores the answers; nothing runs in the sandbox
+            scored, metrics["judge"] = judge_records(
+                sampled, problems, settings.n, info.judge, device=context.device.type, builtin=context.config.base.builtin
+            )
+            metrics[mode] = {**judged_metrics(scored), **judged_generation_statistics(scored, generate_s, len(problems))}
+        else:
+            scored = execute_records(sampled, sandbox)
+            if info.scoring == "repair":
+                scored = [
+                    {**record, **repair_scores(problem, record)}
+                    for problem, record in zip((p for p in problems for _ in range(settings.n)), scored, strict=True)
+                ]
+            metrics[mode] = {
+                **pass_at_k_table(scored, evaluation.k if mode == "sampled" else [1]),
+                **generation_statistics(scored, generate_s, len(problems)),
+            }
+            if info.scoring == "repair":
+                metrics[mode].update({key: sum(r[key] for r in scored) / len(scored) for key in REPAIR_F1_KEYS})
+        metrics[mode].update(n=settings.n, backend=settings.backend)
         records.extend(scored)
     return records, metrics
+
+
+def judged_generation_statistics(scored: list[dict], generate_s: float, problems: int) -> dict:
+    """`generation_statistics` of judged answers: no program ran, so no sandbox isolation to count."""
+    return {k: v for k, v in generation_statistics(scored, generate_s, problems).items() if k != "isolation_counts"}
 
 
 def generation_backend(model, configured: str) -> str:

@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
+    judged_tables,
     lm_eval_line,
     lm_eval_table,
     markdown_from_cells,
@@ -238,6 +239,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "lm_eval_markdown": markdown_from_cells(lm_eval_header, lm_eval_body) if lm_eval_body else "",
         "lm_eval_settings": lm_eval_line(records),
         "sequences": sequence_tables(records),
+        "judged": judged_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "figures": [
             {

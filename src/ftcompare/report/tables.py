@@ -98,12 +98,19 @@ def _best_sampled_k(record: dict, suite: str) -> tuple[str, float | None]:
 
 def out_of_domain_suite(record: dict, primary: str) -> str | None:
     """The suite the table's OOD column shows: the task's own "ood" suite, else the first suite tagged out
-    of domain (e.g. HumanEval for an MBPP study)."""
+    of domain (e.g. HumanEval for an MBPP study) that has a pass@1 (not one scored by a judge)."""
     suites = record.get("suites") or {}
     own = "ood" if primary == "test" else primary.rsplit("/", 1)[0] + "/ood"
     if own in suites:
         return own
-    return next((name for name, metrics in suites.items() if metrics.get("in_domain") is False), None)
+    return next(
+        (
+            name
+            for name, metrics in suites.items()
+            if metrics.get("in_domain") is False and (metrics.get("greedy") or {}).get("scoring") != "judge"
+        ),
+        None,
+    )
 
 
 def result_row(record: dict) -> dict:
@@ -335,6 +342,48 @@ def _robust_cells(robust: dict) -> list[str]:
     ]
 
 
+def judged_tables(records: Sequence[dict]) -> list[dict]:
+    """Per suite scored by a judge: one row per run (greedy answers), its mean score per category, the macro
+    average over categories, and how many verdicts were scored, unparseable, out of range or failed (none of
+    which count in a mean)."""
+    suites: dict[str, list[tuple[dict, dict]]] = {}
+    for record in records:
+        for suite, metrics in (record.get("suites") or {}).items():
+            greedy = metrics.get("greedy") or {}
+            if greedy.get("scoring") == "judge":
+                suites.setdefault(suite, []).append((record, metrics))
+    tables = []
+    for suite, rows in suites.items():
+        categories = list(dict.fromkeys(c for _, m in rows for c in m["greedy"]["per_category"]))
+        header = ["run", *categories, "macro", "scored", "unparseable", "out of range", "errors"]
+        body = []
+        for record, metrics in rows:
+            greedy = metrics["greedy"]
+            counts = greedy["verdict_counts"]
+            means = [(greedy["per_category"].get(c, {}).get("mean"), ".3f") for c in categories]
+            body.append(
+                [
+                    str(record.get("run_id")),
+                    *_cells([*means, (greedy["macro_mean"], ".3f")]),
+                    *(str(counts[v]) for v in ("scored", "unparseable", "out_of_range", "error")),
+                ]
+            )
+        judge = next((m.get("judge") for _, m in rows if m.get("judge")), {})
+        tables.append(
+            {
+                "suite": suite,
+                "judge": f"{judge.get('kind', '?')} {judge.get('model', '?')}"
+                + (f" at {judge['url']}" if judge.get("url") else ""),
+                "rubric_sha256": judge.get("rubric_sha256", ""),
+                "temperature": judge.get("temperature"),
+                "header": header,
+                "body": body,
+                "markdown": markdown_from_cells(header, body),
+            }
+        )
+    return tables
+
+
 def _reference_full(record: dict, records: Sequence[dict]) -> dict | None:
     """The full fine-tuning run a method is compared with: selected, same seed and data fraction."""
     return next(
@@ -356,7 +405,14 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
     was better, and the exact sign (McNemar) test's p-value. A suite recorded without per-problem scores
     (evaluated before they were kept) shows –; a pair with none at all is left out."""
     runs = [r for r in records if r.get("method") != "base" and r.get("selected") is not False]
-    suites = list(dict.fromkeys(suite for r in runs for suite in (r.get("suites") or {})))
+    suites = list(
+        dict.fromkeys(
+            suite
+            for r in runs
+            for suite, metrics in (r.get("suites") or {}).items()
+            if (metrics.get("greedy") or {}).get("scoring") != "judge"  # no pass@1 to pair (judged_tables shows it)
+        )
+    )
     base = next((r for r in records if r.get("method") == "base"), None)
     body = []
     for run in runs:
