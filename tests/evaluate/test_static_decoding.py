@@ -115,10 +115,12 @@ def test_one_decoder_serves_each_models_own_weights(model_and_tokenizer):
     with torch.no_grad():
         for parameter in other.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
+    decoders = []
     for m in (model, other, model):
         expected, _ = generate(m, tokenizer, PROMPTS, settings("generate"))
         assert generate(m, tokenizer, PROMPTS, settings("static"))[0] == expected
-    assert len({id(decoder) for decoder in static_decoding._DECODERS.values()}) == len(static_decoding._DECODERS)
+        decoders.append(decoder_for(m, length=256, max_batch=4))  # the one the call used: same shape, same model kind
+    assert decoders[0] is decoders[1] is decoders[2]
     assert model.config._attn_implementation != ATTENTION  # the caller's model is left as it was
 
 

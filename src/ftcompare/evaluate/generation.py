@@ -209,6 +209,7 @@ def generate_continuous(
     is cut after the first stop string, as `generate` would have stopped there.
     """
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     check_decoding("continuous", settings.cache, settings.compile, settings.round_tokens)
     eos_id = tokenizer.eos_token_id
@@ -227,7 +228,12 @@ def generate_continuous(
     if device.type == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    outputs = model.generate_batch(requests, generation_config=config, progress_bar=False)
+    # a paged cache of what these requests can hold at once: left unset, transformers sizes it to 90% of the free
+    # memory (19 GB of a 24 GB CPU machine for a 1M-parameter model)
+    pages = ContinuousBatchingConfig()
+    needed = sum(len(request) + settings.max_new_tokens for request in requests)
+    pages.num_blocks = -(-needed // pages.page_size) + 1
+    outputs = model.generate_batch(requests, generation_config=config, continuous_batching_config=pages, progress_bar=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall_s = time.perf_counter() - started
