@@ -28,6 +28,7 @@ from ftcompare.evaluate.judge import JUDGE_KINDS
 from ftcompare.evaluate.lm_eval_forgetting import LmEvalConfig
 from ftcompare.matrix import RunSpec, expand
 from ftcompare.models.methods import METHODS
+from ftcompare.runs.tracking import TrackingConfig
 from ftcompare.schema import ConfigError, Strict, as_list, check_data_fractions
 
 BUILTIN_PREFIX = "builtin:"
@@ -155,9 +156,9 @@ class TrainingConfig(Strict):
     log_every: int = Field(
         default=10,
         gt=0,
-        description="Write a record to the run's train_log.jsonl (the loss averaged "
-        "since the last one, learning rate, tokens/s, peak memory) every "
-        "this many steps, and at the last step.",
+        description="Write a record to the run's train_log.jsonl (the loss and the gradients' global norm "
+        "before clipping, each averaged since the last record, learning rate, tokens/s, peak memory) every "
+        "this many steps, and at the last step; the same record goes to the experiment trackers (tracking).",
     )
     data_fraction: float | list[float] = Field(
         default=1.0,
@@ -509,6 +510,11 @@ class StudyConfig(Strict):
         default=True,
         description="Keep each run's tuned weights (full FT: the tuned model; "
         "LoRA: the PEFT adapter); false deletes them when the run is done.",
+    )
+    tracking: TrackingConfig = Field(
+        default=TrackingConfig(),
+        description="Experiment trackers (TensorBoard by default when installed; MLflow, W&B): every run's training "
+        "log and final metrics, as it runs.",
     )
 
     @model_validator(mode="after")

@@ -49,6 +49,7 @@ from ftcompare.runs.store import (
     write_json,
     write_jsonl,
 )
+from ftcompare.runs.tracking import RunTracker, announce_tracking, tracked_run
 from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
 from ftcompare.train.stage import load_trained, sequence_matrix, stage_dir, train_stage
 
@@ -81,6 +82,7 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
             },
             "device": str(device),
             "environment": environment(worker),
+            "tracking": announce_tracking(config, experiment, console),
             "updated_at": datetime.now(timezone.utc).isoformat(),
         },
     )
@@ -125,7 +127,8 @@ def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
         console.print(
             f"[bold]({index}/{total}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context)
         )
-        execute_run(run, run_dir, context)
+        with tracked_run(run, run_dir, context) as tracker:
+            execute_run(run, run_dir, context, tracker)
 
     return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done, do)
 
@@ -137,7 +140,8 @@ def selection_job(run: RunSpec, context: StudyContext) -> Job:
 
     def do() -> None:
         console.print(f"[bold]select {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context))
-        model = merge_adapter(train_stage(run, run_dir, context)).eval()
+        with tracked_run(run, run_dir, context) as tracker:
+            model = merge_adapter(train_stage(run, run_dir, context, tracker)).eval()
         limit = context.config.evaluation.limit
         problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
         generator = served_model(run, run_dir, context, model) if context.engines else model
@@ -165,21 +169,21 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
         if run in selected or run_dir.done:
             continue
         selection = read_json(run_dir.file("selection.json"))
-        write_json(
-            run_dir.file("metrics.json"),
-            {
-                **run.model_dump(mode="json"),
-                "label": run.label,
-                "primary_suite": context.config.primary_suite,
-                "selection_suite": suite,
-                "selected": False,
-                "train": read_json(run_dir.file("train.json")),
-                "suites": {suite: {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}},
-            },
-        )
+        metrics = {
+            **run.model_dump(mode="json"),
+            "label": run.label,
+            "primary_suite": context.config.primary_suite,
+            "selection_suite": suite,
+            "selected": False,
+            "train": read_json(run_dir.file("train.json")),
+            "suites": {suite: {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}},
+        }
+        write_json(run_dir.file("metrics.json"), metrics)
         if not context.config.save_weights:
             shutil.rmtree(run_dir.file("weights"), ignore_errors=True)
         write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(), "selected": False})
+        with tracked_run(run, run_dir, context) as tracker:
+            tracker.log_final(metrics)
     console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
     return selected
 
@@ -286,12 +290,13 @@ def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> N
     write_json(run_dir.file("run.json"), run_record(run, config))
 
 
-def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
+def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None) -> None:
     """One run's stages in order, each skipped when its record exists: train, the reference it is compared
     with, spectra (before the merge), evaluation (which merges), representations, the causal test; then
-    `metrics.json` gathers their records and `done.json` marks the run finished."""
+    `metrics.json` gathers their records and `done.json` marks the run finished, and `tracker` hears the
+    training log and the final metrics."""
     started = time.perf_counter()
-    model = train_stage(run, run_dir, context)
+    model = train_stage(run, run_dir, context, tracker)
     reference = reference_for(run, model, context)
     spectral = spectral_stage(run, run_dir, context, model, reference)  # before the merge: ΔW from the adapter itself
     evaluation, model = evaluate_stage(run, run_dir, context, model)  # merges an adapter after timing it unmerged
@@ -327,6 +332,8 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> None:
         run_dir.file(DONE_FILE),
         {"finished_at": datetime.now(timezone.utc).isoformat(), "wall_s_this_session": time.perf_counter() - started},
     )
+    if tracker:  # after done.json: a session stopped before it never logged them, so a resume cannot log them twice
+        tracker.log_final(metrics)
 
 
 def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
@@ -335,6 +342,7 @@ def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
     recorded = study["config"]
     if recorded.get("sequence"):  # study.json writes out the default `task`, which a sequence must not give
         recorded = {key: value for key, value in recorded.items() if key != "task"}
+    recorded.pop("tracking", None)  # nothing is tracked here: a tracker missing on this machine must not refuse it
     config = parse_config(recorded, source=str(experiment / STUDY_FILE))  # imports its plugins first
     runs = {r["run_id"]: RunSpec.model_validate(r) for r in study["runs"]}
     if run_id not in runs:

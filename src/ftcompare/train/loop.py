@@ -142,10 +142,12 @@ def train(
     accelerator: Accelerator | None = None,
     log_path: Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place for `settings.steps` steps over `batches` (an endless or long enough iterator).
 
-    Writes one JSON line per logged step (step, loss, lr, tokens/s, peak memory) to `log_path`.
+    Writes one JSON line per logged step (step, loss, lr, grad norm, tokens/s, peak memory) to `log_path` and
+    hands the same record to `on_log` (an experiment tracker).
     """
     accelerator = accelerator or Accelerator()
     seed_everything(settings.seed)
@@ -162,6 +164,7 @@ def train(
     log_file = open(log_path, "w") if log_path else None
     tokens = loss_tokens = token_slots = 0
     window_losses: list[float] = []
+    window_norms: list[torch.Tensor] = []  # kept on the device until the log line: no extra synchronisation per step
     final_loss = math.nan
     skip = min(settings.throughput_skip_steps, settings.steps // 2)
     start = window_start = steady_start = time.perf_counter()
@@ -174,8 +177,8 @@ def train(
             ):
                 loss = model(**batch).loss
             accelerator.backward(loss)
-            if settings.grad_clip is not None:
-                accelerator.clip_grad_norm_(params, settings.grad_clip)
+            # the global norm before clipping; without clipping, a bound of inf measures it and scales by exactly 1
+            grad_norm = accelerator.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip is not None else math.inf)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -186,6 +189,8 @@ def train(
             window_tokens += step_tokens
             loss_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             window_losses.append(loss.item())
+            if grad_norm is not None:  # DeepSpeed clips inside its engine and returns no norm
+                window_norms.append(grad_norm.detach())
             if step % settings.log_every == 0 or step == settings.steps:
                 now = time.perf_counter()
                 final_loss = sum(window_losses) / len(window_losses)
@@ -193,6 +198,7 @@ def train(
                     "step": step,
                     "loss": final_loss,
                     "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": torch.stack(window_norms).float().mean().item() if window_norms else None,
                     "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                     "peak_memory_mb": meter.sample(),
                     "elapsed_s": now - start,
@@ -200,7 +206,9 @@ def train(
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
-                window_losses, window_tokens, window_start = [], 0, now
+                if on_log:
+                    on_log(record)
+                window_losses, window_norms, window_tokens, window_start = [], [], 0, now
             if on_step:
                 on_step(step, loss.item())
             if step == skip:  # loss.item() above waited for the device, so the clock reads the step's end

@@ -8,7 +8,7 @@ and its scores on every task) and `samples.jsonl`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ftcompare.matrix import RunSpec
 from ftcompare.models.base import load_model
 from ftcompare.models.methods import apply_method, load_tuned, method_record, save_tuned
 from ftcompare.runs.store import BASE_DIR, RunDir, read_json, write_json, write_jsonl
+from ftcompare.runs.tracking import RunTracker
 from ftcompare.train.loop import TrainSettings, epoch_batches, optimizer_steps, seed_everything, train, trainable_parameters_in
 
 # a run's records measured on its trained model: discarded when the model is trained again
@@ -39,9 +40,10 @@ RECORDS_OF_TRAINED_MODEL = (
 )
 
 
-def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.nn.Module:
+def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None) -> torch.nn.Module:
     """Train the run on each task in order (one task unless the study is a sequence) and return the model,
-    unmerged; or reload what an earlier session trained.
+    unmerged; or reload what an earlier session trained. Each training log record also goes to `tracker`, at
+    its step counted from the sequence's start (what is reloaded is not logged again).
 
     In a sequence the same model (the same adapter, for LoRA) keeps training on the next task. After each
     stage but the last, every task's test suite is scored greedily and the held-out loss measured (the
@@ -78,7 +80,9 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext) -> torch.n
         log_name = f"train_log.{name}.jsonl" if sequence and last else "train_log.jsonl"
         if sequence:
             console.print(f"  stage {index + 1}/{len(context.stages)}: {name}")
-        result, model = fit(model, splits.train, run, context, Path(folder) / log_name)
+        offset = sum(record["steps"] for record in records)  # the steps of the stages before this one
+        on_log = (lambda record, offset=offset: tracker.log_training(record, offset)) if tracker else None
+        result, model = fit(model, splits.train, run, context, Path(folder) / log_name, on_log)
         save_tuned(model, Path(folder) / "weights", run)
         if not run.is_adapter:  # a whole model: with its tokenizer it is a folder any server loads (vLLM)
             context.tokenizer.save_pretrained(Path(folder) / "weights")
@@ -128,9 +132,15 @@ def stage_dir(run_dir: RunDir, index: int, name: str) -> Path:
 
 
 def fit(
-    model: torch.nn.Module, problems: Sequence[Problem], run: RunSpec, context: StudyContext, log_path: Path
+    model: torch.nn.Module,
+    problems: Sequence[Problem],
+    run: RunSpec,
+    context: StudyContext,
+    log_path: Path,
+    on_log: Callable[[dict], None] | None = None,
 ) -> tuple[dict, torch.nn.Module]:
-    """Fine-tune `model` in place on the run's fraction of `problems`; the training record and the model."""
+    """Fine-tune `model` in place on the run's fraction of `problems`; the training record and the model.
+    `on_log` hears every training log record as it is written."""
     training = context.config.training
     examples = finetune_examples(training_subset(problems, run.data_fraction), context.tokenizer, training.max_length)
     steps = optimizer_steps(len(examples), training.epochs, training.batch_size, training.max_steps)
@@ -162,7 +172,13 @@ def fit(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with trainable_parameters_in(model, torch.float32 if mixed else None), step_progress(console, "  train", steps) as advance:
         result = train(
-            model, batches, settings, accelerator=accelerator, log_path=log_path, on_step=lambda step, loss: advance(step, loss)
+            model,
+            batches,
+            settings,
+            accelerator=accelerator,
+            log_path=log_path,
+            on_step=lambda step, loss: advance(step, loss),
+            on_log=on_log,
         )
     console.print(
         f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.steady_tokens_per_s:,.0f} tokens/s "
