@@ -11,9 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from ftcompare.train.loop import IGNORE_INDEX
 
 
-def tiny_llama(vocab: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+def tiny_llama(vocab: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32, **config) -> LlamaForCausalLM:
+    """A random two-layer Llama; `config` overrides its LlamaConfig fields (e.g. num_key_value_heads for GQA)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
@@ -23,7 +24,7 @@ def tiny_llama(vocab: int = 32, seed: int = 0, dtype: torch.dtype = torch.float3
         max_position_embeddings=64,
         pad_token_id=0,
     )
-    return LlamaForCausalLM(config).to(dtype)
+    return LlamaForCausalLM(LlamaConfig(**(settings | config))).to(dtype)
 
 
 def copy_examples(n: int = 32) -> list[tuple[list[int], list[int]]]:

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
@@ -14,6 +14,7 @@ from ftcompare.config import decoding_conflict
 from ftcompare.evaluate import static_decoding
 from ftcompare.evaluate.generation import SamplingSettings, generate
 from ftcompare.evaluate.static_decoding import ATTENTION, decoder_for, finish
+from tests.helpers import tiny_llama
 
 PROMPTS = ["def f(x):\n", 'def longer_name(values):\n    """Return the sum."""\n', "import os\n", "class A:\n    def m(self):\n"]
 
@@ -23,20 +24,17 @@ def model_and_tokenizer(tiny_base):
     """A random Llama with grouped-query attention: its greedy answers vary with every position and cache entry, so a
     decoder that misplaced one would not reproduce them (the briefly pre-trained tiny base answers ",,,," to all)."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_base[0])
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    model = tiny_llama(
+        len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return model.eval(), tokenizer
 
 
 def settings(backend: str, **options) -> SamplingSettings:

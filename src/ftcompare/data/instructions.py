@@ -16,17 +16,16 @@ answer is its whole reply (reasoning in `<think>…</think>` dropped), generated
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ftcompare.data.problems import Problem, SuiteInfo
+from ftcompare.data.problems import Problem, SuiteInfo, read_jsonl_records
 from ftcompare.data.suites import SuiteSettings, register_suite
 from ftcompare.evaluate.judge import JudgeConfig
-from ftcompare.schema import InputError, existing_file
+from ftcompare.schema import existing_file
 
 PROMPT_FORMATS = ("alpaca", "chat")
 ALPACA_PROMPT = (
@@ -84,35 +83,9 @@ def load_instructions(path: Path) -> tuple[Instruction, ...]:
     """Read an instruction set (the record format of the module docstring). A file that is not UTF-8, a line
     that is not JSON, a missing or mistyped field, a repeated id or an empty file raise InputError naming the
     file, the line and the field."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise InputError(
-            f"{path}:{line}", f"not UTF-8 text (byte {error.object[error.start]:#04x}); save the file as UTF-8"
-        ) from None
-    except OSError as error:
-        raise InputError(path, f"cannot read it: {error.strerror or error}") from None
-    items, first_line = [], {}
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = _instruction_from_record(json.loads(line), line_number)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}:{line_number}", f"not valid JSON ({error.msg} at column {error.colno})") from None
-        except ValueError as error:
-            raise InputError(f"{path}:{line_number}", str(error)) from None
-        if item.task_id in first_line:
-            raise InputError(
-                f"{path}:{line_number}",
-                f"id: {item.task_id!r} is also the id of line {first_line[item.task_id]} (ids must be distinct)",
-            )
-        first_line[item.task_id] = line_number
-        items.append(item)
-    if not items:
-        raise InputError(path, "no instructions (the file is empty; one JSON object a line)")
-    return tuple(items)
+    return read_jsonl_records(
+        path, _instruction_from_record, id_field="id", why_distinct="ids must be distinct", what="instructions"
+    )
 
 
 def render_prompt(item: Instruction, fmt: str, tokenizer=None) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationInfo
 
@@ -17,6 +19,7 @@ IGNORE_INDEX = -100
 # The line between a program and its checks (setup, then tests) in what Problem.program builds: the sandbox
 # runs what follows it after the program has finished, and compares `assert CALL == LITERAL` on plain data
 # outside the program's interpreter (ftcompare.evaluate.sandbox).
+T = TypeVar("T")  # a record read from a JSONL file (it has a task_id)
 TESTS_MARKER = "# ---- tests (ftcompare sandbox: run after the program) ----"
 
 
@@ -126,6 +129,21 @@ def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
 
     A file that is not UTF-8, a line that is not JSON, a field of the wrong type, a repeated task_id or no
     problems at all raise InputError naming the file, the line and the field."""
+    return read_jsonl_records(
+        path,
+        lambda record, line_number: _problem_from_record(record, split, line_number),
+        id_field="task_id",
+        why_distinct="per-problem scores need distinct ids",
+        what="problems",
+    )
+
+
+def read_jsonl_records(
+    path: Path, parse: Callable[[object, int], T], *, id_field: str, why_distinct: str, what: str
+) -> tuple[T, ...]:
+    """The records of a JSONL file, each line parsed by `parse(record, line_number)` (a ValueError names the field);
+    a file that is not UTF-8, a line that is not JSON or does not parse, a repeated `task_id` or an empty file raise
+    InputError naming the file and the line."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
@@ -135,27 +153,26 @@ def load_jsonl_problems(path: Path, split: str) -> tuple[Problem, ...]:
         ) from None
     except OSError as error:
         raise InputError(path, f"cannot read it: {error.strerror or error}") from None
-    problems, first_line = [], {}
+    items, first_line = [], {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            problem = _problem_from_record(json.loads(line), split, line_number)
+            item = parse(json.loads(line), line_number)
         except json.JSONDecodeError as error:
             raise InputError(f"{path}:{line_number}", f"not valid JSON ({error.msg} at column {error.colno})") from None
         except ValueError as error:
             raise InputError(f"{path}:{line_number}", str(error)) from None
-        if problem.task_id in first_line:
+        if item.task_id in first_line:
             raise InputError(
                 f"{path}:{line_number}",
-                f"task_id: {problem.task_id!r} is also the task_id of line "
-                f"{first_line[problem.task_id]} (per-problem scores need distinct ids)",
+                f"{id_field}: {item.task_id!r} is also the {id_field} of line {first_line[item.task_id]} ({why_distinct})",
             )
-        first_line[problem.task_id] = line_number
-        problems.append(problem)
-    if not problems:
-        raise InputError(path, "no problems (the file is empty; one JSON object a line)")
-    return tuple(problems)
+        first_line[item.task_id] = line_number
+        items.append(item)
+    if not items:
+        raise InputError(path, f"no {what} (the file is empty; one JSON object a line)")
+    return tuple(items)
 
 
 def readable_problems(path: Path | None, info: ValidationInfo) -> Path | None:
