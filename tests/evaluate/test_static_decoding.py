@@ -135,6 +135,11 @@ def test_an_adapter_is_decoded_merged_and_left_unmerged(model_and_tokenizer):
     assert any("lora_B" in name for name, _ in adapted.named_parameters())
 
 
+def test_no_prompts_give_no_answers(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    assert generate(model, tokenizer, [], settings("static")) == ([], 0.0)
+
+
 def test_progress_counts_each_prompt_once(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     counted = []

@@ -265,6 +265,8 @@ def generate_static(
     model, tokenizer, prompts: Sequence[str], settings: SamplingSettings, on_batch: Callable[[int], None] | None = None
 ) -> tuple[list[list[Generation]], float]:
     """`settings.n` completions per prompt through the static decoder, and the wall time (s), capture included."""
+    if not prompts:
+        return [], 0.0
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     sequences = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(settings.n)]
