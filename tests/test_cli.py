@@ -124,25 +124,6 @@ def test_a_bad_override_is_one_line_naming_the_key_and_exit_2(tmp_path, override
     _usage_error(_invoke("run", QUICKSTART, override, "--dry-run", "--output", tmp_path), str(QUICKSTART), *names)
 
 
-def test_workers_receive_the_same_overrides(tmp_path, monkeypatch, study):
-    from ftcompare.runs import workers
-
-    started = []
-    monkeypatch.setattr(workers, "run_workers", lambda command, environments: started.append(command) or [0, 3])
-    result = _invoke("run", QUICKSTART, "seeds=[0,1]", "methods.1.rank=[2]", "--workers", "2", "--output", tmp_path)
-    assert result.exit_code == 1, result.output  # worker 2 failed: a failed run
-    assert "worker 2 (exit code 3) failed" in result.stderr
-    command = started[0]
-    assert command[1:3] == ["-m", "ftcompare.cli"] and "--as-worker" in command
-    # what the worker parses: the same config with the same overrides (checked as a dry run of its arguments)
-    worker = _invoke(*command[3:4], "--dry-run", *command[4:])
-    assert worker.exit_code == 0, worker.output
-    assert sorted(_run_ids(worker.stdout)) == ["full-s0", "full-s1", "lora-r2-s0", "lora-r2-s1"]
-
-
-# --- exit codes ---
-
-
 def test_a_config_error_exits_2_in_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"experiment": "t", "methods": [{"kind": "lora", "rank": 0}]}))

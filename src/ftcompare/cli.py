@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import traceback
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -61,6 +60,7 @@ Backend = _choices("Backend", _literal_values(EvaluationConfig.model_fields["bac
 Cache = _choices("Cache", _literal_values(EvaluationConfig.model_fields["cache"].annotation))
 Device = _choices("Device", _literal_values(StudyConfig.model_fields["device"].annotation))
 Mode = _choices("Mode", ("greedy", "sampled"))  # the decoding modes of an evaluation's records
+Executor = _choices("Executor", ("local", "ray"))  # where a study's runs go: this process, or Ray tasks
 
 FORMATS_HELP = "; ".join(f"{b}: {', '.join(benchmark_formats(b))}" for b in BENCHMARKS if benchmark_formats(b))
 
@@ -210,46 +210,21 @@ def _report(experiment: Path, config: StudyConfig) -> None:
     results.print(f"report: {html}\n        {markdown}", markup=False, highlight=False)
 
 
-def _run_with_workers(config_path: Path, overrides: Sequence[str], config: StudyConfig, output: Path, workers: int) -> None:
-    """Several worker processes on one experiment folder, one per GPU where there are enough (see
-    runs/workers.py); the report once every worker has finished. Each worker loads the config with the
-    same overrides."""
-    import torch
-
-    from ftcompare.runs.store import experiment_dir
-    from ftcompare.runs.workers import run_workers, worker_environments
+def _run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig, output: Path, settings) -> None:
+    """The study's runs as Ray tasks (runs/ray_executor.py); the report once every job is done."""
+    from ftcompare.runs.ray_executor import ExecutorError, run_on_ray
     from ftcompare.study import StudyMismatch, check_runs_match
 
     _print_matrix(config, output, to=console)
-    try:  # a clash with an earlier config is refused here, before any worker starts
+    try:  # a clash with an earlier config is refused here, before any slot starts
         check_runs_match(config, output)
     except (StudyMismatch, InputError) as error:
         _usage_error(str(error))
-    _check_device(config.device, "device")
-    gpus = torch.cuda.device_count() if config.device != "cpu" else 0
-    if workers > max(gpus, 1) or not gpus:
-        console.print(
-            f"[yellow]warning:[/] {workers} workers share {f'{gpus} GPUs' if gpus else 'the CPU'}: "
-            "training and generation speeds are measured under contention (recorded in each run's metrics)"
-        )
-    # "--" ends the options: the config path and the overrides are read as arguments whatever they look like
-    command = [
-        sys.executable,
-        "-m",
-        "ftcompare.cli",
-        "run",
-        "--output",
-        str(output),
-        "--as-worker",
-        "--",
-        str(config_path),
-        *overrides,
-    ]
-    codes = run_workers(command, worker_environments(workers, gpus, os.cpu_count() or 1))
-    failed = [f"worker {index + 1} (exit code {code})" for index, code in enumerate(codes) if code]
-    if failed:
-        _run_failed(f"{', '.join(failed)} failed; finished runs are kept, and running the same command again resumes")
-    _report(experiment_dir(output, config.experiment), config)
+    try:
+        experiment = run_on_ray(config_path, overrides, config, output, settings)
+    except ExecutorError as error:
+        _run_failed(str(error))
+    _report(experiment, config)
 
 
 # --- the commands ---
@@ -272,10 +247,18 @@ def run(
         "--dry-run",
         help="Validate and print the run matrix (and each run's progress, when the experiment folder exists); train nothing.",
     ),
-    workers: int = typer.Option(
-        1, "--workers", min=1, help="Processes sharing the study's runs, one per GPU (more than the GPUs: they share)."
+    executor: Executor = typer.Option(
+        Executor.local, "--executor", help="local: the runs one after another in this process; ray: Ray tasks on a cluster."
     ),
-    as_worker: bool = typer.Option(False, "--as-worker", hidden=True, help="Run as one of --workers: the study only, no report."),
+    address: str = typer.Option(None, "--address", help="Ray: the cluster to join (default: a local Ray on this machine)."),
+    slots: int = typer.Option(None, "--slots", min=1, help="Ray: runs at once (default: as many as the resources hold)."),
+    gpus_per_run: float = typer.Option(
+        None, "--gpus-per-run", min=0, max=1, help="Ray: GPUs per run, 0.25 puts four runs on a GPU (default: 1 for a GPU study)."
+    ),
+    cpus_per_run: float = typer.Option(
+        None, "--cpus-per-run", min=0, help="Ray: CPUs per run (default: shared out, or 1 on CPU)."
+    ),
+    memory_gb_per_run: float = typer.Option(None, "--memory-gb-per-run", min=0, help="Ray: host memory reserved per run, GB."),
 ) -> None:
     """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
     overrides = list(overrides or ())
@@ -291,14 +274,16 @@ def run(
             table.add_row(key.replace("_", " "), "unknown offline" if value is None else str(value))
         results.print(table)
         return
-    if as_worker:
-        from ftcompare.runs.workers import Worker
+    ray_options = {"address": address, "slots": slots, "gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run}
+    ray_options["memory_gb_per_run"] = memory_gb_per_run
+    if executor is Executor.ray:
+        from ftcompare.runs.ray_executor import RaySettings
 
-        _run_study(config, output, Worker.from_environment())
+        _run_on_ray(config_path, overrides, config, output, RaySettings(**ray_options))
         return
-    if workers > 1:
-        _run_with_workers(config_path, overrides, config, output, workers)
-        return
+    given = [name for name, value in ray_options.items() if value is not None]
+    if given:
+        _usage_error(f"--{given[0].replace('_', '-')} is a setting of --executor ray")
     _run_and_report(config, output)
 
 

@@ -60,8 +60,18 @@ class StudyMismatch(RuntimeError):
 
 def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -> Path:
     """Run every cell of the study's matrix that is not finished yet; return the experiment folder.
-    With several workers on one folder, each does the jobs no other has claimed and waits for the rest
-    where a later stage needs them (learning-rate selection needs every selection score)."""
+    With several workers on one folder (the Ray executor's slots), each does the jobs no other has
+    claimed and waits for the rest where a later stage needs them (learning-rate selection needs every
+    selection score)."""
+    context = open_study(config, output, worker)
+    work_through([study_job(name, context) for name in first_jobs(config)])
+    work_through([study_job(name, context) for name in second_jobs(context)])
+    return context.experiment
+
+
+def open_study(config: StudyConfig, output: Path, worker: Worker | None = None) -> StudyContext:
+    """Check the experiment folder against the config, load what every run shares, bind each run
+    directory to its run and write `study.json`; the context the study's jobs run in."""
     device = resolve_device(config.device)
     check_compile(config.evaluation.compile, device)  # before anything trains
     runs = expand(config)
@@ -86,15 +96,40 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
             "updated_at": datetime.now(timezone.utc).isoformat(),
         },
     )
-    base_dir = RunDir(experiment / BASE_DIR)
-    base_job = Job(base_dir.file(CLAIM_FILE), lambda: base_dir.has("metrics.json"), lambda: evaluate_base(context))
-    if config.training.select_lr_on:
-        work_through([base_job, *(selection_job(run, context) for run in runs)])
+    return context
+
+
+# A study's jobs by name: the base's evaluation, a run's selection training ("select:" + run id), a run.
+BASE_JOB = BASE_DIR
+SELECT_PREFIX = "select:"
+
+
+def first_jobs(config: StudyConfig) -> list[str]:
+    """The jobs every run waits for: the base (each run's forgetting is read against it) and, with
+    learning-rate selection, every run's selection score."""
+    selection = [SELECT_PREFIX + run.run_id for run in expand(config)] if config.training.select_lr_on else []
+    return [BASE_JOB, *selection]
+
+
+def second_jobs(context: StudyContext) -> list[str]:
+    """The runs that go through every stage, once `first_jobs` are done: all of them, or with
+    learning-rate selection the selected ones (which this call chooses and records)."""
+    runs = expand(context.config)
+    if context.config.training.select_lr_on:
         runs = select_learning_rates(runs, context)
-    else:
-        work_through([base_job])  # every run's forgetting is read against the base's
-    work_through([run_job(index, len(runs), run, context) for index, run in enumerate(runs, start=1)])
-    return experiment
+    return [run.run_id for run in runs]
+
+
+def study_job(name: str, context: StudyContext) -> Job:
+    """The job a name stands for (see `first_jobs`, `second_jobs`)."""
+    if name == BASE_JOB:
+        base_dir = RunDir(context.experiment / BASE_DIR)
+        return Job(base_dir.file(CLAIM_FILE), lambda: base_dir.has("metrics.json"), lambda: evaluate_base(context))
+    runs = expand(context.config)
+    by_id = {run.run_id: run for run in runs}
+    if name.startswith(SELECT_PREFIX):
+        return selection_job(by_id[name.removeprefix(SELECT_PREFIX)], context)
+    return run_job(runs.index(by_id[name]) + 1, len(runs), by_id[name], context)
 
 
 def check_runs_match(config: StudyConfig, output: Path) -> Path:

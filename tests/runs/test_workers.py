@@ -1,7 +1,6 @@
-"""Several workers on one experiment folder: claims, the barrier, take-over after a crash, and a study
-run by two worker processes."""
+"""Several workers on one experiment folder: claims, the barrier, take-over after a crash, the memory
+cap of workers sharing a GPU (a study on Ray's slots: tests/runs/test_ray_executor.py)."""
 
-import json
 import subprocess
 import sys
 import threading
@@ -9,22 +8,8 @@ import time
 
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
-from ftcompare.cli import app
-from ftcompare.runs.workers import (
-    ALLOCATOR_ENV,
-    SHARED_GPU_MEMORY,
-    WORKER_ENV,
-    Job,
-    Worker,
-    _with_user_allocator,
-    claimed,
-    work_through,
-    worker_environments,
-)
-from tests.conftest import TINY_BUILTIN
+from ftcompare.runs.workers import SHARED_GPU_MEMORY, Job, Worker, claimed, work_through
 
 
 def test_a_claim_is_exclusive_until_released(tmp_path):
@@ -122,19 +107,6 @@ def test_a_job_its_holder_let_go_unfinished_is_taken_over(tmp_path):
     assert log == [0] and sleeps == [0.5]
 
 
-def test_workers_get_one_gpu_each_round_robin_or_a_share_of_the_cpu():
-    on_gpus = worker_environments(3, gpus=2, cpu_threads=16)
-    assert [e["CUDA_VISIBLE_DEVICES"] for e in on_gpus] == ["0", "1", "0"]
-    assert [e[WORKER_ENV] for e in on_gpus] == ["0/3/2", "1/3/1", "2/3/2"]
-    # only the workers that share GPU 0 get the allocator setting that suits a memory cap
-    assert [e.get(ALLOCATOR_ENV) for e in on_gpus] == ["expandable_segments:True", None, "expandable_segments:True"]
-    # each gets its share of the host's cores, for its CPU-side work
-    assert [e["OMP_NUM_THREADS"] for e in on_gpus] == ["5", "5", "5"]
-    on_cpu = worker_environments(2, gpus=0, cpu_threads=5)
-    assert [(e["OMP_NUM_THREADS"], e[WORKER_ENV]) for e in on_cpu] == [("2", "0/2/2"), ("2", "1/2/2")]
-    assert "CUDA_VISIBLE_DEVICES" not in on_cpu[0]
-
-
 def test_workers_sharing_a_gpu_cap_their_memory_to_their_share(monkeypatch):
     caps = []
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device: caps.append((fraction, device)))
@@ -145,73 +117,3 @@ def test_workers_sharing_a_gpu_cap_their_memory_to_their_share(monkeypatch):
     assert Worker(0, 3, 3).record(torch.device("cuda"))["gpu_memory_fraction"] == pytest.approx(SHARED_GPU_MEMORY / 3)
     assert Worker(1, 2, 1).record(torch.device("cuda"))["gpu_memory_fraction"] == 1.0
     assert "gpu_memory_fraction" not in Worker(0, 2, 2).record(torch.device("cpu"))
-
-
-def test_a_users_allocator_setting_wins_over_the_workers_default(monkeypatch):
-    environment = worker_environments(2, gpus=1, cpu_threads=4)[0]
-    monkeypatch.delenv(ALLOCATOR_ENV, raising=False)
-    assert _with_user_allocator(environment)[ALLOCATOR_ENV] == "expandable_segments:True"
-    monkeypatch.setenv(ALLOCATOR_ENV, "max_split_size_mb:128")
-    merged = _with_user_allocator(environment)
-    assert merged[ALLOCATOR_ENV] == "max_split_size_mb:128" and merged["CUDA_VISIBLE_DEVICES"] == "0"
-
-
-def test_a_worker_reads_its_identity_from_the_environment(monkeypatch):
-    monkeypatch.delenv(WORKER_ENV, raising=False)
-    assert Worker.from_environment() is None
-    monkeypatch.setenv(WORKER_ENV, "1/3/2")
-    worker = Worker.from_environment()
-    assert worker == Worker(1, 3, 2) and worker.label == "worker 2/3"
-
-
-@pytest.mark.slow
-def test_two_worker_processes_share_a_study_with_learning_rate_selection(tmp_path, tiny_base, cache_dir):
-    study = {
-        "experiment": "shared",
-        "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-        "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 3},
-        "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
-        "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
-        "evaluation": {
-            "n_samples": 0,
-            "k": [1],
-            "max_new_tokens": 6,
-            "latency": None,
-            "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
-        },
-        "analyses": {"spectral": {"k": 2, "epsilon": 0.5}},
-    }
-    config_path = tmp_path / "study.yaml"
-    config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(
-        app, ["run", str(config_path), "--output", str(tmp_path), "--workers", "2"], env={"FTCOMPARE_CACHE": str(cache_dir)}
-    )
-    assert result.exit_code == 0, result.output
-    assert "2 workers share the CPU" in result.output
-    experiment = tmp_path / "shared"
-    runs = ["full-x1-s0", "full-x10-s0", "lora-r2-x1-s0", "lora-r2-x10-s0"]
-    metrics = {run: json.loads((experiment / run / "metrics.json").read_text()) for run in runs}
-    assert all((experiment / run / "done.json").is_file() for run in runs)
-    selected = [run for run in runs if metrics[run]["selected"]]
-    assert len(selected) == 2 and {metrics[run]["method"] for run in selected} == {"full", "lora"}
-    assert all(metrics[run]["worker"]["count"] == 2 for run in selected)
-    assert json.loads((experiment / "_base" / "metrics.json").read_text())["worker"]["count"] == 2
-    assert (experiment / "report.md").is_file()
-    environment = json.loads((experiment / "study.json").read_text())["environment"]
-    assert environment["workers"] == "2 (2 on this device)"
-
-
-def test_workers_on_cuda_without_a_gpu_fail_before_any_worker_starts(tmp_path):
-    study = {
-        "experiment": "nogpu",
-        "device": "cuda",
-        "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
-        "task": {"kind": "generated", "n_train": 8, "n_test": 2, "n_ood": 2},
-        "methods": [{"kind": "full", "lr": 1e-3}],
-        "training": {"max_steps": 1},
-    }
-    config_path = tmp_path / "study.yaml"
-    config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(app, ["run", str(config_path), "--output", str(tmp_path), "--workers", "2"])
-    assert result.exit_code == 2 and "device: cuda was asked for, but no GPU is visible" in result.output
-    assert not (tmp_path / "nogpu" / "_base" / "eval.json").exists()

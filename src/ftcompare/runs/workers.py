@@ -1,26 +1,25 @@
-"""Several workers on one experiment folder: each claims a job (a run, the base evaluation) with a lock
-file before doing it, so a study's runs spread over the GPUs of one machine without a coordinator.
+"""Several workers on one experiment folder (the Ray executor's slots, runs/ray_executor.py): each claims
+a job (a run, the base evaluation) with a lock file before doing it, so no job is done twice, whoever
+asks for it: another slot, another sweep started on the same folder, a retried task.
 
 A claim is an exclusive `flock` on the job's lock file. The operating system drops it when its holder
-exits, however it exits, so a job whose worker crashed is free for the next worker (or the next sweep);
-`flock` locks are local to one machine, which is the case this serves.
+exits, however it exits, so a job whose worker crashed is free for the next worker (or the next sweep).
+`flock` is exact on one machine's file system; across machines it holds where the shared file system
+honours it (NFSv4 and Lustre do), and Ray's scheduling gives each job to one slot in any case.
 """
 
 from __future__ import annotations
 
 import fcntl
-import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 CLAIM_FILE = ".claim"
-WORKER_ENV = "FTCOMPARE_WORKER"  # "index/count/sharing", set by the parent in each worker's environment
 ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 # Workers sharing a GPU each cap their allocator at this part of the memory over their count, the rest left
 # for the CUDA contexts: uncapped, one worker's cache of freed blocks starves the others (seen: out of memory
@@ -84,6 +83,7 @@ class Worker:
     index: int
     count: int
     sharing: int
+    placement: dict = field(default_factory=dict)  # where the executor put it (Ray: node, GPU ids)
 
     @property
     def label(self) -> str:
@@ -98,6 +98,7 @@ class Worker:
             "index": self.index,
             "count": self.count,
             "workers_on_this_device": self.sharing,
+            **self.placement,
             **({"gpu_memory_fraction": self.gpu_memory_fraction} if device.type == "cuda" else {}),
         }
 
@@ -105,49 +106,3 @@ class Worker:
         """On a GPU shared with other workers, keep this process's allocator to its share of the memory."""
         if device.type == "cuda" and self.sharing > 1:
             torch.cuda.set_per_process_memory_fraction(self.gpu_memory_fraction, device.index or 0)
-
-    @classmethod
-    def from_environment(cls) -> Worker | None:
-        value = os.environ.get(WORKER_ENV)
-        if not value:
-            return None
-        index, count, sharing = (int(part) for part in value.split("/"))
-        return cls(index, count, sharing)
-
-
-def worker_environments(count: int, gpus: int, cpu_threads: int) -> list[dict[str, str]]:
-    """Each worker's environment: its identity, its GPU (round robin) if there are GPUs, and its share of the
-    CPU's threads. GPU workers need the share too: their host-side work (SVDs of the spectral analysis) with
-    every worker using every core ran for minutes instead of seconds (seen: four workers on one H200).
-    Workers sharing a GPU get expandable allocator segments, which fragment less under a memory cap."""
-    environments = []
-    for index in range(count):
-        sharing = len(range(index % gpus, count, gpus)) if gpus else count
-        gpu = (
-            {"CUDA_VISIBLE_DEVICES": str(index % gpus), **({ALLOCATOR_ENV: "expandable_segments:True"} if sharing > 1 else {})}
-            if gpus
-            else {}
-        )
-        environments.append(
-            {WORKER_ENV: f"{index}/{count}/{sharing}", "OMP_NUM_THREADS": str(max(1, cpu_threads // count)), **gpu}
-        )
-    return environments
-
-
-def run_workers(command: Sequence[str], environments: Sequence[dict[str, str]]) -> list[int]:
-    """Start one process per environment running `command`, wait for all; their exit codes. Interrupting
-    the parent stops every worker (their claims then lapse, and a re-run resumes)."""
-    processes = [subprocess.Popen(list(command), env=_with_user_allocator(environment)) for environment in environments]
-    try:
-        return [process.wait() for process in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                process.wait()
-
-
-def _with_user_allocator(environment: dict[str, str]) -> dict[str, str]:
-    """The parent's environment with the worker's on top, except an allocator setting the user chose."""
-    users = {ALLOCATOR_ENV: os.environ[ALLOCATOR_ENV]} if ALLOCATOR_ENV in os.environ else {}
-    return {**os.environ, **environment, **users}
