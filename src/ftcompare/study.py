@@ -88,12 +88,21 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
     )
     base_dir = RunDir(experiment / BASE_DIR)
     base_job = Job(base_dir.file(CLAIM_FILE), lambda: base_dir.has("metrics.json"), lambda: evaluate_base(context))
+    chosen: set[str] | None = None  # the run ids whose learning rate was chosen (None: no choice made)
     if config.training.select_lr_on:
         work_through([base_job, *(selection_job(run, context) for run in runs)])
-        runs = select_learning_rates(runs, context)
+        chosen = select_learning_rates(runs, context)
+        if not config.training.evaluate_all_lrs:
+            record_unselected([run for run in runs if run.run_id not in chosen], context)
+            runs = [run for run in runs if run.run_id in chosen]
     else:
         work_through([base_job])  # every run's forgetting is read against the base's
-    work_through([run_job(index, len(runs), run, context) for index, run in enumerate(runs, start=1)])
+    work_through(
+        [
+            run_job(index, len(runs), run, context, selected=None if chosen is None else run.run_id in chosen)
+            for index, run in enumerate(runs, start=1)
+        ]
+    )
     return experiment
 
 
@@ -120,7 +129,8 @@ def worker_tag(context: StudyContext) -> str:
     return f" [dim]{context.worker.label}[/]" if context.worker else ""
 
 
-def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
+def run_job(index: int, total: int, run: RunSpec, context: StudyContext, selected: bool | None = None) -> Job:
+    """The full run as a job (`selected`: whether learning-rate selection chose its multiplier; None: no choice)."""
     run_dir = RunDir(context.experiment / run.run_id)
 
     def do() -> None:
@@ -128,7 +138,7 @@ def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
             f"[bold]({index}/{total}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context)
         )
         with tracked_run(run, run_dir, context) as tracker:
-            execute_run(run, run_dir, context, tracker)
+            execute_run(run, run_dir, context, tracker, selected)
 
     return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done, do)
 
@@ -152,21 +162,27 @@ def selection_job(run: RunSpec, context: StudyContext) -> Job:
     return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done or run_dir.has("selection.json"), do)
 
 
-def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[RunSpec]:
+def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> set[str]:
     """Learning-rate selection, from every run's selection score: per group of runs that differ only in
-    the lr multiplier (and seed), keep the multiplier with the best mean pass@1 (ties: the smaller rate).
-    Returns the selected runs, which go on to the full evaluation; the others are recorded as finished
-    with their selection score only."""
-    suite = context.config.training.select_lr_on
+    the lr multiplier (and seed), choose the multiplier with the best mean pass@1 over seeds (ties: the
+    smaller rate). Returns the ids of the runs at the chosen multipliers."""
     scores: dict[str, dict[float, list[float]]] = {}
     for run in runs:
         pass1 = read_json(RunDir(context.experiment / run.run_id).file("selection.json"))["greedy"]["pass@1"]
         scores.setdefault(selection_group(run.run_id), {}).setdefault(run.lr_multiplier, []).append(pass1)
     best = {group: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for group, by_lr in scores.items()}
-    selected = [run for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier]
+    suite = context.config.training.select_lr_on
+    console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
+    return {run.run_id for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier}
+
+
+def record_unselected(runs: list[RunSpec], context: StudyContext) -> None:
+    """Record the runs whose multiplier was not chosen as finished, with their selection score only (the
+    study goes on with the chosen ones alone: training.evaluate_all_lrs false)."""
+    suite = context.config.training.select_lr_on
     for run in runs:
         run_dir = RunDir(context.experiment / run.run_id)
-        if run in selected or run_dir.done:
+        if run_dir.done:
             continue
         selection = read_json(run_dir.file("selection.json"))
         metrics = {
@@ -184,8 +200,6 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
         write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(), "selected": False})
         with tracked_run(run, run_dir, context) as tracker:
             tracker.log_final(metrics)
-    console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
-    return selected
 
 
 def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
@@ -251,7 +265,13 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
 # fields added after studies were recorded, at the values every run had before they existed: left
 # out of the fingerprint at those values, so a folder recorded earlier still resumes
 FINGERPRINT_SILENT_DEFAULTS = {
-    "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random", "pad_to_multiple_of": 1},
+    "training": {
+        "adam_betas": [0.9, 0.95],
+        "adam_eps": 1e-8,
+        "batching": "random",
+        "pad_to_multiple_of": 1,
+        "evaluate_all_lrs": False,
+    },
     "task": {"timeout_s": None, "memory_mb": None},
     "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
 }
@@ -290,10 +310,13 @@ def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> N
     write_json(run_dir.file("run.json"), run_record(run, config))
 
 
-def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None) -> None:
+def execute_run(
+    run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None, selected: bool | None = None
+) -> None:
     """One run's stages in order, each skipped when its record exists: train, the reference it is compared
     with, spectra (before the merge), evaluation (which merges), representations, the causal test; then
-    `metrics.json` gathers their records and `done.json` marks the run finished, and `tracker` hears the
+    `metrics.json` gathers their records (with `selected`, whether learning-rate selection chose this run's
+    multiplier, where a choice was made) and `done.json` marks the run finished, and `tracker` hears the
     training log and the final metrics."""
     started = time.perf_counter()
     model = train_stage(run, run_dir, context, tracker)
@@ -305,7 +328,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: R
         "label": run.label,
         "primary_suite": context.config.primary_suite,
         "selection_suite": context.config.training.select_lr_on,
-        **({"selected": True} if context.config.training.select_lr_on else {}),
+        **({"selected": selected} if selected is not None else {}),
         "train": read_json(run_dir.file("train.json")),
         **evaluation,
         "spectral": spectral,
