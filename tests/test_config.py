@@ -375,6 +375,18 @@ def test_a_leaking_config_fails_the_cli_in_one_line(tmp_path):
     assert result.exit_code == 2 and len(lines) == 1 and f"{path}: training.select_lr_on:" in lines[0]
 
 
+def test_evaluating_every_learning_rate_needs_a_choice_to_mark_and_fails_in_one_line(tmp_path):
+    training = {"lr_multipliers": [1, 10], "evaluate_all_lrs": True}
+    path = tmp_path / "all-rates.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "training": training}))
+    result = CliRunner().invoke(app, ["run", str(path), "--dry-run"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"{path}: training.evaluate_all_lrs: needs training.select_lr_on" in " ".join(result.output.split())
+    config = parse_config({**MINIMAL, "training": {**training, "select_lr_on": "ood"}})
+    assert config.training.evaluate_all_lrs and not parse_config(MINIMAL).training.evaluate_all_lrs
+
+
 @pytest.mark.parametrize("betas", [[0.9, 1.0], [-0.1, 0.9], [0.9]])
 def test_adam_betas_are_checked(betas):
     with pytest.raises(ConfigError, match="training.adam_betas"):

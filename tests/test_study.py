@@ -309,6 +309,9 @@ def test_fields_added_at_their_old_behaviour_keep_recorded_folders_resumable():
     assert written_out == fingerprint_of({})  # as before the fields existed
     assert fingerprint_of({"adam_betas": [0.9, 0.999]}) != written_out
     assert fingerprint_of({"schedule": "linear", "warmup_ratio": 0.06}) != written_out
+    assert fingerprint_of({"evaluate_all_lrs": False}) == written_out
+    choosing = fingerprint_of({"select_lr_on": "ood"})
+    assert fingerprint_of({"select_lr_on": "ood", "evaluate_all_lrs": True}) != choosing  # other results: not resumed
 
 
 def expand_first(config):

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
+from ftcompare.report.render import collect
 from ftcompare.runs.store import read_jsonl
 from tests.conftest import TINY_BUILTIN
 
@@ -207,6 +208,55 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
     retrained = _metrics(experiment, f"full-x{chosen}-s0")
     assert retrained["train"]["retrained_without_saved_weights"] is True
     assert retrained["suites"]["ood"]["greedy"]["pass@1"] != 0.987
+
+
+def test_with_evaluate_all_lrs_every_multiplier_is_evaluated_in_full_and_the_choice_marked(tmp_path, tiny_base, cache_dir):
+    study = {
+        "experiment": "every-rate",
+        "base": STUDY["base"],
+        "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 4},
+        "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": 2, "alpha_lr_product": 0.02}],
+        "training": {
+            "max_steps": 2,
+            "batch_size": 8,
+            "lr_multipliers": [1, 10],
+            "select_lr_on": "ood",
+            "evaluate_all_lrs": True,
+        },
+        "evaluation": {
+            "n_samples": 0,
+            "k": [1],
+            "max_new_tokens": 8,
+            "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
+            "latency": None,
+        },
+        "analyses": {"spectral": {"k": 4}},
+    }
+    config_path = tmp_path / "study.yaml"
+    config_path.write_text(yaml.safe_dump(study))
+    result = CliRunner().invoke(
+        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
+    )
+    assert result.exit_code == 0, result.output
+    experiment = tmp_path / "every-rate"
+    # no barrier: no run trained for its selection score alone; each scored the selection suite with the others
+    assert not list(experiment.glob("*/selection.json"))
+    records = collect(experiment).records  # the report marks the choice, by the study's rule
+    for group in ("full", "lora-r2"):
+        runs = {m: f"{group}-x{m}-s0" for m in (1, 10)}
+        scores = {m: _metrics(experiment, run)["suites"]["ood"]["greedy"]["pass@1"] for m, run in runs.items()}
+        chosen = 10 if scores[10] > scores[1] else 1  # ties: the smaller rate
+        for m, run in runs.items():
+            metrics = _metrics(experiment, run)
+            assert "selected" not in metrics, run  # left to the report
+            assert next(r for r in records if r.get("run_id") == run)["selected"] is (m == chosen), run
+            assert set(metrics["suites"]) == {"test", "ood"} and (experiment / run / "eval.json").is_file(), run
+            assert metrics["forgetting"]["increase"] is not None and metrics["spectral"]["matrices"] > 0, run
+            assert (experiment / run / "done.json").is_file()
+    markdown = (experiment / "report.md").read_text()
+    assert "## Over seeds" in markdown and "## Paired comparisons over seeds (greedy)" in markdown
+    for m in (1, 10):
+        assert f"| LoRA r=2 | {m} | 1 |" in markdown and f"| full FT ×{m} |" in markdown
 
 
 def test_eval_scores_a_model_without_fine_tuning_and_keeps_every_sample(tmp_path, tiny_base):

@@ -171,13 +171,21 @@ class TrainingConfig(Strict):
         min_length=1,
         description="The learning-rate axis: every method's rate times each multiplier (positive, distinct), one run "
         "each. With select_lr_on, the report keeps per method the multiplier that scores best on that "
-        "suite.",
+        "suite (with evaluate_all_lrs, it reports every multiplier and marks that one).",
     )
     select_lr_on: str | None = Field(
         default=None,
         description='The evaluation suite the learning-rate multiplier is chosen on, e.g. "validation" '
         "(None: no choice, every multiplier is reported). A test suite is refused: choosing "
         "on it would leak it into the choice.",
+    )
+    evaluate_all_lrs: bool = Field(
+        default=False,
+        description="With select_lr_on: every multiplier's run goes on to the full evaluation and analyses (test "
+        "suites, forgetting, spectra), not only the chosen one, so the report shows the multiplier as an axis "
+        "of every table and figure; the choice is still made on select_lr_on before any test suite is scored, "
+        "and recorded (metrics.json: selected true or false) as one more column. False: a multiplier not "
+        "chosen stops at its selection score.",
     )
     master_weights: Literal["float32", "base"] = Field(
         default="float32",
@@ -600,6 +608,14 @@ class StudyConfig(Strict):
             raise ValueError(
                 f"training.select_lr_on: choosing learning rates on {suite!r}, a test suite that is "
                 "reported, leaks it into the choice; choose on a validation split (mbpp: validation_split)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _evaluate_all_lrs_after_a_choice(self) -> StudyConfig:
+        if self.training.evaluate_all_lrs and self.training.select_lr_on is None:
+            raise ValueError(
+                "training.evaluate_all_lrs: needs training.select_lr_on (without a choice every multiplier is evaluated already)"
             )
         return self
 

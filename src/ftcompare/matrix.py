@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import field_validator
@@ -83,6 +84,15 @@ def run_id_without(run_id: str, *axes: str) -> str:
 def selection_group(run_id: str) -> str:
     """The runs a learning rate is chosen among: those that differ only in the lr multiplier and the seed."""
     return run_id_without(run_id, "lr_multiplier")
+
+
+def best_multipliers(scores: Iterable[tuple[str, float, float]]) -> dict[str, float]:
+    """Learning-rate selection's rule, from (run id, lr multiplier, selection pass@1) triples: per selection
+    group, the multiplier with the best mean score over seeds (ties: the smaller rate)."""
+    by_group: dict[str, dict[float, list[float]]] = {}
+    for run_id, multiplier, score in scores:
+        by_group.setdefault(selection_group(run_id), {}).setdefault(multiplier, []).append(score)
+    return {group: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for group, by_lr in by_group.items()}
 
 
 def expand(config: StudyConfig) -> list[RunSpec]:

@@ -34,7 +34,7 @@ from ftcompare.evaluate.forgetting import heldout_chunks
 from ftcompare.evaluate.generation import check_compile
 from ftcompare.evaluate.lm_eval_forgetting import check_tasks
 from ftcompare.evaluate.stage import evaluate_base, evaluate_stage, evaluate_suite, served_model, vllm_engines
-from ftcompare.matrix import RunSpec, expand, selection_group
+from ftcompare.matrix import RunSpec, best_multipliers, expand, selection_group
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
 from ftcompare.models.weights import adapted_weight_names, merge_adapter
 from ftcompare.runs.store import (
@@ -104,19 +104,28 @@ BASE_JOB = BASE_DIR
 SELECT_PREFIX = "select:"
 
 
+def chooses_before_running(config: StudyConfig) -> bool:
+    """Whether learning-rate selection decides which runs go on (a barrier): not when every multiplier is
+    evaluated anyway (`evaluate_all_lrs`), where each run scores the selection suite with the others and the
+    report marks the choice (`report.tables.mark_lr_choice`)."""
+    return bool(config.training.select_lr_on) and not config.training.evaluate_all_lrs
+
+
 def first_jobs(config: StudyConfig) -> list[str]:
-    """The jobs every run waits for: the base (each run's forgetting is read against it) and, with
-    learning-rate selection, every run's selection score."""
-    selection = [SELECT_PREFIX + run.run_id for run in expand(config)] if config.training.select_lr_on else []
+    """The jobs every run waits for: the base (each run's forgetting is read against it) and, where
+    selection decides which runs go on, every run's selection score."""
+    selection = [SELECT_PREFIX + run.run_id for run in expand(config)] if chooses_before_running(config) else []
     return [BASE_JOB, *selection]
 
 
 def second_jobs(context: StudyContext) -> list[str]:
-    """The runs that go through every stage, once `first_jobs` are done: all of them, or with
-    learning-rate selection the selected ones (which this call chooses and records)."""
+    """The runs that go through every stage, once `first_jobs` are done: all of them, or the ones whose
+    multiplier selection chose (this call chooses, and records the others as finished)."""
     runs = expand(context.config)
-    if context.config.training.select_lr_on:
-        runs = select_learning_rates(runs, context)
+    if chooses_before_running(context.config):
+        chosen = select_learning_rates(runs, context)
+        record_unselected([run for run in runs if run.run_id not in chosen], context)
+        runs = [run for run in runs if run.run_id in chosen]
     return [run.run_id for run in runs]
 
 
@@ -129,7 +138,8 @@ def study_job(name: str, context: StudyContext) -> Job:
     by_id = {run.run_id: run for run in runs}
     if name.startswith(SELECT_PREFIX):
         return selection_job(by_id[name.removeprefix(SELECT_PREFIX)], context)
-    return run_job(runs.index(by_id[name]) + 1, len(runs), by_id[name], context)
+    selected = True if chooses_before_running(context.config) else None  # only chosen runs go on
+    return run_job(runs.index(by_id[name]) + 1, len(runs), by_id[name], context, selected)
 
 
 def check_runs_match(config: StudyConfig, output: Path) -> Path:
@@ -155,7 +165,8 @@ def worker_tag(context: StudyContext) -> str:
     return f" [dim]{context.worker.label}[/]" if context.worker else ""
 
 
-def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
+def run_job(index: int, total: int, run: RunSpec, context: StudyContext, selected: bool | None = None) -> Job:
+    """The full run as a job (`selected`: whether learning-rate selection chose its multiplier; None: no choice)."""
     run_dir = RunDir(context.experiment / run.run_id)
 
     def do() -> None:
@@ -163,7 +174,7 @@ def run_job(index: int, total: int, run: RunSpec, context: StudyContext) -> Job:
             f"[bold]({index}/{total}) {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context)
         )
         with tracked_run(run, run_dir, context) as tracker:
-            execute_run(run, run_dir, context, tracker)
+            execute_run(run, run_dir, context, tracker, selected)
 
     return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done, do)
 
@@ -187,21 +198,30 @@ def selection_job(run: RunSpec, context: StudyContext) -> Job:
     return Job(run_dir.file(CLAIM_FILE), lambda: run_dir.done or run_dir.has("selection.json"), do)
 
 
-def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[RunSpec]:
+def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> set[str]:
     """Learning-rate selection, from every run's selection score: per group of runs that differ only in
-    the lr multiplier (and seed), keep the multiplier with the best mean pass@1 (ties: the smaller rate).
-    Returns the selected runs, which go on to the full evaluation; the others are recorded as finished
-    with their selection score only."""
+    the lr multiplier (and seed), choose the multiplier with the best mean pass@1 over seeds (ties: the
+    smaller rate). Returns the ids of the runs at the chosen multipliers."""
+    best = best_multipliers(
+        (
+            run.run_id,
+            run.lr_multiplier,
+            read_json(RunDir(context.experiment / run.run_id).file("selection.json"))["greedy"]["pass@1"],
+        )
+        for run in runs
+    )
     suite = context.config.training.select_lr_on
-    scores: dict[str, dict[float, list[float]]] = {}
-    for run in runs:
-        pass1 = read_json(RunDir(context.experiment / run.run_id).file("selection.json"))["greedy"]["pass@1"]
-        scores.setdefault(selection_group(run.run_id), {}).setdefault(run.lr_multiplier, []).append(pass1)
-    best = {group: max(sorted(by_lr), key=lambda m: sum(by_lr[m]) / len(by_lr[m])) for group, by_lr in scores.items()}
-    selected = [run for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier]
+    console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
+    return {run.run_id for run in runs if best[selection_group(run.run_id)] == run.lr_multiplier}
+
+
+def record_unselected(runs: list[RunSpec], context: StudyContext) -> None:
+    """Record the runs whose multiplier was not chosen as finished, with their selection score only (the
+    study goes on with the chosen ones alone: training.evaluate_all_lrs false)."""
+    suite = context.config.training.select_lr_on
     for run in runs:
         run_dir = RunDir(context.experiment / run.run_id)
-        if run in selected or run_dir.done:
+        if run_dir.done:
             continue
         selection = read_json(run_dir.file("selection.json"))
         metrics = {
@@ -219,8 +239,6 @@ def select_learning_rates(runs: list[RunSpec], context: StudyContext) -> list[Ru
         write_json(run_dir.file(DONE_FILE), {"finished_at": datetime.now(timezone.utc).isoformat(), "selected": False})
         with tracked_run(run, run_dir, context) as tracker:
             tracker.log_final(metrics)
-    console.print("learning rates selected on " + suite + ": " + ", ".join(f"{g} ×{m:g}" for g, m in best.items()))
-    return selected
 
 
 def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
@@ -286,7 +304,13 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
 # fields added after studies were recorded, at the values every run had before they existed: left
 # out of the fingerprint at those values, so a folder recorded earlier still resumes
 FINGERPRINT_SILENT_DEFAULTS = {
-    "training": {"adam_betas": [0.9, 0.95], "adam_eps": 1e-8, "batching": "random", "pad_to_multiple_of": 1},
+    "training": {
+        "adam_betas": [0.9, 0.95],
+        "adam_eps": 1e-8,
+        "batching": "random",
+        "pad_to_multiple_of": 1,
+        "evaluate_all_lrs": False,
+    },
     "task": {"timeout_s": None, "memory_mb": None},
     "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
 }
@@ -325,10 +349,13 @@ def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> N
     write_json(run_dir.file("run.json"), run_record(run, config))
 
 
-def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None) -> None:
+def execute_run(
+    run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None, selected: bool | None = None
+) -> None:
     """One run's stages in order, each skipped when its record exists: train, the reference it is compared
     with, spectra (before the merge), evaluation (which merges), representations, the causal test; then
-    `metrics.json` gathers their records and `done.json` marks the run finished, and `tracker` hears the
+    `metrics.json` gathers their records (with `selected`, whether learning-rate selection chose this run's
+    multiplier, where a choice was made) and `done.json` marks the run finished, and `tracker` hears the
     training log and the final metrics."""
     started = time.perf_counter()
     model = train_stage(run, run_dir, context, tracker)
@@ -340,7 +367,7 @@ def execute_run(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: R
         "label": run.label,
         "primary_suite": context.config.primary_suite,
         "selection_suite": context.config.training.select_lr_on,
-        **({"selected": True} if context.config.training.select_lr_on else {}),
+        **({"selected": selected} if selected is not None else {}),
         "train": read_json(run_dir.file("train.json")),
         **evaluation,
         "spectral": spectral,

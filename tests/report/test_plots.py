@@ -99,3 +99,62 @@ def test_a_method_keeps_its_colour_in_and_out_of_domain():
     for series in ("dora", "lora", "qlora"):
         assert colours[f"{series} (ID)"] == colours[f"{series} (OOD)"], series
     assert len({colours[f"{series} (ID)"] for series in ("dora", "lora", "qlora")}) == 3
+
+
+def _seeded(method: str, multiplier: float, seed: int, id_pass1: float, forgetting: float = 0.2) -> dict:
+    rank = 4 if method == "lora" else None
+    run = f"{method}{'-r4' if rank else ''}-x{multiplier:g}-s{seed}"
+    return _row(run, rank, 2 * rank if rank else None, 1.0 if rank else None, id_pass1=id_pass1, forgetting=forgetting) | {
+        "lr_multiplier": multiplier
+    }
+
+
+SEEDED = [
+    _row("base", id_pass1=0.05, forgetting=0.0),
+    *(_seeded("lora", 1, seed, p) for seed, p in ((0, 0.1), (1, 0.2), (2, 0.6))),
+    *(_seeded("lora", 10, seed, p, 0.5) for seed, p in ((0, 0.4), (1, 0.5))),
+    *(_seeded("full", 1, seed, p) for seed, p in ((0, 0.3), (1, 0.5))),
+    *(_seeded("full", 10, seed, p) for seed, p in ((0, 0.7), (1, 0.9))),
+]
+
+
+def test_each_seed_is_a_point_and_the_line_their_mean_with_full_fine_tuning_at_the_panel_s_multiplier():
+    import matplotlib.pyplot as plt
+
+    panels = plots.multiplier_panels(SEEDED)
+    assert [m for m, _ in panels] == [1, 10]
+    assert [r["run"] for r in panels[1][1]] == ["base", "lora-r4-x10-s0", "lora-r4-x10-s1", "full-x10-s0", "full-x10-s1"]
+    figure, ax = plt.subplots()
+    plots.versus_axis(ax, panels[0][1], "id_pass1")
+    mean_line = ax.containers[0].lines[0]
+    seeds = ax.collections[0].get_offsets()
+    references = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines() if line is not mean_line}
+    plt.close(figure)
+    assert list(mean_line.get_ydata()) == pytest.approx([0.3])  # the mean of 0.1, 0.2, 0.6
+    assert sorted(seeds[:, 1]) == pytest.approx([0.1, 0.2, 0.6]) and set(seeds[:, 0]) == {4}
+    assert references == pytest.approx({"full-x1": 0.4, "base": 0.05})  # full FT ×1, not ×10
+    assert plots.accuracy_vs_rank(SEEDED).startswith(b"\x89PNG")
+    assert plots.multiplier_panels(SEEDED[:4]) == [(None, SEEDED[:4])]  # one multiplier: one panel, as before
+    chosen_only = [SEEDED[0], *SEEDED[4:6], *SEEDED[6:8]]  # LoRA at its chosen ×10, full FT at its chosen ×1
+    assert plots.multiplier_panels(chosen_only) == [(None, chosen_only)]
+
+
+def test_forgetting_vs_accuracy_marks_each_seed_and_the_mean_with_a_shape_per_multiplier():
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots()
+    plots.forgetting_accuracy_axis(ax, SEEDED)
+    points = [(c.get_offsets().tolist(), c.get_paths()[0].vertices.tolist()) for c in ax.collections]
+    names = [text.get_text() for text in ax.texts]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    plt.close(figure)
+    assert names == ["base", "lora-r4-x1", "lora-r4-x10", "full-x1", "full-x10"]
+    assert len(points) == 2 * len(names)  # per group: its seeds, then their mean
+    lora_x1_seeds, lora_x1_mean = points[2], points[3]
+    assert sorted(y for _, y in lora_x1_seeds[0]) == pytest.approx([0.1, 0.2, 0.6])
+    assert lora_x1_mean[0][0] == pytest.approx([0.2, 0.3])
+    lora_x10_mean = points[5]
+    assert lora_x10_mean[0][0] == pytest.approx([0.5, 0.45])
+    assert lora_x1_mean[1] != lora_x10_mean[1] and points[7][1] == lora_x1_mean[1]  # marker: by multiplier
+    assert legend == ["lr ×1", "lr ×10"]
+    assert plots.forgetting_vs_accuracy(SEEDED).startswith(b"\x89PNG")

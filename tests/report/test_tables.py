@@ -1,4 +1,9 @@
+import math
+
+import pytest
+
 from ftcompare.report.tables import (
+    columns,
     markdown_table,
     paired_comparison_table,
     result_row,
@@ -93,7 +98,15 @@ def test_paired_comparisons_set_each_selected_run_against_the_base_and_full_fine
     base = _scored("base", "base", {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0})
     full = _scored("full-s0", "full", {"a": 1.0, "b": 0.0, "c": 1.0, "d": 0.0})
     lora = _scored("lora-r4-s0", "lora", {"a": 1.0, "b": 1.0, "c": 0.0, "d": 1.0})
-    rejected = _scored("lora-r4-x10-s0", "lora", {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}, selected=False)
+    # a rate not chosen, in a study that stops those at their selection score: its selection suite alone
+    rejected = {
+        "run_id": "lora-r4-x10-s0",
+        "method": "lora",
+        "seed": 0,
+        "selection_suite": "validation",
+        "selected": False,
+        "suites": {"validation": {"greedy": {"pass@1": 0.0, "per_problem_pass@1": {"v": 0.0}}}},
+    }
     header, body = paired_comparison_table([base, full, lora, rejected])
     assert header == ["run", "against", "test", "ood"]
     rows = {(row[0], row[1]): row[2:] for row in body}
@@ -180,3 +193,144 @@ def test_the_sandbox_line_names_the_runs_scored_under_the_fallback():
     line = sandbox_line([record("full-s0", {"bubblewrap": 3}), record("lora-r4-s0", {"fallback": 2})])
     assert line == "bubblewrap: 6 programs; fallback: 4 programs (runs: lora-r4-s0)"
     assert sandbox_line([{"run_id": "old", "suites": {"test": {"greedy": {"pass@1": 0.5}}}}]) == ""
+
+
+def _seed_run(method: str, multiplier: float, seed: int, outcomes: dict[str, float], selected: bool | None, **values) -> dict:
+    """A fully evaluated run of a study over seeds and learning-rate multipliers (`values`: forgetting, intruders,
+    wall_s)."""
+    tag = "-r4" if method == "lora" else ""
+    label = ("LoRA r=4" if method == "lora" else "full FT") + (f" lr×{multiplier:g}" if multiplier != 1 else "")
+    return {
+        "run_id": f"{method}{tag}-x{multiplier:g}-s{seed}",
+        "label": label,
+        "method": method,
+        "seed": seed,
+        "data_fraction": 1.0,
+        "lr_multiplier": multiplier,
+        "primary_suite": "test",
+        "selection_suite": "validation",
+        **({"selected": selected} if selected is not None else {}),
+        "train": {"wall_s": values.get("wall_s", 1.0)},
+        "suites": {
+            "test": {"greedy": {"pass@1": sum(outcomes.values()) / len(outcomes), "per_problem_pass@1": outcomes}},
+        },
+        "forgetting": {"corpora": {"stdlib": {"increase": values.get("forgetting", 0.0)}}},
+        "spectral": {"matrices": 7, "total_intruders": values.get("intruders", 0)},
+    }
+
+
+PROBLEMS = ("p1", "p2", "p3", "p4", "p5", "p6")
+
+
+def _passes(*passed: str) -> dict[str, float]:
+    return {problem: float(problem in passed) for problem in PROBLEMS}
+
+
+def test_the_seed_summary_gives_the_mean_and_standard_error_over_seeds_per_method_and_multiplier():
+    from ftcompare.report.tables import seed_summary, seed_summary_table
+
+    base = {"run_id": "base", "label": "base", "method": "base", "suites": {"test": {"greedy": {"pass@1": 0.1}}}}
+    records = [
+        base,
+        *(
+            _seed_run("lora", 1, seed, _passes(), False, forgetting=f, intruders=i, wall_s=w)
+            for seed, f, i, w in ((0, 0.1, 3, 10.0), (1, 0.2, 5, 20.0), (2, 0.3, 7, 30.0))
+        ),
+        *(_seed_run("lora", 10, seed, _passes(*PROBLEMS[: 2 + seed]), True) for seed in (0, 1)),
+        _seed_run("full", 1, 0, _passes("p1"), True),
+        _seed_run("full", 10, 0, _passes(), False),
+    ]
+    records[1]["suites"]["test"]["greedy"]["pass@1"] = 0.2  # the seeds' pass@1: 0.2, 0.4, 0.6
+    records[2]["suites"]["test"]["greedy"]["pass@1"] = 0.4
+    records[3]["suites"]["test"]["greedy"]["pass@1"] = 0.6
+    summary = seed_summary(records)
+    assert [(row["group"], row["lr_multiplier"]) for row in summary] == [
+        ("base", None),
+        ("lora-r4-x1", 1),
+        ("lora-r4-x10", 10),
+        ("full-x1", 1),
+        ("full-x10", 10),
+    ]
+    lora = summary[1]
+    assert (lora["method"], lora["seeds"], lora["selected"]) == ("LoRA r=4", 3, 0)
+    assert lora["pass@1"]["test"] == pytest.approx((0.4, 0.2 / math.sqrt(3)))  # sd 0.2 over three seeds
+    assert lora["forgetting"]["stdlib"] == pytest.approx((0.2, 0.1 / math.sqrt(3)))
+    assert lora["intruders"] == pytest.approx((5.0, 2 / math.sqrt(3)))
+    assert lora["train_wall_s"] == pytest.approx((20.0, 10 / math.sqrt(3)))
+    assert summary[2]["method"] == "LoRA r=4" and summary[2]["selected"] == 2
+    assert summary[2]["pass@1"]["test"] == pytest.approx((2.5 / 6, 0.5 / 6))  # 2/6 and 3/6
+    assert summary[3]["pass@1"]["test"] == (pytest.approx(1 / 6), None)  # one seed: no standard error
+    assert summary[0]["intruders"] == (None, None) and summary[0]["selected"] is None
+    header, body = seed_summary_table(summary)
+    assert header == ["method", "lr ×", "seeds", "selected", "test pass@1", "forgetting, stdlib", "intruders", "train s"]
+    assert body[0][:5] == ["base", "–", "1", "–", "0.100"]
+    assert body[1] == ["LoRA r=4", "1", "3", "0/3", "0.400 ± 0.115", "+0.200 ± 0.058", "5.0 ± 1.2", "20.0 ± 5.8"]
+    assert body[2][:4] == ["LoRA r=4", "10", "2", "2/2"]
+
+
+def test_a_seed_summary_reads_the_one_corpus_of_older_records():
+    from ftcompare.report.tables import seed_summary
+
+    older = {"run_id": "full-s0", "method": "full", "seed": 0, "forgetting": {"increase": 0.25, "corpus": "stdlib"}}
+    assert seed_summary([older])[0]["forgetting"] == {"stdlib": (0.25, None)}
+
+
+def test_paired_over_seeds_averages_each_problem_over_seeds_then_tests_over_problems():
+    from ftcompare.evaluate.metrics import mean_stderr
+    from ftcompare.report.tables import paired_over_seeds, paired_over_seeds_table
+
+    base = {
+        "run_id": "base",
+        "method": "base",
+        "suites": {"test": {"greedy": {"pass@1": 0.0, "per_problem_pass@1": _passes("p6")}}},
+    }
+    # LoRA ×1: every one of p1..p5 solved by some seed, never by full FT ×1 (p6 by all: a tie); full FT ×10 solves
+    # everything, so pairing with the wrong multiplier would turn every problem against LoRA
+    lora = [
+        _seed_run("lora", 1, 0, _passes("p1", "p2", "p6"), True),
+        _seed_run("lora", 1, 1, _passes("p3", "p4", "p6"), True),
+        _seed_run("lora", 1, 2, _passes("p5", "p1", "p6"), True),
+    ]
+    full = [_seed_run("full", 1, seed, _passes("p6"), True) for seed in (0, 1)]
+    full_x10 = [_seed_run("full", 10, seed, _passes(*PROBLEMS), False) for seed in (0, 1)]
+    pairs = paired_over_seeds([base, *lora, *full, *full_x10])
+    by_pair = {(pair["group"], pair["against"]): pair for pair in pairs}
+    assert set(by_pair) == {
+        ("lora-r4-x1", "base"),
+        ("lora-r4-x1", "full FT ×1"),
+        ("full-x1", "base"),
+        ("full-x10", "base"),
+    }
+    against_full = by_pair[("lora-r4-x1", "full FT ×1")]
+    test = against_full["suites"]["test"]
+    differences = [2 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 0.0]  # per problem, LoRA's mean over 3 seeds minus full FT's over 2
+    assert test["problems"] == 6 and test["difference"] == pytest.approx(sum(differences) / 6)
+    assert test["stderr"] == pytest.approx(mean_stderr(differences))
+    assert (test["better"], test["worse"], test["p_value"]) == (5, 0, 0.0625)  # the sign test: 2 · 2⁻⁵
+    assert (against_full["seeds"], against_full["reference_seeds"], against_full["selected"]) == (3, 2, 3)
+    assert by_pair[("full-x10", "base")]["suites"]["test"]["better"] == 5
+    header, body = paired_over_seeds_table(pairs)
+    assert header == ["method", "lr ×", "seeds", "selected", "against", "test"]
+    row = next(cells for cells in body if cells[4] == "full FT ×1")
+    assert row == ["LoRA r=4", "1", "3", "3/3", "full FT ×1", f"+0.333 ± {mean_stderr(differences):.3f} (5↑ 0↓, p 0.062)"]
+
+
+def test_every_evaluated_multiplier_is_paired_with_full_fine_tuning_at_the_same_multiplier():
+    base = _seed_run("full", 1, 0, _passes(), None) | {"run_id": "base", "method": "base"}
+    records = [
+        base,
+        _seed_run("full", 1, 0, _passes("p1"), True),
+        _seed_run("full", 10, 0, _passes("p1", "p2", "p3"), False),
+        _seed_run("lora", 1, 0, _passes("p1", "p2"), False),
+        _seed_run("lora", 10, 0, _passes("p1"), True),
+    ]
+    header, body = paired_comparison_table(records)
+    rows = {(row[0], row[1]): row[2] for row in body}
+    assert rows[("lora-r4-x1-s0", "full FT ×1")].startswith("+0.167 ± 0.167 (1↑ 0↓")
+    assert rows[("lora-r4-x10-s0", "full FT ×10")].startswith("-0.333 ± 0.211 (0↑ 2↓")
+    assert ("full-x10-s0", "base") in rows and len(rows) == 6
+    assert [c.title for c in columns([result_row(r) for r in records])][3:6] == ["lr ×", "selection pass@1", "selected"]
+    # a study that evaluates each method's chosen rate alone: LoRA ×10 against full FT at its chosen ×1
+    chosen_only = [base, records[1], records[4]]
+    rows = {(row[0], row[1]): row[2] for row in paired_comparison_table(chosen_only)[1]}
+    assert rows[("lora-r4-x10-s0", "full FT ×1")].startswith("+0.000")

@@ -104,7 +104,7 @@ def evaluate_merged(
         problems = problems[: evaluation.limit] if evaluation.limit else problems
         if not problems:
             continue
-        if suite_name == selection_suite:  # scored greedily when the rate was chosen
+        if suite_name == selection_suite and run_dir.has("selection.json"):  # scored greedily when the rate was chosen
             selection = read_json(run_dir.file("selection.json"))
             suites[suite_name] = {**{k: v for k, v in selection.items() if k != "suite"}, "in_domain": True}
             continue

@@ -1,8 +1,8 @@
 """The report's figures, each a function from table rows (and spectral records) to a PNG.
 
-LoRA runs are grouped into series by method name and averaged over seeds (error bars: one standard
-deviation); full fine-tuning and the base are drawn as horizontal reference lines where the x axis
-is a LoRA rank.
+LoRA runs are grouped into series by method name: a line through the mean over seeds, each seed a small
+point; full fine-tuning and the base are drawn as horizontal reference lines where the x axis is a LoRA
+rank. Where a study evaluated several learning-rate multipliers, the rank figures have a panel per multiplier.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ftcompare.matrix import RUN_ID_TAGS, run_id_without  # noqa: E402
+from ftcompare.matrix import RUN_ID_TAGS, run_id_without, selection_group  # noqa: E402
 from ftcompare.report.tables import group_mean  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -75,22 +75,17 @@ def versus_axis(
     style: str = "-o",
     reference_color: str = "black",
 ) -> None:
-    """`field` along a sweep axis, one series per combination of the other settings (mean ± sd over
-    seeds); runs without the axis (full FT along rank, the base) as horizontal reference lines."""
+    """`field` along a sweep axis, one series per combination of the other settings (a line through the mean
+    over seeds, each seed a small point); runs without the axis (full FT along rank, the base) as horizontal
+    reference lines at their mean."""
     swept = [r for r in rows if r.get(axis) is not None]
     for name, color in series_colors(rows, axis).items():
-        stats = group_mean([r for r in swept if series_name(r, axis) == name], lambda r: r[axis], field)
+        series = [r for r in swept if series_name(r, axis) == name and r.get(field) is not None]
+        stats = group_mean(series, lambda r: r[axis], field)
         xs = sorted(stats)
         if xs:
-            ax.errorbar(
-                xs,
-                [stats[x][0] for x in xs],
-                yerr=[stats[x][1] for x in xs],
-                fmt=style,
-                color=color,
-                capsize=3,
-                label=f"{name}{label_suffix}",
-            )
+            ax.errorbar(xs, [stats[x][0] for x in xs], fmt=style, color=color, label=f"{name}{label_suffix}")
+            ax.scatter([r[axis] for r in series], [r[field] for r in series], s=10, color=color, alpha=0.45, linewidths=0)
     references = [r for r in rows if r.get(axis) is None]
     for name in sorted({series_name(r, "rank") for r in references}):
         stats = group_mean([r for r in references if series_name(r, "rank") == name], lambda r: 0, field)
@@ -118,20 +113,44 @@ def accuracy_axis(
     ax.set_ylabel("greedy pass@1")
 
 
+def multiplier_panels(rows: Sequence[dict]) -> list[tuple[float | None, list[dict]]]:
+    """The rows of each learning-rate multiplier with the rows that have none (the base), one panel each where
+    some method setting has rows at several multipliers (the multiplier an axis of the study); else one panel
+    (None) of every row, each method at the multiplier it has (the one chosen for it)."""
+    per_setting: dict[str, set] = {}
+    for row in rows:
+        if row.get("lr_multiplier") is not None:
+            per_setting.setdefault(selection_group(row["run"]), set()).add(row["lr_multiplier"])
+    if all(len(multipliers) < 2 for multipliers in per_setting.values()):
+        return [(None, list(rows))]
+    multipliers = sorted(set().union(*per_setting.values()))
+    return [(m, [r for r in rows if r.get("lr_multiplier") in (m, None)]) for m in multipliers]
+
+
+def _panels(rows: Sequence[dict]):
+    """A figure with one axes per `multiplier_panels` panel, side by side on one y scale, and per panel its
+    (axes, title suffix, rows)."""
+    panels = multiplier_panels(rows)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), sharey=True, squeeze=False)
+    return figure, [(ax, "" if m is None else f", lr ×{m:g}", panel) for ax, (m, panel) in zip(axes[0], panels)]
+
+
 def accuracy_vs_rank(rows: Sequence[dict]) -> bytes:
-    figure, ax = plt.subplots(figsize=(6, 4))
-    accuracy_axis(ax, rows)
-    ax.set_title("Accuracy vs LoRA rank")
-    ax.legend(fontsize=7)
+    figure, panels = _panels(rows)
+    for ax, suffix, panel in panels:
+        accuracy_axis(ax, panel)
+        ax.set_title("Accuracy vs LoRA rank" + suffix)
+        ax.legend(fontsize=7)
     return _png(figure)
 
 
 def intruders_vs_rank(rows: Sequence[dict]) -> bytes:
-    figure, ax = plt.subplots(figsize=(6, 4))
-    versus_axis(ax, [r for r in rows if r["run"] != "base"], "intruders")
-    ax.set_ylabel("intruder dimensions (all matrices)")
-    ax.set_title("Intruder dimensions vs LoRA rank")
-    ax.legend(fontsize=7)
+    figure, panels = _panels([r for r in rows if r["run"] != "base"])
+    for ax, suffix, panel in panels:
+        versus_axis(ax, panel, "intruders")
+        ax.set_ylabel("intruder dimensions (all matrices)")
+        ax.set_title("Intruder dimensions vs LoRA rank" + suffix)
+        ax.legend(fontsize=7)
     return _png(figure)
 
 
@@ -179,15 +198,40 @@ def learning_rate_selection(rows: Sequence[dict]) -> bytes:
     return _png(figure)
 
 
+MULTIPLIER_MARKERS = ("o", "^", "s", "D", "v", "P")
+
+
 def forgetting_vs_accuracy(rows: Sequence[dict]) -> bytes:
-    figure, ax = plt.subplots(figsize=(6, 4))
-    for index, row in enumerate(r for r in rows if r.get("forgetting") is not None and r.get("id_pass1") is not None):
-        ax.scatter(row["forgetting"], row["id_pass1"], color=COLORS[index % len(COLORS)])
-        ax.annotate(row["run"], (row["forgetting"], row["id_pass1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    forgetting_accuracy_axis(ax, rows)
+    return _png(figure)
+
+
+def forgetting_accuracy_axis(ax, rows: Sequence[dict]) -> None:
+    """In-domain pass@1 against forgetting: per run id without its seed, a large marker at the mean over seeds
+    (named) and a small one per seed; one colour per method setting (its multipliers share it), one marker
+    shape per learning-rate multiplier."""
+    measured = [r for r in rows if r.get("forgetting") is not None and r.get("id_pass1") is not None]
+    groups: dict[str, list[dict]] = {}
+    for row in measured:
+        groups.setdefault(run_id_without(row["run"]), []).append(row)
+    settings = list(dict.fromkeys(selection_group(group) for group in groups))
+    multipliers = sorted({r["lr_multiplier"] for r in measured if r.get("lr_multiplier") is not None})
+    markers = {m: MULTIPLIER_MARKERS[i % len(MULTIPLIER_MARKERS)] for i, m in enumerate(multipliers)}
+    for group, members in groups.items():
+        color = COLORS[settings.index(selection_group(group)) % len(COLORS)]
+        marker = markers.get(members[0].get("lr_multiplier"), "o")
+        xs, ys = [r["forgetting"] for r in members], [r["id_pass1"] for r in members]
+        ax.scatter(xs, ys, s=12, color=color, marker=marker, alpha=0.45, linewidths=0)
+        mean = (sum(xs) / len(xs), sum(ys) / len(ys))
+        ax.scatter(*mean, s=48, color=color, marker=marker, edgecolors="black", linewidths=0.5)
+        ax.annotate(group, mean, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if len(multipliers) > 1:
+        handles = [plt.Line2D([], [], marker=markers[m], linestyle="", color="grey", label=f"lr ×{m:g}") for m in multipliers]
+        ax.legend(handles=handles, fontsize=7)
     ax.set_xlabel("forgetting: held-out loss increase over the base (nats/token)")
     ax.set_ylabel("in-domain greedy pass@1")
     ax.set_title("Learning vs forgetting")
-    return _png(figure)
 
 
 def latency_bars(rows: Sequence[dict]) -> bytes:

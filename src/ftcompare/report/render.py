@@ -12,14 +12,20 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
+    fully_evaluated,
     judged_tables,
     lm_eval_line,
     lm_eval_table,
+    mark_lr_choice,
     markdown_from_cells,
     markdown_table,
     paired_comparison_table,
+    paired_over_seeds,
+    paired_over_seeds_table,
     result_row,
     sandbox_line,
+    seed_summary,
+    seed_summary_table,
     sequence_tables,
     suite_tables,
     table_cells,
@@ -67,6 +73,7 @@ def collect(experiment: Path) -> Collected:
                 collected.spectral[run.run_id] = read_json(run.file("spectral.json"))
             if run.has("representations.json"):
                 collected.representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
+    mark_lr_choice(collected.records)
     collected.unfinished = [
         run["run_id"] for run in study.get("runs", ()) if not (experiment / run["run_id"] / "metrics.json").is_file()
     ]
@@ -76,20 +83,21 @@ def collect(experiment: Path) -> Collected:
 
 
 def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
-    """The report's figures. With learning-rate selection, every figure but the learning-rate sweep shows
-    only each method's selected rate (and the base)."""
-    rows = [r for r in all_rows if r.get("selected") is not False]
+    """The report's figures, of every fully evaluated run: with learning-rate selection, each method's chosen
+    multiplier, or every multiplier (training.evaluate_all_lrs); the learning-rate selection figure shows
+    every run's selection score."""
+    rows = [r for r in all_rows if r.get("evaluated") is not False]
     result = [
         Figure(
             "accuracy_vs_rank",
             "Accuracy vs rank",
-            "Greedy pass@1 in and out of domain per LoRA rank (mean ± sd over seeds); full fine-tuning and the base as horizontal lines.",
+            "Greedy pass@1 in and out of domain per LoRA rank (the line: the mean over seeds; the small points: each seed), one panel per learning-rate multiplier where several were evaluated; full fine-tuning (its mean at that multiplier) and the base as horizontal lines.",
             plots.accuracy_vs_rank(rows),
         ),
         Figure(
             "forgetting_vs_accuracy",
             "Forgetting vs accuracy",
-            "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base.",
+            "In-domain greedy pass@1 against the increase of held-out pre-training loss over the base: the large marker the mean over seeds, the small ones each seed; one colour per method setting, one marker shape per learning-rate multiplier.",
             plots.forgetting_vs_accuracy(rows),
         ),
         Figure(
@@ -99,23 +107,29 @@ def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
             plots.intruders_vs_rank(rows),
         ),
     ]
-    for axis in plots.sweep_axes(all_rows):
-        if axis == "lr_multiplier" and any(r.get("selection_pass1") is not None for r in all_rows):
-            result.append(
-                Figure(
-                    "learning_rate_selection",
-                    "Learning-rate selection",
-                    "Greedy pass@1 on the selection suite per learning-rate multiplier, per method; each method's best multiplier is the one reported everywhere else.",
-                    plots.learning_rate_selection(all_rows),
-                )
+    if "lr_multiplier" in plots.sweep_axes(all_rows) and any(r.get("selection_pass1") is not None for r in all_rows):
+        every_rate = "lr_multiplier" in plots.sweep_axes(rows)
+        result.append(
+            Figure(
+                "learning_rate_selection",
+                "Learning-rate selection",
+                "Greedy pass@1 on the selection suite per learning-rate multiplier, per method (the line: the mean over seeds, which chooses; the small points: each seed); "
+                + (
+                    "each multiplier is reported, the chosen one marked selected in the tables."
+                    if every_rate
+                    else "each method's best multiplier is the one reported everywhere else."
+                ),
+                plots.learning_rate_selection(all_rows),
             )
-        elif axis != "rank":
+        )
+    for axis in plots.sweep_axes(rows):
+        if axis != "rank":
             name = plots.AXIS_LABELS[axis].split(" (")[0]
             result.append(
                 Figure(
                     f"sweep_{axis}",
                     f"Sweep over the {name}",
-                    f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (mean ± sd over seeds); runs without this axis as horizontal lines.",
+                    f"Accuracy, forgetting and intruder dimensions against the {plots.AXIS_LABELS[axis]}, one line per setting of the other axes (the mean over seeds; the small points: each seed); runs without this axis as horizontal lines.",
                     plots.sweep(rows, axis),
                 )
             )
@@ -206,6 +220,12 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     header, body = table_cells(rows)
     suite_header, suite_body, robust_header, robust_body = suite_tables(records)
     paired_header, paired_body = paired_comparison_table(records)
+    summary = seed_summary(records)
+    seed_header, seed_body = seed_summary_table(summary)
+    seed_paired_header, seed_paired_body = paired_over_seeds_table(paired_over_seeds(records))
+    tuned = [r for r in records if r.get("method") != "base" and fully_evaluated(r)]
+    # the tables over seeds, where there is something to take a mean over or a multiplier axis to show
+    over_seeds = any(row["seeds"] > 1 for row in summary) or len({r.get("lr_multiplier") for r in tuned}) > 1
     lm_eval_header, lm_eval_body = lm_eval_table(records)
     environment = Environment(
         loader=PackageLoader("ftcompare.report", "templates"),
@@ -233,6 +253,15 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "paired_header": paired_header,
         "paired_body": paired_body,
         "paired_markdown": markdown_from_cells(paired_header, paired_body) if paired_body else "",
+        "over_seeds": over_seeds,
+        "seed_header": seed_header,
+        "seed_body": seed_body,
+        "seed_markdown": markdown_from_cells(seed_header, seed_body) if over_seeds else "",
+        "seed_paired_header": seed_paired_header,
+        "seed_paired_body": seed_paired_body if over_seeds else [],
+        "seed_paired_markdown": markdown_from_cells(seed_paired_header, seed_paired_body)
+        if over_seeds and seed_paired_body
+        else "",
         "robust_markdown": markdown_from_cells(robust_header, robust_body) if robust_body else "",
         "lm_eval_header": lm_eval_header,
         "lm_eval_body": lm_eval_body,
@@ -241,6 +270,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "sequences": sequence_tables(records),
         "judged": judged_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
+        "every_rate_evaluated": any(r.get("selected") is False and fully_evaluated(r) for r in records),
         "figures": [
             {
                 "slug": f.slug,

@@ -1,12 +1,15 @@
-"""The results table: one row per run (and one for the base), from the runs' metrics records."""
+"""The results tables, from the runs' metrics records: one row per run (and one for the base), per suite, paired
+by problem; and over seeds, one row per method setting and learning-rate multiplier."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ftcompare.evaluate.metrics import paired_difference
+from ftcompare.matrix import best_multipliers, run_id_without, selection_group
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,13 @@ def _get(record: dict, *path: str) -> object:
             return None
         value = value[part]
     return value
+
+
+def fully_evaluated(record: dict) -> bool:
+    """Whether a run went through the full evaluation: every run but one whose learning-rate multiplier was not
+    chosen in a study that stops those at their selection score (training.evaluate_all_lrs false), which
+    records its selection suite alone."""
+    return record.get("selected") is not False or record.get("primary_suite", "test") in (record.get("suites") or {})
 
 
 def intruder_total(record: dict) -> int | None:
@@ -113,6 +123,24 @@ def out_of_domain_suite(record: dict, primary: str) -> str | None:
     )
 
 
+def mark_lr_choice(records: Sequence[dict]) -> None:
+    """Mark `selected` on runs of a study that evaluated every lr multiplier (`evaluate_all_lrs`: the study
+    leaves the choice to the report), by the study's own rule (`matrix.best_multipliers`) over each run's
+    recorded selection-suite pass@1, among the runs finished so far. Runs already marked are left alone."""
+    open_choice = [
+        r
+        for r in records
+        if r.get("selection_suite")
+        and r.get("selected") is None
+        and _get(r, "suites", r["selection_suite"], "greedy", "pass@1") is not None
+    ]
+    best = best_multipliers(
+        (r["run_id"], r["lr_multiplier"], r["suites"][r["selection_suite"]]["greedy"]["pass@1"]) for r in open_choice
+    )
+    for record in open_choice:
+        record["selected"] = best[selection_group(record["run_id"])] == record["lr_multiplier"]
+
+
 def result_row(record: dict) -> dict:
     """The table's values for one metrics record (None where the run has no such number)."""
     primary = record.get("primary_suite", "test")
@@ -130,6 +158,7 @@ def result_row(record: dict) -> dict:
         "lr_multiplier": record.get("lr_multiplier"),
         "selection_pass1": _get(record, "suites", record.get("selection_suite") or "", "greedy", "pass@1"),
         "selected": record.get("selected"),  # learning-rate selection, decided by the study
+        "evaluated": fully_evaluated(record),
         "seed": record.get("seed"),
         "lr": record.get("lr"),
         "trainable_params": _get(record, "train", "trainable_params"),
@@ -172,13 +201,15 @@ def columns(rows: Sequence[dict]) -> list[Column]:
     k_ood = next((r["ood_k_name"] for r in rows if r.get("ood_passk") is not None), "pass@k")
     selection = (
         [Column("selection_pass1", "selection pass@1", ".3f"), Column("selected", "selected", "s")]
-        if any(r.get("selection_pass1") is not None for r in rows)
+        if any(r.get("selection_pass1") is not None or r.get("selected") is not None for r in rows)
         else []
     )
+    multipliers = {r.get("lr_multiplier") for r in rows if r.get("lr_multiplier") is not None}
     return [
         Column("method", "method", "s"),
         Column("seed", "seed", "d"),
         Column("lr", "lr", ".1e"),
+        *([Column("lr_multiplier", "lr ×", "g")] if len(multipliers) > 1 else []),
         *selection,
         Column("trainable_params", "trainable params", ",d"),
         Column("id_pass1", "ID pass@1", ".3f"),
@@ -246,7 +277,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def group_mean(rows: Sequence[dict], key: Callable[[dict], object], field: str) -> dict[object, tuple[float, float, int]]:
-    """Mean, standard deviation and count of `field` per group (over seeds), skipping missing values."""
+    """Mean, standard deviation and count of `field` per group (over seeds), skipping missing values; the
+    standard error of the mean is the deviation over √count (`mean_and_stderr`)."""
     groups: dict[object, list[float]] = {}
     for row in rows:
         if row.get(field) is not None:
@@ -384,39 +416,62 @@ def judged_tables(records: Sequence[dict]) -> list[dict]:
     return tables
 
 
-def _reference_full(record: dict, records: Sequence[dict]) -> dict | None:
-    """The full fine-tuning run a method is compared with: selected, same seed and data fraction."""
-    return next(
-        (
-            r
-            for r in records
-            if r.get("method") == "full"
-            and r.get("selected") is not False
-            and r.get("seed") == record.get("seed")
-            and r.get("data_fraction") == record.get("data_fraction")
-        ),
-        None,
-    )
+def full_ft_references(record: dict, records: Sequence[dict]) -> list[dict]:
+    """The full fine-tuning runs (every seed) a run is compared with: those at its data fraction and
+    learning-rate multiplier; where full FT was not evaluated at that multiplier (a study that evaluates each
+    method's chosen rate alone), those at full FT's chosen one."""
+    full = [
+        r
+        for r in records
+        if r.get("method") == "full" and fully_evaluated(r) and r.get("data_fraction") == record.get("data_fraction")
+    ]
+    return [r for r in full if r.get("lr_multiplier") == record.get("lr_multiplier")] or [r for r in full if r.get("selected")]
 
 
-def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """Each fine-tuned run (its selected rate) against the base and against full fine-tuning, per greedy
-    suite, paired by problem: the pass@1 difference ± its standard error, on how many problems each side
-    was better, and the exact sign (McNemar) test's p-value. A suite recorded without per-problem scores
-    (evaluated before they were kept) shows –; a pair with none at all is left out."""
-    runs = [r for r in records if r.get("method") != "base" and r.get("selected") is not False]
-    suites = list(
+def _full_ft_name(references: Sequence[dict], multiplier_axis: bool) -> str:
+    """The reference's name: full FT, with its learning-rate multiplier where the study evaluated several."""
+    multiplier = references[0].get("lr_multiplier") if references else None
+    return f"full FT ×{multiplier:g}" if multiplier_axis and multiplier is not None else "full FT"
+
+
+def _paired_suites(runs: Sequence[dict]) -> list[str]:
+    """The suites some run has a pass@1 on (not those scored by a judge: judged_tables shows them), first seen first."""
+    return list(
         dict.fromkeys(
             suite
             for r in runs
             for suite, metrics in (r.get("suites") or {}).items()
-            if (metrics.get("greedy") or {}).get("scoring") != "judge"  # no pass@1 to pair (judged_tables shows it)
+            if (metrics.get("greedy") or {}).get("scoring") != "judge"
         )
     )
+
+
+def _paired_cell(paired: dict | None) -> str:
+    """One paired comparison as a cell: "+0.050 ± 0.020 (12↑ 5↓, p 0.14)"; – without one."""
+    if paired is None:
+        return "–"
+    return (
+        f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
+        f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})"
+    )
+
+
+def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Each fine-tuned run that was evaluated (at every multiplier, or only its chosen one) against the base and
+    against full fine-tuning (same seed; at the same multiplier where evaluated, see `full_ft_references`), per
+    greedy suite, paired by problem: the pass@1 difference ± its standard error, on how many problems each side
+    was better, and the exact sign (McNemar) test's p-value. A suite recorded without per-problem scores
+    (evaluated before they were kept) shows –; a pair with none at all is left out."""
+    runs = [r for r in records if r.get("method") != "base" and fully_evaluated(r)]
+    suites = _paired_suites(runs)
+    multiplier_axis = len({r.get("lr_multiplier") for r in runs}) > 1
     base = next((r for r in records if r.get("method") == "base"), None)
     body = []
     for run in runs:
-        references = [("base", base)] + ([] if run.get("method") == "full" else [("full FT", _reference_full(run, records))])
+        references = [("base", base)]
+        if run.get("method") != "full":
+            full = [r for r in full_ft_references(run, records) if r.get("seed") == run.get("seed")]
+            references.append((_full_ft_name(full, multiplier_axis), full[0] if full else None))
         for name, reference in references:
             if reference is None:
                 continue
@@ -424,24 +479,204 @@ def paired_comparison_table(records: Sequence[dict]) -> tuple[list[str], list[li
             for suite in suites:
                 scores = _get(run, "suites", suite, "greedy", "per_problem_pass@1")
                 against = _get(reference, "suites", suite, "greedy", "per_problem_pass@1")
-                if not scores or not against:
-                    cells.append("–")
-                    continue
-                paired = paired_difference(scores, against)
-                cells.append(
-                    f"{paired['difference']:+.3f} ± {format_cell(paired['stderr'], '.3f')} "
-                    f"({paired['better']}↑ {paired['worse']}↓, p {paired['p_value']:.2g})"
-                )
+                cells.append(_paired_cell(paired_difference(scores, against) if scores and against else None))
             if any(cell != "–" for cell in cells):
                 body.append([str(run.get("run_id")), name, *cells])
     return ["run", "against", *suites], body
 
 
+def seed_groups(records: Sequence[dict]) -> dict[str, list[dict]]:
+    """The records grouped by what they differ in only by seed (the run id without its seed: a method setting at one
+    learning-rate multiplier; the base alone), ordered by method setting, then multiplier."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(run_id_without(str(record.get("run_id"))), []).append(record)
+    settings = list(dict.fromkeys(selection_group(group) for group in groups))
+    return dict(
+        sorted(
+            groups.items(),
+            key=lambda item: (settings.index(selection_group(item[0])), item[1][0].get("lr_multiplier") or 0.0),
+        )
+    )
+
+
+def method_label(record: dict) -> str:
+    """A run's label without its learning-rate multiplier ("LoRA r=4 lr×10" → "LoRA r=4"), which tables over
+    seeds give a column of its own."""
+    return re.sub(r" lr×[0-9.e+-]+$", "", str(record.get("label", record.get("method"))))
+
+
+def _seed_values(record: dict) -> dict:
+    """One record's numbers that a mean over seeds is taken of, flat: greedy pass@1 per suite, forgetting per
+    corpus (records from before several corpora: their one corpus), intruders, training wall time."""
+    values = {
+        f"pass@1:{suite}": (metrics.get("greedy") or {}).get("pass@1")
+        for suite, metrics in (record.get("suites") or {}).items()
+        if (metrics.get("greedy") or {}).get("scoring") != "judge"
+    }
+    forgetting = record.get("forgetting") or {}
+    corpora = forgetting.get("corpora") or (
+        {forgetting.get("corpus", "stdlib"): {"increase": forgetting["increase"]}} if "increase" in forgetting else {}
+    )
+    values.update({f"forgetting:{corpus}": scores.get("increase") for corpus, scores in corpora.items()})
+    return {**values, "intruders": intruder_total(record), "train_wall_s": _get(record, "train", "wall_s")}
+
+
+def mean_and_stderr(stats: tuple[float, float, int] | None) -> tuple[float | None, float | None]:
+    """`group_mean`'s (mean, sd, count) as (mean, standard error of the mean); s.e. None below two values."""
+    if stats is None:
+        return None, None
+    mean, std, count = stats
+    return mean, (std / math.sqrt(count) if count > 1 else None)
+
+
+def seed_summary(records: Sequence[dict]) -> list[dict]:
+    """Over seeds, one row per method setting and learning-rate multiplier (`seed_groups`; the base, evaluated
+    once, a group of one): how many seeds, how many of them learning-rate selection chose (None: no choice in
+    this study), and the mean and standard error over seeds of greedy pass@1 per suite (`pass@1`), forgetting
+    per corpus (the held-out loss increase over the base, `forgetting`), intruder dimensions at the configured k
+    and ε (`intruders`) and training wall time in seconds (`train_wall_s`); each a (mean, s.e.) pair, the s.e.
+    None for one seed, the pair (None, None) where no seed measured it. A run not fully evaluated gives what it
+    measured: its selection score and training time."""
+    rows = []
+    for group, members in seed_groups(records).items():
+        flat = [_seed_values(record) for record in members]
+        fields = list(dict.fromkeys(field for values in flat for field in values))
+        stats = {field: mean_and_stderr(group_mean(flat, lambda _: 0, field).get(0)) for field in fields}
+        choices = [record.get("selected") for record in members]
+        rows.append(
+            {
+                "group": group,
+                "method": method_label(members[0]),
+                "kind": members[0].get("method"),
+                "lr_multiplier": members[0].get("lr_multiplier"),
+                "seeds": len({record.get("seed") for record in members}),
+                "selected": None if all(choice is None for choice in choices) else sum(choice is True for choice in choices),
+                "pass@1": {f.split(":", 1)[1]: stats[f] for f in fields if f.startswith("pass@1:")},
+                "forgetting": {f.split(":", 1)[1]: stats[f] for f in fields if f.startswith("forgetting:")},
+                "intruders": stats["intruders"],
+                "train_wall_s": stats["train_wall_s"],
+            }
+        )
+    return rows
+
+
+def seed_summary_table(summary: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """`seed_summary`'s rows as cells: mean ± s.e. over seeds; "selected": seeds chosen / seeds."""
+    suites = list(dict.fromkeys(suite for row in summary for suite in row["pass@1"]))
+    corpora = list(dict.fromkeys(corpus for row in summary for corpus in row["forgetting"]))
+    selection = any(row["selected"] is not None for row in summary)
+    header = [
+        "method",
+        "lr ×",
+        "seeds",
+        *(["selected"] if selection else []),
+        *(f"{suite} pass@1" for suite in suites),
+        *(f"forgetting, {corpus}" for corpus in corpora),
+        "intruders",
+        "train s",
+    ]
+    body = []
+    for row in summary:
+        body.append(
+            [
+                row["method"],
+                format_cell(row["lr_multiplier"], "g") if row["kind"] != "base" else "–",
+                str(row["seeds"]),
+                *([f"{row['selected']}/{row['seeds']}" if row["selected"] is not None else "–"] if selection else []),
+                *(plus_minus(*row["pass@1"].get(suite, (None, None))) for suite in suites),
+                *(plus_minus(*row["forgetting"].get(corpus, (None, None)), "+.3f") for corpus in corpora),
+                plus_minus(*row["intruders"], ".1f"),
+                plus_minus(*row["train_wall_s"], ".1f"),
+            ]
+        )
+    return header, body
+
+
+def per_problem_over_seeds(records: Sequence[dict], suite: str) -> dict[str, float] | None:
+    """Per problem of `suite`, its greedy pass (0/1) averaged over `records` (the seeds of one group), over the
+    problems every record scored; None when a record has no per-problem scores for the suite."""
+    scores = [_get(record, "suites", suite, "greedy", "per_problem_pass@1") for record in records]
+    if not records or not all(scores):
+        return None
+    problems = [problem for problem in scores[0] if all(problem in s for s in scores[1:])]
+    return {problem: sum(s[problem] for s in scores) / len(scores) for problem in problems}
+
+
+def paired_over_seeds(records: Sequence[dict]) -> list[dict]:
+    """Each fully evaluated method setting at each learning-rate multiplier (its seeds together, `seed_groups`)
+    against the base and against full fine-tuning at the same multiplier and data fraction (`full_ft_references`),
+    per greedy suite: per problem, the pass (0/1) is averaged over seeds on each side (the base is evaluated once),
+    then `paired_difference` over problems: the mean per-problem difference ± its standard error over problems,
+    the problems where each side is ahead, and the exact two-sided sign test over the problems with a nonzero
+    difference. Problems are the unit of the test because they are what the suite samples; the seeds of a setting
+    are not independent replicates of a problem, so averaging them first turns each problem into one paired
+    observation of the setting's expected pass rate instead of counting one problem several times.
+
+    One row per pair: group, method, lr_multiplier, seeds, selected (as in `seed_summary`), against (the
+    reference's name), reference_seeds, and suites (suite → `paired_difference`'s record, or None where a side
+    has no per-problem scores)."""
+    summary = {row["group"]: row for row in seed_summary(records)}
+    groups = {
+        group: members
+        for group, members in seed_groups(records).items()
+        if members[0].get("method") != "base" and all(fully_evaluated(r) for r in members)
+    }
+    runs = [record for members in groups.values() for record in members]
+    suites = _paired_suites(runs)
+    multiplier_axis = len({r.get("lr_multiplier") for r in runs}) > 1
+    base = [r for r in records if r.get("method") == "base"][:1]
+    rows = []
+    for group, members in groups.items():
+        references = [("base", base)]
+        if members[0].get("method") != "full":
+            full = full_ft_references(members[0], records)
+            references.append((_full_ft_name(full, multiplier_axis), full))
+        for name, reference in references:
+            if not reference:
+                continue
+            pairs = {}
+            for suite in suites:
+                scores, against = per_problem_over_seeds(members, suite), per_problem_over_seeds(reference, suite)
+                shared = scores and against and any(problem in against for problem in scores)
+                pairs[suite] = paired_difference(scores, against) if shared else None
+            if any(pairs.values()):
+                rows.append(
+                    {
+                        **{key: summary[group][key] for key in ("group", "method", "lr_multiplier", "seeds", "selected")},
+                        "against": name,
+                        "reference_seeds": len({r.get("seed") for r in reference}),
+                        "suites": pairs,
+                    }
+                )
+    return rows
+
+
+def paired_over_seeds_table(pairs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """`paired_over_seeds`'s rows as cells, suites as columns."""
+    suites = list(dict.fromkeys(suite for pair in pairs for suite in pair["suites"]))
+    selection = any(pair["selected"] is not None for pair in pairs)
+    header = ["method", "lr ×", "seeds", *(["selected"] if selection else []), "against", *suites]
+    body = [
+        [
+            pair["method"],
+            format_cell(pair["lr_multiplier"], "g"),
+            str(pair["seeds"]),
+            *([f"{pair['selected']}/{pair['seeds']}" if pair["selected"] is not None else "–"] if selection else []),
+            pair["against"],
+            *(_paired_cell(pair["suites"].get(suite)) for suite in suites),
+        ]
+        for pair in pairs
+    ]
+    return header, body
+
+
 def plus_minus(value: float | None, stderr: float | None, fmt: str = ".3f") -> str:
-    """A value ± its standard error ("0.412 ± 0.021"); the value alone without one, – without a value."""
+    """A value ± its standard error ("0.412 ± 0.021"; the error in the value's format without its sign); the
+    value alone without one, – without a value."""
     if value is None:
         return "–"
-    return format_cell(value, fmt) + (f" ± {format_cell(stderr, '.3f')}" if stderr is not None else "")
+    return format_cell(value, fmt) + (f" ± {format_cell(stderr, fmt.lstrip('+'))}" if stderr is not None else "")
 
 
 def lm_eval_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -451,7 +686,7 @@ def lm_eval_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["run", "task", "documents", "shots", "acc ± s.e.", "Δ acc vs base", "acc_norm ± s.e.", "Δ acc_norm vs base"]
     body = []
     for record in records:
-        if record.get("selected") is False:
+        if not fully_evaluated(record):
             continue
         for task, scores in (_get(record, "lm_eval", "tasks") or {}).items():
             cells = [str(record.get("run_id")), task, str(scores.get("documents")), str(scores.get("num_fewshot"))]
