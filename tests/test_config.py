@@ -403,6 +403,19 @@ def test_the_recipe_fields_are_documented_in_the_schema():
     assert fields["adam_betas"].default == (0.9, 0.95)  # what train/loop.py fixed before: recorded runs stay comparable
 
 
+def test_the_causal_tests_control_is_on_by_default_documented_and_checked():
+    from ftcompare.config import InterveneConfig
+
+    assert InterveneConfig().control is True
+    assert "not intruders" in InterveneConfig.model_fields["control"].description
+    study = {"experiment": "t", "methods": [{"kind": "full"}]}
+    config = parse_config({**study, "analyses": {"intervene": {"control": False}}})
+    assert config.analyses.intervene.control is False
+    for wrong in ("maybe", [True]):
+        with pytest.raises(ConfigError, match="analyses.intervene.control"):
+            parse_config({**study, "analyses": {"intervene": {"control": wrong}}}, source="study.yaml")
+
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 PACKAGE_QUICKSTART = Path(__file__).parents[1] / "src" / "ftcompare" / "configs" / "quickstart.yaml"
 RECIPE_KEYS = {"schedule", "warmup_ratio", "weight_decay", "adam_betas", "adam_eps"}

@@ -257,12 +257,15 @@ def test_intervention_at_lambda_one_is_the_tuned_model(experiment):
     result = CliRunner().invoke(app, ["intervene", str(experiment / "lora-r2-s0"), "--lambdas", "0,1"])
     assert result.exit_code == 0, result.output
     record = json.loads((experiment / "lora-r2-s0" / "intervene.json").read_text())
-    assert [row["lambda"] for row in record["rows"]] == [0.0, 1.0]
+    rows = {(row["lambda"], row["directions"]): row for row in record["rows"]}
+    assert list(rows) == [(0.0, "intruders"), (0.0, "control"), (1.0, "intruders"), (1.0, "control")]
     evaluation = json.loads((experiment / "lora-r2-s0" / "eval.json").read_text())
-    assert record["rows"][1]["heldout_loss"] == pytest.approx(evaluation["forgetting"]["heldout_loss"], abs=1e-5)
-    assert record["rows"][1]["pass@1"] == evaluation["suites"]["test"]["greedy"]["pass@1"]
-    if record["rows"][0]["intruders"]:  # removing intruder directions changes the model
-        assert record["rows"][0]["heldout_loss"] != pytest.approx(record["rows"][1]["heldout_loss"], abs=1e-7)
+    for kind in ("intruders", "control"):
+        assert rows[1.0, kind]["heldout_loss"] == pytest.approx(evaluation["forgetting"]["heldout_loss"], abs=1e-5)
+        assert rows[1.0, kind]["pass@1"] == evaluation["suites"]["test"]["greedy"]["pass@1"]
+        assert rows[0.0, kind]["scaled"] == rows[0.0, "intruders"]["intruders"]  # the control matches the count
+        if rows[0.0, kind]["scaled"]:  # removing directions changes the model
+            assert rows[0.0, kind]["heldout_loss"] != pytest.approx(rows[1.0, kind]["heldout_loss"], abs=1e-7)
     assert (experiment / "lora-r2-s0" / "intervene.png").stat().st_size > 1000
 
 
@@ -312,6 +315,35 @@ def test_fields_added_at_their_old_behaviour_keep_recorded_folders_resumable():
     assert fingerprint_of({"evaluate_all_lrs": False}) == written_out
     choosing = fingerprint_of({"select_lr_on": "ood"})
     assert fingerprint_of({"select_lr_on": "ood", "evaluate_all_lrs": True}) != choosing  # other results: not resumed
+
+
+def test_the_control_of_the_causal_test_keeps_folders_recorded_before_it_resumable(monkeypatch):
+    from ftcompare import study
+
+    recorded = []  # what each run record fingerprints
+    monkeypatch.setattr(study, "fingerprint", lambda value: recorded.append(value) or str(len(recorded)))
+    for intervene in ({"lambdas": [0, 1]}, {"lambdas": [0, 1], "control": True}, {"lambdas": [0, 1], "control": False}):
+        config = parse_config({**STUDY, "analyses": {**STUDY["analyses"], "intervene": intervene}})
+        study.run_record(expand_first(config), config)
+    default, explicit, without = (shared["analyses"]["intervene"] for _, shared in recorded)
+    # as ftcompare wrote it before the field existed: a folder recorded then resumes under the default
+    assert default == explicit == {"lambdas": [0.0, 1.0], "include_full": True, "runs": None}
+    assert without == {**default, "control": False}
+    recorded.clear()
+    config = parse_config(STUDY)  # no causal test: the section stays null
+    study.run_record(expand_first(config), config)
+    assert recorded[0][1]["analyses"]["intervene"] is None
+
+
+def test_silent_defaults_drop_top_level_and_dotted_keys_at_their_values_only():
+    from ftcompare.study import without_silent_defaults
+
+    silent = {"vllm": {"a": 1}, "lm_eval": None, "intervene.control": True}
+    assert without_silent_defaults({"vllm": {"a": 1}, "lm_eval": None, "n": 2}, silent) == {"n": 2}  # a mapping dropped whole
+    assert without_silent_defaults({"vllm": {"a": 2}, "lm_eval": {}}, silent) == {"vllm": {"a": 2}, "lm_eval": {}}
+    assert without_silent_defaults({"intervene": {"control": True, "runs": None}}, silent) == {"intervene": {"runs": None}}
+    assert without_silent_defaults({"intervene": {"control": False}}, silent) == {"intervene": {"control": False}}
+    assert without_silent_defaults({"intervene": None}, silent) == {"intervene": None}
 
 
 def expand_first(config):

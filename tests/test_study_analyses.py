@@ -131,10 +131,17 @@ def test_qlora_is_compared_with_the_quantized_base_it_trained_on(experiment):
 
 def test_the_causal_test_runs_as_an_analysis_on_the_runs_named(experiment):
     for run_id in ("qlora-r2-s0", "full-d0.5-s0"):
-        rows = {row["lambda"]: row for row in _metrics(experiment, run_id)["intervene"]}
         metrics = _metrics(experiment, run_id)
-        assert rows[1.0]["pass@1"] == metrics["suites"]["lists/test"]["greedy"]["pass@1"]
-        assert rows[1.0]["heldout_loss"] == pytest.approx(metrics["forgetting"]["heldout_loss"], abs=1e-4)
+        rows = {(row["lambda"], row["directions"]): row for row in metrics["intervene"]}
+        assert list(rows) == [(0.0, "intruders"), (0.0, "control"), (1.0, "intruders"), (1.0, "control")]
+        for kind in ("intruders", "control"):
+            assert (
+                rows[1.0, kind]["unchanged"] and rows[1.0, kind]["pass@1"] == metrics["suites"]["lists/test"]["greedy"]["pass@1"]
+            )
+            assert rows[1.0, kind]["heldout_loss"] == pytest.approx(metrics["forgetting"]["heldout_loss"], abs=1e-4)
+            assert rows[1.0, kind]["corpora"]["stdlib"]["forgetting"] == pytest.approx(
+                metrics["forgetting"]["increase"], abs=1e-4
+            )
     assert "intervene" not in _metrics(experiment, "dora-r2-l50-s0")
 
 
@@ -143,6 +150,7 @@ def test_the_report_shows_the_matrix_and_the_new_figures(experiment):
     assert "the forgetting matrix" in report and "| after ints |" in report
     for figure in ("sequence", "intervene", "intruders_by_layer", "intruder_positions", "spectral_features_by_layer"):
         assert (experiment / "figures" / f"{figure}.png").is_file(), figure
+    assert "## Causal test: intruders and control" in report and "| pass@1, control |" in report
 
 
 def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experiment):

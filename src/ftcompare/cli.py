@@ -334,8 +334,12 @@ def intervene(
     lambdas: str = typer.Option(
         "0,0.25,0.5,0.75,1,1.5", "--lambdas", help="Comma-separated scales for the intruders' singular values."
     ),
+    control: bool = typer.Option(
+        True, "--control/--no-control", help="Also scale as many top non-intruder directions per matrix (the control)."
+    ),
 ) -> None:
-    """The causal test: scale intruder dimensions by each λ, measure pass@1 and forgetting, plot both."""
+    """The causal test: scale intruder dimensions (and, as the control, as many top non-intruder directions) by each
+    λ, measure pass@1 and forgetting on every corpus, plot both."""
     from pydantic import ValidationError
 
     from ftcompare.config import InterveneConfig
@@ -343,13 +347,13 @@ def intervene(
     from ftcompare.study import intervene as run_intervention
 
     try:  # the config's own rule for λ
-        values = InterveneConfig(lambdas=[float(v) for v in lambdas.split(",") if v.strip()]).lambdas
+        settings = InterveneConfig(lambdas=[float(v) for v in lambdas.split(",") if v.strip()], control=control)
     except ValueError as error:  # not numbers, or numbers the config refuses (a ValidationError is a ValueError)
         detail = error.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(error, ValidationError) else "not numbers"
         _usage_error(f"--lambdas: {detail}: {lambdas!r}")
     run_dir = run_dir.resolve()
     try:
-        result = run_intervention(run_dir.parent, run_dir.name, values)
+        result = run_intervention(run_dir.parent, run_dir.name, settings)
     except (ValueError, FileNotFoundError) as error:  # no such run, no trained weights, not an experiment
         _usage_error(str(error))
     figure = run_dir / "intervene.png"

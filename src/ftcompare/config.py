@@ -446,14 +446,21 @@ class RepresentationsConfig(Strict):
 
 class InterveneConfig(Strict):
     """The causal test (Shuttleworth et al. 2024, §6): scale the singular values of each adapted matrix's
-    intruder dimensions by λ and measure in-domain pass@1 and forgetting; λ = 1 is the tuned model."""
+    intruder dimensions by λ and measure in-domain pass@1 and forgetting on every corpus; λ = 1 is the tuned
+    model. Its control scales as many top non-intruder directions of each matrix by the same λ."""
 
     lambdas: list[float] = Field(
         default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
         min_length=1,
         description="The scales λ, each finite and ≥ 0 (1: the tuned model).",
     )
-    include_full: bool = Field(default=True, description="Also on full fine-tuning, the control.")
+    control: bool = Field(
+        default=True,
+        description="At each λ, also scale the control: in each matrix, as many singular directions as it has "
+        "intruders, the highest-ranked that are not intruders (past the top k where the top k has too few), so that "
+        "an effect of the intruders is told from one of scaling any top direction.",
+    )
+    include_full: bool = Field(default=True, description="Also on full fine-tuning, the method compared against.")
     runs: list[str] | None = Field(
         default=None, description="Only these run ids (None: every adapter run, and full FT if include_full)."
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,13 +19,14 @@ import torch
 from ftcompare.analyze.spectral import SpectrumCache
 from ftcompare.analyze.stage import (
     base_probes,
+    intervention_record,
     intervention_stage,
     layer_similarity_scores,
     reference_for,
     representations_stage,
     spectral_stage,
 )
-from ftcompare.config import RepresentationsConfig, StudyConfig, VllmConfig, fingerprint, parse_config
+from ftcompare.config import InterveneConfig, RepresentationsConfig, StudyConfig, VllmConfig, fingerprint, parse_config
 from ftcompare.console import console
 from ftcompare.context import StudyContext, environment, resolve_device
 from ftcompare.data.tasks import load_study_tasks
@@ -301,8 +301,14 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
     )
 
 
+_ABSENT = object()  # a key a mapping does not have
+
 # fields added after studies were recorded, at the values every run had before they existed: left
-# out of the fingerprint at those values, so a folder recorded earlier still resumes
+# out of the fingerprint at those values, so a folder recorded earlier still resumes. A dotted key names a
+# field inside a section's mapping. The exception, analyses.intervene.control, is silent at its default (on), not
+# at the old behaviour (off): it only adds rows to intervene.json, the intruders' rows being what they were, so a
+# folder recorded before it resumes under the default and measures the control where the causal test has not run
+# or ran without it (analyze.stage.intervention_record); a run finished before keeps its record as it is
 FINGERPRINT_SILENT_DEFAULTS = {
     "training": {
         "adam_betas": [0.9, 0.95],
@@ -313,7 +319,19 @@ FINGERPRINT_SILENT_DEFAULTS = {
     },
     "task": {"timeout_s": None, "memory_mb": None},
     "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
+    "analyses": {"intervene.control": True},
 }
+
+
+def without_silent_defaults(values: dict, silent: dict) -> dict:
+    """`values` less the keys at their silent values; a dotted key ("intervene.control") names a key of the
+    mapping under its first part (left alone where that is not a mapping, e.g. null)."""
+    kept = {key: value for key, value in values.items() if silent.get(key, _ABSENT) != value}
+    for key, default in silent.items():
+        outer, dot, inner = key.partition(".")
+        if dot and isinstance(kept.get(outer), dict):
+            kept[outer] = without_silent_defaults(kept[outer], {inner: default})
+    return kept
 
 
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
@@ -325,7 +343,7 @@ def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
     )
     for section, silent in FINGERPRINT_SILENT_DEFAULTS.items():
         if section in shared:
-            shared[section] = {key: value for key, value in shared[section].items() if silent.get(key, object()) != value}
+            shared[section] = without_silent_defaults(shared[section], silent)
     spec = run.model_dump(mode="json") if run else "base"
     return {"run": spec, "fingerprint": fingerprint([spec, shared])}
 
@@ -380,8 +398,7 @@ def execute_run(
         metrics["representations"] = representations_stage(run_dir, context, model)
         stage_s["representations"] = metrics["representations"]["wall_s"]
     if context.config.intervenes_on(run):
-        lambdas = context.config.analyses.intervene.lambdas
-        result = run_dir.reuse("intervene.json", lambda: intervention_stage(run, run_dir, context, model, reference, lambdas))
+        result = intervention_record(run, run_dir, context, model, reference)
         metrics["intervene"] = result["rows"]
         stage_s["intervene"] = result.get("wall_s")
     metrics["stage_s"] = stage_s
@@ -398,8 +415,9 @@ def execute_run(
         tracker.log_final(metrics)
 
 
-def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
-    """`ftcompare intervene`: the causal test on a finished run of an experiment (see `intervention_stage`)."""
+def intervene(experiment: Path, run_id: str, settings: InterveneConfig) -> dict:
+    """`ftcompare intervene`: the causal test on a finished run of an experiment (see `intervention_stage`), at
+    `settings.lambdas`, with its control when `settings.control`."""
     study = read_json(experiment / STUDY_FILE)
     recorded = study["config"]
     if recorded.get("sequence"):  # study.json writes out the default `task`, which a sequence must not give
@@ -415,4 +433,4 @@ def intervene(experiment: Path, run_id: str, lambdas: Sequence[float]) -> dict:
     context = prepare(config, resolve_device(config.device), experiment)
     model = load_trained(run, run_dir.file("weights"), context)
     reference = reference_for(run, model, context)
-    return intervention_stage(run, run_dir, context, merge_adapter(model).eval(), reference, lambdas)
+    return intervention_stage(run, run_dir, context, merge_adapter(model).eval(), reference, settings)

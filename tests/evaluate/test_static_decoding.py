@@ -135,6 +135,32 @@ def test_an_adapter_is_decoded_merged_and_left_unmerged(model_and_tokenizer):
     assert any("lora_B" in name for name, _ in adapted.named_parameters())
 
 
+def test_weights_edited_in_place_between_calls_are_the_ones_decoded(model_and_tokenizer):
+    """The causal test edits one model's weights in place between its evaluations (analyze.stage.intervention_stage):
+    the decoder copies the weights at every call, so each call decodes the edited model, as generate does."""
+    from ftcompare.analyze.intervene import model_directions, scale_model_directions
+    from ftcompare.models.weights import adapted_weight_names
+
+    model, tokenizer = model_and_tokenizer
+    tuned = copy.deepcopy(model)
+    torch.manual_seed(1)
+    base = type(model)(model.config)  # another random model: the tuned one's top directions are intruders against it
+    names = adapted_weight_names(tuned, None)
+    weights = {name: parameter.detach().clone() for name, parameter in tuned.named_parameters()}
+    base_weights = {name: parameter.detach() for name, parameter in base.named_parameters() if name in names}
+    chosen = model_directions(tuned, base_weights, {}, k=4)
+    unedited, _ = generate(tuned, tokenizer, PROMPTS, settings("static"))
+    for kind in ("intruders", "control"):
+        picked = {name: directions[kind] for name, directions in chosen.items()}
+        assert sum(len(directions.positions) for directions in picked.values()) > 0, kind
+        scale_model_directions(tuned, weights, picked, 0.0)
+        expected, _ = generate(tuned, tokenizer, PROMPTS, settings("generate"))
+        assert expected != unedited, kind  # the edit changes the answers, so a stale copy would be caught
+        assert generate(tuned, tokenizer, PROMPTS, settings("static"))[0] == expected, kind
+    scale_model_directions(tuned, weights, picked, 1.0)
+    assert generate(tuned, tokenizer, PROMPTS, settings("static"))[0] == unedited
+
+
 def test_no_prompts_give_no_answers(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     assert generate(model, tokenizer, [], settings("static")) == ([], 0.0)

@@ -158,3 +158,39 @@ def test_forgetting_vs_accuracy_marks_each_seed_and_the_mean_with_a_shape_per_mu
     assert lora_x1_mean[1] != lora_x10_mean[1] and points[7][1] == lora_x1_mean[1]  # marker: by multiplier
     assert legend == ["lr ×1", "lr ×10"]
     assert plots.forgetting_vs_accuracy(SEEDED).startswith(b"\x89PNG")
+
+
+def _causal_rows(run_pass1, control_pass1):
+    """A causal test's rows at λ = 0, 1: intruders then control, each with forgetting."""
+    return [
+        {"lambda": lam, "directions": kind, "pass@1": score, "forgetting": 0.1 * lam + offset}
+        for lam in (1.0, 0.0)
+        for kind, score, offset in (("intruders", run_pass1 * lam, 0.0), ("control", control_pass1, 0.5))
+    ]
+
+
+def test_the_causal_test_draws_intruders_solid_and_the_control_dashed():
+    import matplotlib.pyplot as plt
+
+    results = {
+        "lora-r4-s0": _causal_rows(0.6, 0.4),
+        "full-s0": [{"lambda": lam, "pass@1": 0.7, "intruders": 0} for lam in (1.0, 0.0)],  # before the control
+    }
+    figure, axes = plt.subplots(1, 2)
+    plots.intervention_axes(axes, results)
+    lines = [{line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")} for ax in axes]
+    plt.close(figure)
+    assert set(lines[0]) == {"lora-r4-s0 (intruders)", "lora-r4-s0 (control)", "full-s0 (intruders)"}
+    assert set(lines[1]) == {"lora-r4-s0 (intruders)", "lora-r4-s0 (control)"}  # the old rows have no forgetting
+    for panel in lines:
+        for label, line in panel.items():
+            assert line.get_linestyle() == ("--" if "(control)" in label else "-"), label
+            assert list(line.get_xdata()) == [0.0, 1.0], label  # in λ order
+    assert list(lines[0]["lora-r4-s0 (intruders)"].get_ydata()) == [0.0, 0.6]
+    assert list(lines[0]["lora-r4-s0 (control)"].get_ydata()) == [0.4, 0.4]
+    assert list(lines[1]["lora-r4-s0 (control)"].get_ydata()) == pytest.approx([0.5, 0.6])
+    assert lines[0]["lora-r4-s0 (intruders)"].get_color() == lines[0]["lora-r4-s0 (control)"].get_color()
+    assert lines[0]["full-s0 (intruders)"].get_color() == "black"
+    record = {"run_id": "lora-r4-s0", "k": 10, "epsilon": 0.5, "rows": results["lora-r4-s0"]}
+    assert plots.intervention_curve(record).startswith(b"\x89PNG")
+    assert plots.interventions(results).startswith(b"\x89PNG")

@@ -4,6 +4,7 @@ import pytest
 
 from ftcompare.report.tables import (
     columns,
+    intervention_table,
     markdown_table,
     paired_comparison_table,
     result_row,
@@ -334,3 +335,53 @@ def test_every_evaluated_multiplier_is_paired_with_full_fine_tuning_at_the_same_
     chosen_only = [base, records[1], records[4]]
     rows = {(row[0], row[1]): row[2] for row in paired_comparison_table(chosen_only)[1]}
     assert rows[("lora-r4-x10-s0", "full FT ×1")].startswith("+0.000")
+
+
+def test_the_intervention_table_sets_the_control_beside_the_intruders_per_corpus():
+    def row(lam, kind, pass1, stdlib, prose, **extra):
+        corpora = {"stdlib": {"forgetting": stdlib}, "prose": {"forgetting": prose}}
+        return {
+            "lambda": lam,
+            "directions": kind,
+            "scaled": 3,
+            "pass@1": pass1,
+            "forgetting": stdlib,
+            "corpora": corpora,
+            **extra,
+        }
+
+    lora = [
+        row(0.0, "intruders", 0.25, 0.5, 0.75),
+        row(0.0, "control", 0.125, 1.5, 1.75, beyond_k=1, unmatched=0),
+        row(1.0, "intruders", 0.5, 1.0, 1.25),
+        row(1.0, "control", 0.5, 1.0, 1.25, beyond_k=1, unmatched=0),
+    ]
+    old = [{"lambda": 0.0, "pass@1": 0.375, "intruders": 2, "forgetting": 2.0}]  # recorded before the control
+    records = [
+        {"run_id": "base", "method": "base"},
+        {"run_id": "lora-r4-s0", "intervene": lora},
+        {"run_id": "full-s0", "intervene": old},
+    ]
+    header, body = intervention_table(records)
+    assert header == [
+        "run",
+        "λ",
+        "intruders scaled",
+        "pass@1, intruders",
+        "forgetting stdlib, intruders",
+        "forgetting prose, intruders",
+        "control scaled",
+        "pass@1, control",
+        "forgetting stdlib, control",
+        "forgetting prose, control",
+    ]
+    assert body == [
+        ["lora-r4-s0", "0", "3", "0.250", "+0.500", "+0.750", "3 (1 past top k)", "0.125", "+1.500", "+1.750"],
+        ["lora-r4-s0", "1", "3", "0.500", "+1.000", "+1.250", "3 (1 past top k)", "0.500", "+1.000", "+1.250"],
+        ["full-s0", "0", "2", "0.375", "+2.000", "–", "–", "–", "–", "–"],
+    ]
+    assert intervention_table([{"run_id": "full-s0", "intervene": old}]) == (
+        ["run", "λ", "intruders scaled", "pass@1, intruders", "forgetting, intruders"],
+        [["full-s0", "0", "2", "0.375", "+2.000"]],
+    )
+    assert intervention_table(records[:1]) == (["run", "λ"], [])

@@ -1,6 +1,7 @@
 """The analysis stages of a run: the spectra of its weight updates (intruder dimensions), its hidden
 states and attention against the base's on fixed probes, and the causal test that scales its intruder
-dimensions; with the base's probes and layer scores they need, computed once per study.
+dimensions (and, as its control, as many top non-intruder directions); with the base's probes and layer scores
+they need, computed once per study.
 
 Records: `<run>/spectral.json`, `<run>/representations.json`, `<run>/intervene.json`; the base's SVDs
 are cached under `_base/svd` (`_base/svd-nf4` for QLoRA's quantized base).
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 from peft import PeftModel
 
-from ftcompare.analyze.intervene import scale_model_intruders
+from ftcompare.analyze.intervene import DIRECTIONS, model_directions, scale_model_directions
 from ftcompare.analyze.similarity import (
     attention_distance,
     attention_entropy,
@@ -24,7 +25,7 @@ from ftcompare.analyze.similarity import (
     layerwise_cka,
 )
 from ftcompare.analyze.spectral import SpectrumCache, analyze_matrix, summarize
-from ftcompare.config import RepresentationsConfig, SpectralConfig
+from ftcompare.config import InterveneConfig, RepresentationsConfig, SpectralConfig
 from ftcompare.console import console
 from ftcompare.context import StudyContext
 from ftcompare.data.problems import Problem
@@ -189,13 +190,33 @@ def analyse_spectra(run: RunSpec, run_dir: RunDir, context: StudyContext, model:
     return record
 
 
-def intervention_stage(
-    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference, lambdas: Sequence[float]
+def intervention_record(
+    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference
 ) -> dict:
-    """The causal test of Shuttleworth et al. 2024: scale the singular values of every adapted matrix's
-    intruder dimensions by each λ, and measure the in-domain greedy pass@1 and the held-out loss.
+    """The causal test as a stage of the study (`analyses.intervene`): the record an earlier session wrote when it
+    holds what the config asks, else `intervention_stage`'s. A record without control rows (written before the
+    control existed, or with `control: false`) is measured again when the config asks for the control."""
+    settings = context.config.analyses.intervene
+    if run_dir.has("intervene.json"):
+        record = read_json(run_dir.file("intervene.json"))
+        if not settings.control or any(row.get("directions") == "control" for row in record["rows"]):
+            return record
+    return intervention_stage(run, run_dir, context, model, reference, settings)
 
-    λ = 1 is the tuned model itself, λ = 0 removes the intruder directions. `model` is the merged tuned
+
+def intervention_stage(
+    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference, settings: InterveneConfig
+) -> dict:
+    """The causal test of Shuttleworth et al. 2024 (§6) with its control: at each λ, scale the singular values of
+    every adapted matrix's intruder dimensions by λ, then (`settings.control`) as many of its top non-intruder
+    directions (`intervene.control_positions`), and measure the in-domain greedy pass@1 and the held-out loss on
+    every forgetting corpus (forgetting: its increase over the base's, `_base/eval.json`).
+
+    Rows, λ by λ: one per kind of directions scaled ("directions": "intruders" or "control"), with `scaled` (the
+    directions scaled, over all matrices), `intruders` (the run's intruder count, which the control matches), and
+    the control's `beyond_k` (its directions past the top k) and `unmatched` (intruders it could not match). A row
+    whose weights are the tuned model's own (λ = 1, or nothing to scale) says `unchanged` and repeats the tuned
+    model's one measurement. The directions are chosen once, from one SVD per matrix. `model` is the merged tuned
     model; its weights are restored afterwards. Writes `<run>/intervene.json`.
     """
     started = time.perf_counter()
@@ -206,37 +227,81 @@ def intervention_stage(
     tuned = {name: parameters[name].detach().clone() for name in names}
     base_weights = {name: as_out_in(model, name, reference.weights[name]) for name in names}  # (out, in), as the spectra
     spectra = {name: reference.spectra.get(name, w) for name, w in base_weights.items()}
-    suite = config.primary_suite
-    problems = context.primary_problems[: config.evaluation.limit] if config.evaluation.limit else context.primary_problems
-    base_loss = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"].get("heldout_loss")
+    chosen = model_directions(model, base_weights, spectra, k=spectral.k, epsilon=spectral.epsilon)
+    intruders = sum(len(directions["intruders"].positions) for directions in chosen.values())
+    measure = intervention_measurement(run, context)
+    tuned_measurement: dict | None = None
     rows = []
-    for lam in lambdas:
-        with torch.no_grad():
-            for name in names:
-                parameters[name].copy_(tuned[name])
-        intruders = scale_model_intruders(model, base_weights, spectra, lam, k=spectral.k, epsilon=spectral.epsilon)
-        _, metrics = evaluate_suite(model, problems, suite, context, seed=run.seed, greedy_only=True)
-        row = {"lambda": lam, "pass@1": metrics["greedy"]["pass@1"], "intruders": sum(len(v) for v in intruders.values())}
-        if context.heldout:
-            row["heldout_loss"] = mean_token_loss(model, context.headline_heldout)
-            row["forgetting"] = row["heldout_loss"] - base_loss
-        console.print(
-            f"  λ={lam:g}: pass@1 {row['pass@1']:.3f}" + (f", forgetting {row['forgetting']:+.3f}" if "forgetting" in row else "")
-        )
-        rows.append(row)
-    with torch.no_grad():
+    for lam in settings.lambdas:
+        for kind in DIRECTIONS if settings.control else DIRECTIONS[:1]:
+            picked = {name: directions[kind] for name, directions in chosen.items()}
+            scale_model_directions(model, tuned, picked, lam)  # from the tuned weights (λ = 1: the tuned weights)
+            positions = [p for directions in picked.values() for p in directions.positions]
+            row = {"lambda": lam, "directions": kind, "scaled": len(positions), "intruders": intruders}
+            if kind == "control":
+                row.update(beyond_k=sum(p >= spectral.k for p in positions), unmatched=intruders - len(positions))
+            row["unchanged"] = lam == 1.0 or not positions
+            if row["unchanged"]:  # the tuned model itself: measured once
+                tuned_measurement = tuned_measurement or measure(model)
+            row.update(tuned_measurement if row["unchanged"] else measure(model))
+            console.print(
+                f"  λ={lam:g} {kind}: pass@1 {row['pass@1']:.3f}"
+                + (f", forgetting {row['forgetting']:+.3f}" if "forgetting" in row else "")
+                + (" (the tuned model)" if row["unchanged"] else "")
+            )
+            rows.append(row)
+    with torch.no_grad():  # the tuned weights back
         for name in names:
             parameters[name].copy_(tuned[name])
     result = {
         "run_id": run.run_id,
         "k": spectral.k,
         "epsilon": spectral.epsilon,
-        "suite": suite,
-        "problems": len(problems),
-        # the weights are edited in memory per λ: transformers generates, whatever evaluation.backend says
+        "suite": config.primary_suite,
+        "problems": len(evaluated_problems(context)),
+        "control": settings.control,
+        # static decodes with a copy of the weights taken at each call, so it sees every λ's edit; vLLM's engine holds
+        # the weights it loaded: transformers generates then
         "backend": generation_backend(model, config.evaluation.backend),
+        "matrices": {
+            name: {
+                kind: {"positions": directions[kind].positions, "singular_values": directions[kind].s.tolist()}
+                for kind in DIRECTIONS
+            }
+            for name, directions in chosen.items()
+        },
         "rows": rows,
         "wall_s": time.perf_counter() - started,
     }
     write_json(run_dir.file("intervene.json"), result)
     return result
+
+
+def evaluated_problems(context: StudyContext) -> tuple[Problem, ...]:
+    """The primary suite's problems the evaluation scores (its first `evaluation.limit`)."""
+    limit = context.config.evaluation.limit
+    return context.primary_problems[:limit] if limit else context.primary_problems
+
+
+def intervention_measurement(run: RunSpec, context: StudyContext):
+    """A function of the model: its greedy pass@1 on the primary suite and, per forgetting corpus, its held-out loss
+    and forgetting (the increase over the base's loss); the headline corpus's also as `heldout_loss` and
+    `forgetting`."""
+    base_losses = {}
+    if context.heldout:
+        recorded = read_json(context.experiment / BASE_DIR / "eval.json")["forgetting"]["corpora"]
+        base_losses = {corpus: recorded[corpus]["heldout_loss"] for corpus in context.heldout}
+    problems = evaluated_problems(context)
+
+    def measure(model: torch.nn.Module) -> dict:
+        _, metrics = evaluate_suite(model, problems, context.config.primary_suite, context, seed=run.seed, greedy_only=True)
+        result: dict = {"pass@1": metrics["greedy"]["pass@1"]}
+        if context.heldout:
+            losses = {corpus: mean_token_loss(model, chunks) for corpus, chunks in context.heldout.items()}
+            corpora = {
+                corpus: {"heldout_loss": loss, "forgetting": loss - base_losses[corpus]} for corpus, loss in losses.items()
+            }
+            result.update(next(iter(corpora.values())), corpora=corpora)
+        return result
+
+    return measure

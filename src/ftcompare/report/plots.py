@@ -282,37 +282,44 @@ def epsilon_sweep(sweeps: dict[str, dict[str, int]]) -> bytes:
 
 
 def intervention_curve(result: dict) -> bytes:
-    """Task score and forgetting against λ, the scale of the intruder dimensions' singular values."""
-    rows = sorted(result["rows"], key=lambda r: r["lambda"])
-    figure, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["lambda"] for r in rows], [r["pass@1"] for r in rows], "-o", color=COLORS[0], label="in-domain pass@1")
-    ax.set_xlabel("λ (intruder singular values scaled by λ; 1 = the tuned model)")
-    ax.set_ylabel("greedy pass@1", color=COLORS[0])
-    if all("forgetting" in r for r in rows):
-        twin = ax.twinx()
-        twin.plot([r["lambda"] for r in rows], [r["forgetting"] for r in rows], "-s", color=COLORS[1], label="forgetting")
-        twin.set_ylabel("held-out loss increase over the base", color=COLORS[1])
-    ax.set_title(f"Causal test: {result['run_id']} (k={result['k']}, ε={result['epsilon']})")
+    """One run's causal test (an `intervene.json` record): `interventions` for that run, titled with its k and ε."""
+    return interventions({result["run_id"]: result["rows"]}, title=f"k={result['k']}, ε={result['epsilon']}")
+
+
+def interventions(results: dict[str, list[dict]], title: str = "") -> bytes:
+    """`results[run_id]` = the causal test's rows: pass@1 and forgetting against λ, per run its intruders solid
+    and its control dashed."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    intervention_axes(axes, results)
+    if title:
+        figure.suptitle(title, fontsize=9)
     return _png(figure)
 
 
-def interventions(results: dict[str, list[dict]]) -> bytes:
-    """`results[run_id]` = the causal test's rows: pass@1 and forgetting against λ, one line per run."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+INTERVENTION_STYLES = {"intruders": "-o", "control": "--s"}
+
+
+def intervention_axes(axes, results: dict[str, list[dict]]) -> None:
+    """Draw the causal test on two axes: greedy pass@1 (axes[0]) and the headline corpus's forgetting (axes[1])
+    against λ, one colour per run (full fine-tuning black), a line per kind of directions scaled, labelled
+    "<run> (<kind>)"; rows recorded before the control existed have no `directions` and are the intruders'."""
     for index, (run, rows) in enumerate(results.items()):
-        rows = sorted(rows, key=lambda r: r["lambda"])
         color = "black" if run.startswith("full") else COLORS[index % len(COLORS)]
-        axes[0].plot([r["lambda"] for r in rows], [r["pass@1"] for r in rows], "-o", markersize=3, color=color, label=run)
-        if all("forgetting" in r for r in rows):
-            axes[1].plot([r["lambda"] for r in rows], [r["forgetting"] for r in rows], "-s", markersize=3, color=color, label=run)
+        for kind, style in INTERVENTION_STYLES.items():
+            line = sorted((r for r in rows if r.get("directions", "intruders") == kind), key=lambda r: r["lambda"])
+            if not line:
+                continue
+            lambdas, label = [r["lambda"] for r in line], f"{run} ({kind})"
+            axes[0].plot(lambdas, [r["pass@1"] for r in line], style, markersize=3, color=color, label=label)
+            if all("forgetting" in r for r in line):
+                axes[1].plot(lambdas, [r["forgetting"] for r in line], style, markersize=3, color=color, label=label)
     for ax, label in zip(axes, ("in-domain greedy pass@1", "held-out loss increase over the base")):
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel("λ (intruder singular values scaled by λ; 1 = the tuned model)", fontsize=8)
+        ax.set_xlabel("λ (singular values scaled by λ; 1 = the tuned model)", fontsize=8)
         ax.set_ylabel(label)
         ax.legend(fontsize=6)
-    axes[0].set_title("Causal test: task score")
-    axes[1].set_title("Causal test: forgetting")
-    return _png(figure)
+    axes[0].set_title("Causal test: task score (solid: intruders, dashed: control)", fontsize=9)
+    axes[1].set_title("Causal test: forgetting (solid: intruders, dashed: control)", fontsize=9)
 
 
 def sequence_curves(sequences: dict[str, dict]) -> bytes:

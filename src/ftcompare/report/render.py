@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
     fully_evaluated,
+    intervention_table,
     judged_tables,
     lm_eval_line,
     lm_eval_table,
@@ -180,7 +181,7 @@ def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
             Figure(
                 "intervene",
                 "Causal test: scaling the intruder dimensions",
-                "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (Shuttleworth et al. 2024, §6); λ = 1 is the tuned model, λ = 0 removes those directions.",
+                "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (solid; Shuttleworth et al. 2024, §6), and, as the control, as many of its top non-intruder directions (dashed); λ = 1 is the tuned model, λ = 0 removes those directions.",
                 plots.interventions(interventions),
             )
         )
@@ -227,6 +228,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     # the tables over seeds, where there is something to take a mean over or a multiplier axis to show
     over_seeds = any(row["seeds"] > 1 for row in summary) or len({r.get("lr_multiplier") for r in tuned}) > 1
     lm_eval_header, lm_eval_body = lm_eval_table(records)
+    intervene_header, intervene_body = intervention_table(records)
     environment = Environment(
         loader=PackageLoader("ftcompare.report", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -268,6 +270,9 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "lm_eval_markdown": markdown_from_cells(lm_eval_header, lm_eval_body) if lm_eval_body else "",
         "lm_eval_settings": lm_eval_line(records),
         "sequences": sequence_tables(records),
+        "intervene_header": intervene_header,
+        "intervene_body": intervene_body,
+        "intervene_markdown": markdown_from_cells(intervene_header, intervene_body) if intervene_body else "",
         "judged": judged_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "every_rate_evaluated": any(r.get("selected") is False and fully_evaluated(r) for r in records),

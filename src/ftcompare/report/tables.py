@@ -710,6 +710,45 @@ def lm_eval_line(records: Sequence[dict]) -> str:
     return f"lm-eval {settings.get('lm_eval_version')}, {shots}, {documents}, seed {settings.get('seed')}, batch size {settings.get('batch_size')}"
 
 
+def intervention_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """The causal test per run and λ: for the intruders, then the control, the directions scaled, greedy pass@1
+    and the forgetting on each corpus (the increase of its held-out loss over the base's). A control scaled
+    partly past the top k, or short of the intruders' count, says so in its cell. Rows recorded before the
+    control have no `directions` (they are the intruders') and the headline corpus's forgetting only."""
+    tests = {str(r.get("run_id")): r["intervene"] for r in records if r.get("intervene")}
+    rows = [row for run_rows in tests.values() for row in run_rows]
+    # None: rows from before per-corpus records, with the headline corpus's forgetting only
+    corpora = list(dict.fromkeys(corpus for row in rows for corpus in row.get("corpora") or {})) or [None]
+    kinds = [kind for kind in ("intruders", "control") if any(row.get("directions", "intruders") == kind for row in rows)]
+    header = ["run", "λ"]
+    for kind in kinds:
+        header += [f"{kind} scaled", f"pass@1, {kind}", *[f"forgetting{f' {c}' if c else ''}, {kind}" for c in corpora]]
+    body = []
+    for run, run_rows in tests.items():
+        by_kind = {(row["lambda"], row.get("directions", "intruders")): row for row in run_rows}
+        for lam in sorted({row["lambda"] for row in run_rows}):
+            cells = [run, format_cell(lam, "g")]
+            for kind in kinds:
+                row = by_kind.get((lam, kind), {})
+                cells += [_scaled_cell(row), format_cell(row.get("pass@1"), ".3f")]
+                for index, corpus in enumerate(corpora):
+                    # the headline corpus is the first: rows from before per-corpus records have only its forgetting
+                    value = _get(row, "corpora", corpus, "forgetting") if corpus else None
+                    cells.append(format_cell(row.get("forgetting") if value is None and index == 0 else value, "+.3f"))
+            body.append(cells)
+    return header, body
+
+
+def _scaled_cell(row: dict) -> str:
+    """How many directions a causal-test row scaled, with the control's caveats."""
+    scaled = row.get("scaled", row.get("intruders"))  # rows from before the control: the intruder count
+    if scaled is None:
+        return "–"
+    notes = [f"{row['beyond_k']} past top k"] if row.get("beyond_k") else []
+    notes += [f"{row['unmatched']} unmatched"] if row.get("unmatched") else []
+    return str(scaled) + (f" ({', '.join(notes)})" if notes else "")
+
+
 def sequence_tables(records: Sequence[dict]) -> list[dict]:
     """Per sequential run, its forgetting matrix as cells: rows after each stage, columns the tasks'
     greedy pass@1 then the held-out loss; with mean forgetting and backward transfer."""
