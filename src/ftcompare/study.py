@@ -119,14 +119,15 @@ def first_jobs(config: StudyConfig) -> list[str]:
 
 
 def second_jobs(context: StudyContext) -> list[str]:
-    """The runs that go through every stage, once `first_jobs` are done: all of them, or the ones whose
-    multiplier selection chose (this call chooses, and records the others as finished)."""
+    """The runs that go through every stage, once `first_jobs` are done, seed by seed: all of them, or the
+    ones whose multiplier selection chose (this call chooses, and records the others as finished)."""
     runs = expand(context.config)
     if chooses_before_running(context.config):
         chosen = select_learning_rates(runs, context)
         record_unselected([run for run in runs if run.run_id not in chosen], context)
         runs = [run for run in runs if run.run_id in chosen]
-    return [run.run_id for run in runs]
+    # seed by seed: a sweep cut short has every method at its first seeds rather than some methods at all
+    return [run.run_id for run in sorted(runs, key=lambda run: run.seed)]
 
 
 def study_job(name: str, context: StudyContext) -> Job:
