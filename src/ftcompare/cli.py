@@ -69,6 +69,9 @@ FORMATS_HELP = "; ".join(f"{b}: {', '.join(benchmark_formats(b))}" for b in BENC
 
 
 def _error_line(message: str) -> None:
+    if console.quiet:  # a rank of a distributed launch but rank 0: its logs are off, its own error is not
+        print(f"error (rank {os.environ.get('RANK')}): {message}", file=sys.stderr, flush=True)
+        return
     console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets in it are text
 
 
@@ -189,10 +192,25 @@ def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
 
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
+    from ftcompare.train.distributed import launch_rank
+
     _check_device(config.device, "device")
     _print_matrix(config, output, to=console)  # a log line of a real run; the results follow on stdout
     experiment = _run_study(config, output)
-    _report(experiment, config)
+    if launch_rank() == 0:  # under a distributed launch, once every rank is done
+        _report(experiment, config)
+
+
+def _join_launch(config_path: Path, config: StudyConfig, workers: int) -> None:
+    """Under a distributed launch (accelerate launch, torchrun): refuse what it cannot run, before anything loads,
+    and leave the logs and results to rank 0."""
+    from ftcompare.train.distributed import check_launch, launch_rank
+
+    if workers > 1:
+        _usage_error("--workers: under a distributed launch every process trains each run together; leave out --workers")
+    check_launch(config, int(os.environ["WORLD_SIZE"]), str(config_path))
+    if launch_rank() != 0:
+        console.quiet = results.quiet = True
 
 
 def _report(experiment: Path, config: StudyConfig) -> None:
@@ -277,7 +295,8 @@ def run(
     ),
     as_worker: bool = typer.Option(False, "--as-worker", hidden=True, help="Run as one of --workers: the study only, no report."),
 ) -> None:
-    """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
+    """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped.
+    Under `accelerate launch` (or torchrun) the processes train each run together, the model sharded by FSDP2."""
     overrides = list(overrides or ())
     config = _load(config_path, overrides)
     if dry_run:
@@ -291,6 +310,10 @@ def run(
             table.add_row(key.replace("_", " "), "unknown offline" if value is None else str(value))
         results.print(table)
         return
+    from ftcompare.train.distributed import launched
+
+    if launched():  # accelerate launch / torchrun: these processes train one model together, run by run
+        _join_launch(config_path, config, workers)
     if as_worker:
         from ftcompare.runs.workers import Worker
 
