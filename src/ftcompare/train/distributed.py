@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from ftcompare.schema import ConfigError
-
 if TYPE_CHECKING:
     from ftcompare.config import BaseModelConfig, StudyConfig
 
@@ -83,13 +81,17 @@ class Ranks:
         parameters are gathered for its forward and backward only. With `compute_dtype` (bf16 under fp32 master
         weights) the gathered copies are cast to it while the sharded parameters, their gradients and AdamW's
         state stay in their own dtype (fp32), and gradients are reduced in fp32. Non-float parameters
-        (bitsandbytes' 4-bit weights) are left out of the sharding: every rank keeps them whole.
+        (bitsandbytes' 4-bit weights) are left out of the sharding: every rank keeps them whole. A model already
+        sharded (built on the meta device and sharded by its maker, as benchmarks/fsdp_8b.py does) is taken as it is.
         ddp: a replica per rank, gradients averaged after each backward."""
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+        if isinstance(model, FSDPModule):
+            return model
 
         policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None)
         unsharded = {p for p in model.parameters() if not p.is_floating_point()}
@@ -135,13 +137,15 @@ def join(strategy: Strategy, device: torch.device) -> tuple[Ranks, torch.device]
     for name, value in MULTICAST_OFF.items():
         os.environ.setdefault(name, value)
     state = PartialState(cpu=device.type == "cpu", timeout=COLLECTIVE_TIMEOUT)
-    if state.num_processes < 2:
-        raise RuntimeError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')} but accelerate started {state.distributed_type}")
+    if not torch.distributed.is_initialized():
+        raise RuntimeError(f"WORLD_SIZE is {os.environ.get('WORLD_SIZE')}, but accelerate started no process group")
     return Ranks(state.process_index, state.num_processes, strategy), state.device
 
 
 def check_launch(config: StudyConfig, processes: int, source: str) -> None:
     """Refuse, naming the field, what a distributed launch cannot run (before anything loads)."""
+    from ftcompare.schema import ConfigError
+
     training = config.training
     micro = processes * training.gradient_accumulation_steps
     if training.batch_size % micro:
