@@ -2,24 +2,27 @@
 whole batch, what a launch refuses, and two processes under `accelerate launch` (gloo, FSDP2) training a study's
 runs to the losses one process reaches, with rank 0 alone writing the run store."""
 
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch.distributed.tensor import DTensor
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
 from ftcompare.config import parse_config
 from ftcompare.schema import ConfigError
-from ftcompare.train.distributed import check_launch
-from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, micro_batches, pad_batch, train
+from ftcompare.train.distributed import Ranks, check_launch
+from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, micro_batches, pad_batch, train, trainable_parameters_in
 from tests.conftest import TINY_BUILTIN
 from tests.helpers import tiny_llama
 
@@ -73,12 +76,43 @@ def test_activation_checkpointing_changes_memory_not_the_step():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(trained(False), trained(True)))
 
 
+def test_fp32_master_weights_hold_under_fsdp2_mixed_precision(tmp_path):
+    """One rank of a gloo group in this process: a bf16 model trains with fp32 sharded master weights, computes in
+    bf16, lets go of its whole-model copies, and comes back whole (rounded to bf16) through the gather."""
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1
+    )
+    try:
+        ranks = Ranks(0, 1, "fsdp2")
+        model = tiny_llama(dtype=torch.bfloat16)
+        whole_weight = weakref.ref(model.model.layers[0].mlp.down_proj.weight)
+        compute = []
+        model.model.layers[0].mlp.down_proj.register_forward_pre_hook(lambda module, _: compute.append(module.weight.dtype))
+        batches = iter([pad_batch(uneven_examples(8), pad_id=0, max_length=16)] * 2)
+        settings = TrainSettings(lr=1e-2, steps=2, autocast_dtype=torch.bfloat16)
+        with trainable_parameters_in(model, torch.float32):
+            train(model, batches, settings, ranks=ranks)
+            master = {name: p.full_tensor() for name, p in model.named_parameters()}
+            assert all(isinstance(p, DTensor) and p.dtype == torch.float32 for p in model.parameters())
+            gc.collect()
+            assert whole_weight() is None  # while training: the unsharded copy is gone, not held for the cast back
+        assert compute and set(compute) == {torch.bfloat16}
+        whole = ranks.gather(model, lambda: tiny_llama(dtype=torch.bfloat16))
+        assert all(torch.equal(p, master[name].to(torch.bfloat16)) for name, p in whole.named_parameters())
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def tiny_study(**changes) -> dict:
     study = {
         "experiment": "launched",
         "base": {"model": "builtin:tiny-code", "builtin": TINY_BUILTIN},
         "task": {"kind": "generated", "n_train": 48, "n_test": 3, "n_ood": 2},
-        "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
+        "methods": [
+            {"kind": "full", "lr": 1e-3},
+            {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02},
+            {"kind": "qlora", "rank": [2], "alpha_lr_product": 0.02},
+        ],
         "training": {"max_steps": 4, "batch_size": 8, "log_every": 1},
         "evaluation": {
             "n_samples": 0,
@@ -126,7 +160,7 @@ def step_losses(run: Path) -> list[float]:
 
 # Two processes take the same optimizer steps on the same examples as one: each rank holds half of every batch
 # and weighs its token losses by the whole batch's count. What differs is only the order of fp32 additions (each
-# rank sums half the tokens, FSDP reduce-scatters the gradients): measured, at most 2e-7 relative over the 4
+# rank sums half the tokens, FSDP reduce-scatters the gradients): measured for full FT and LoRA, at most 2e-7 relative over the 4
 # steps. A weighting error is larger: each rank's own mean loss instead of the batch's token mean moved the
 # later steps' losses by 5e-5 to 6e-4 relative here; both ranks training on the same half differs more still.
 LOSS_TOLERANCE = 1e-5
@@ -177,7 +211,7 @@ def test_two_processes_train_a_run_to_the_loss_of_one_and_rank_0_alone_writes(tm
     print(f"two processes: {time.monotonic() - started:.0f} s")
 
     one, two = tmp_path / "one" / "launched", tmp_path / "two" / "launched"
-    for run in ("full-s0", "lora-r2-s0"):
+    for run in ("full-s0", "lora-r2-s0", "qlora-r2-s0"):
         assert step_losses(two / run) == pytest.approx(step_losses(one / run), rel=LOSS_TOLERANCE)
         record = json.loads((two / run / "train.json").read_text())
         assert record["distributed"]["processes"] == 2 and record["distributed"]["strategy"] == "fsdp2"
@@ -185,9 +219,10 @@ def test_two_processes_train_a_run_to_the_loss_of_one_and_rank_0_alone_writes(tm
         assert (two / run / "done.json").is_file() and (two / run / "metrics.json").is_file()
         # rank 0 alone tracked the run: one TensorBoard event file, written by one process
         assert len(list((two / "_tracking" / run).glob("events.out.tfevents.*"))) == 1
-    losses = step_losses(two / "lora-r2-s0")
-    assert losses[-1] < losses[0]  # LoRA trains under FSDP2 too (frozen base, trainable adapters)
-    assert (two / "lora-r2-s0" / "weights" / "adapter_model.safetensors").is_file()
+    for run in ("lora-r2-s0", "qlora-r2-s0"):  # adapters train under FSDP2 too (frozen base; QLoRA's 4-bit base whole)
+        losses = step_losses(two / run)
+        assert losses[-1] < losses[0]
+        assert (two / run / "weights" / "adapter_model.safetensors").is_file()
     assert json.loads((two / "study.json").read_text())["environment"]["distributed"] == "2 processes, fsdp2"
     # nothing half-written or claimed: no temporary files, no workers' claim files
     assert not [path for path in two.rglob(".*") if path.is_file()]
