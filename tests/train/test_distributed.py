@@ -160,9 +160,9 @@ def step_losses(run: Path) -> list[float]:
 
 # Two processes take the same optimizer steps on the same examples as one: each rank holds half of every batch
 # and weighs its token losses by the whole batch's count. What differs is only the order of fp32 additions (each
-# rank sums half the tokens, FSDP reduce-scatters the gradients): measured for full FT and LoRA, at most 2e-7 relative over the 4
-# steps. A weighting error is larger: each rank's own mean loss instead of the batch's token mean moved the
-# later steps' losses by 5e-5 to 6e-4 relative here; both ranks training on the same half differs more still.
+# rank sums half the tokens, FSDP reduce-scatters the gradients): measured for full FT and LoRA, at most 2e-7
+# relative over the 4 steps. A weighting error is larger: each rank's own mean loss instead of the batch's token
+# mean moved the later steps' losses by 5e-5 to 6e-4 relative here; both ranks training on one half, more still.
 LOSS_TOLERANCE = 1e-5
 
 
