@@ -310,6 +310,9 @@ def test_fields_added_at_their_old_behaviour_keep_recorded_folders_resumable():
 
     written_out = fingerprint_of({"adam_betas": [0.9, 0.95], "adam_eps": 1e-8})
     assert written_out == fingerprint_of({})  # as before the fields existed
+    at_defaults = {"gradient_accumulation_steps": 1, "activation_checkpointing": False, "distributed": {"strategy": "fsdp2"}}
+    assert fingerprint_of(at_defaults) == written_out
+    assert fingerprint_of({"gradient_accumulation_steps": 2}) != written_out
     assert fingerprint_of({"adam_betas": [0.9, 0.999]}) != written_out
     assert fingerprint_of({"schedule": "linear", "warmup_ratio": 0.06}) != written_out
     assert fingerprint_of({"evaluate_all_lrs": False}) == written_out

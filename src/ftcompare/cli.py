@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -69,6 +70,9 @@ FORMATS_HELP = "; ".join(f"{b}: {', '.join(benchmark_formats(b))}" for b in BENC
 
 
 def _error_line(message: str) -> None:
+    if console.quiet:  # a rank of a distributed launch but rank 0: its logs are off, its own error is not
+        print(f"error (rank {os.environ.get('RANK')}): {message}", file=sys.stderr, flush=True)
+        return
     console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # brackets in it are text
 
 
@@ -189,10 +193,25 @@ def _run_study(config: StudyConfig, output: Path, worker=None) -> Path:
 
 
 def _run_and_report(config: StudyConfig, output: Path) -> None:
+    from ftcompare.train.distributed import launch_rank
+
     _check_device(config.device, "device")
     _print_matrix(config, output, to=console)  # a log line of a real run; the results follow on stdout
     experiment = _run_study(config, output)
-    _report(experiment, config)
+    if launch_rank() == 0:  # under a distributed launch, once every rank is done
+        _report(experiment, config)
+
+
+def _join_launch(config_path: Path, config: StudyConfig, executor) -> None:
+    """Under a distributed launch (accelerate launch, torchrun): refuse what it cannot run, before anything loads,
+    and leave the logs and results to rank 0."""
+    from ftcompare.train.distributed import check_launch, launch_rank
+
+    if executor is Executor.ray:
+        _usage_error("--executor ray: under a distributed launch every process trains each run together; leave it out")
+    check_launch(config, int(os.environ["WORLD_SIZE"]), str(config_path))
+    if launch_rank() != 0:
+        console.quiet = results.quiet = True
 
 
 def _report(experiment: Path, config: StudyConfig) -> None:
@@ -260,7 +279,8 @@ def run(
     ),
     memory_gb_per_run: float = typer.Option(None, "--memory-gb-per-run", min=0, help="Ray: host memory reserved per run, GB."),
 ) -> None:
-    """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped."""
+    """Run a study: every method × rank × seed of the config, then the report. Finished runs are skipped.
+    Under `accelerate launch` (or torchrun) the processes train each run together, the model sharded by FSDP2."""
     overrides = list(overrides or ())
     config = _load(config_path, overrides)
     if dry_run:
@@ -274,6 +294,10 @@ def run(
             table.add_row(key.replace("_", " "), "unknown offline" if value is None else str(value))
         results.print(table)
         return
+    from ftcompare.train.distributed import launched
+
+    if launched():  # accelerate launch / torchrun: these processes train one model together, run by run
+        _join_launch(config_path, config, executor)
     ray_options = {"address": address, "slots": slots, "gpus_per_run": gpus_per_run, "cpus_per_run": cpus_per_run}
     ray_options["memory_gb_per_run"] = memory_gb_per_run
     if executor is Executor.ray:

@@ -110,6 +110,20 @@ class SequenceStage(Strict):
     task: TaskConfig = Field(description="The task (a section like `task:`).")
 
 
+class DistributedConfig(Strict):
+    """How one run is spread over the processes of a distributed launch (`accelerate launch -m ftcompare.cli run
+    CONFIG`, or torchrun): every process trains each run together, each on its share of every batch, and
+    rank 0 alone writes the records and evaluates. Read only under such a launch (WORLD_SIZE > 1)."""
+
+    strategy: Literal["fsdp2", "ddp"] = Field(
+        default="fsdp2",
+        description="fsdp2: the model sharded over the processes (torch's fully_shard, per decoder layer): "
+        "parameters, gradients and AdamW state each held once, split over the GPUs, so a model too large for one "
+        "trains; under fp32 master weights the sharded parameters stay fp32, computed in bf16, gradients reduced in "
+        "fp32. ddp: a whole replica per process, gradients averaged (less communication, no memory saved).",
+    )
+
+
 class TrainingConfig(Strict):
     """How every run fine-tunes: its length, batches and optimizer recipe, and the sweep axes over data size and
     learning rate. The recipe's defaults are ftcompare's own (cosine, 5% warm-up, AdamW betas (0.9, 0.95), eps
@@ -125,7 +139,30 @@ class TrainingConfig(Strict):
         "⌈epochs · examples / batch_size⌉ optimizer steps.",
     )
     max_steps: int | None = Field(default=None, gt=0, description="Caps the optimizer steps that epochs gives (None: no cap).")
-    batch_size: int = Field(default=16, gt=0, description="Training examples per optimizer step.")
+    batch_size: int = Field(
+        default=16,
+        gt=0,
+        description="Training examples per optimizer step, however many processes and micro-batches they are "
+        "split into (under a distributed launch each process takes batch_size / processes of them).",
+    )
+    gradient_accumulation_steps: int = Field(
+        default=1,
+        gt=0,
+        description="Micro-batches per optimizer step: each step's batch_size examples (each process's share under a "
+        "distributed launch) are cut into this many, run one after another, their gradients summed. The step and "
+        "its loss are the same (up to rounding); only the activations held at once shrink. batch_size must be a "
+        "multiple of it.",
+    )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each decoder layer's activations during the backward pass instead of keeping them "
+        "(transformers' gradient checkpointing, non-reentrant): activation memory of about one layer instead of "
+        "all, for roughly one more forward pass of compute. The results are the same.",
+    )
+    distributed: DistributedConfig = Field(
+        default=DistributedConfig(),
+        description="How a run is spread over the processes of a distributed launch (read only under one).",
+    )
     max_length: int = Field(
         default=256,
         gt=8,
@@ -217,6 +254,15 @@ class TrainingConfig(Strict):
         if not all(0 <= beta < 1 for beta in value):
             raise ValueError(f"each beta must be in [0, 1), got {list(value)}")
         return value
+
+    @model_validator(mode="after")
+    def _micro_batches_split_the_batch(self) -> TrainingConfig:
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps: {self.gradient_accumulation_steps} micro-batches do not split a batch_size "
+                f"of {self.batch_size}; use a divisor of it"
+            )
+        return self
 
     @field_validator("lr_multipliers")
     @classmethod

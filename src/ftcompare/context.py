@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -25,6 +26,9 @@ from ftcompare.runs.workers import Worker
 if TYPE_CHECKING:
     from ftcompare.analyze.stage import Probe
     from ftcompare.evaluate.vllm_engine import EnginePool
+    from ftcompare.train.distributed import Ranks
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +51,19 @@ class StudyContext:
     layer_scores: list[float] | None = None  # per decoder layer, the base's input-output CKA (layer-wise LoRA)
     worker: Worker | None = None  # which of several workers on this experiment folder this process is
     engines: EnginePool | None = None  # the vLLM engine (evaluation.backend: vllm), shared by every run of this process
+    ranks: Ranks | None = None  # the processes of a distributed launch, which train each run together (None: this one alone)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run store (and evaluates): rank 0 of a distributed launch, or the only one."""
+        return self.ranks is None or self.ranks.main
+
+    def on_rank_0(self, compute: Callable[[], T]) -> T:
+        """`compute()`, run by rank 0 alone under a distributed launch, its result handed to every rank (the
+        others wait for it); for a process alone, simply `compute()`."""
+        if self.ranks is None:
+            return compute()
+        return self.ranks.agree(compute() if self.ranks.main else None)
 
     @property
     def primary_problems(self) -> tuple[Problem, ...]:
@@ -66,7 +83,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def environment(worker: Worker | None = None) -> dict:
+def environment(worker: Worker | None = None, ranks: Ranks | None = None) -> dict:
     import peft
     import transformers
 
@@ -80,4 +97,5 @@ def environment(worker: Worker | None = None) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         **({"workers": f"{worker.count} ({worker.sharing} on this device)"} if worker else {}),
+        **({"distributed": f"{ranks.count} processes, {ranks.strategy}"} if ranks else {}),
     }

@@ -5,13 +5,19 @@ with their folders (`train/stage.py`, `evaluate/stage.py`, `analyze/stage.py`); 
 the run directory, so a re-run skips what is finished. This module writes `study.json`, each run's
 `run.json` (which run of which config the folder holds), `metrics.json` and `done.json`, and, for the
 learning-rate selection, `selection.json` and `selection_samples.jsonl`.
+
+Under a distributed launch (`accelerate launch`, `torchrun`) the processes are one worker: each walks every job
+in order (`work_together`) and trains each run with the others; rank 0 alone writes and evaluates
+(`ftcompare.train.distributed`).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -51,6 +57,7 @@ from ftcompare.runs.store import (
 )
 from ftcompare.runs.tracking import RunTracker, announce_tracking, tracked_run
 from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
+from ftcompare.train.distributed import Ranks, build_base_alone, join, launched
 from ftcompare.train.stage import load_trained, sequence_matrix, stage_dir, train_stage
 
 
@@ -62,10 +69,12 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
     """Run every cell of the study's matrix that is not finished yet; return the experiment folder.
     With several workers on one folder (the Ray executor's slots), each does the jobs no other has
     claimed and waits for the rest where a later stage needs them (learning-rate selection needs every
-    selection score)."""
+    selection score). Under a distributed launch, every process runs this and they train each run together
+    (`work_together`)."""
     context = open_study(config, output, worker)
-    work_through([study_job(name, context) for name in first_jobs(config)])
-    work_through([study_job(name, context) for name in second_jobs(context)])
+    work = work_through if context.ranks is None else partial(work_together, context.ranks)
+    work([study_job(name, context) for name in first_jobs(config)])
+    work([study_job(name, context) for name in context.on_rank_0(lambda: second_jobs(context))])
     return context.experiment
 
 
@@ -73,11 +82,32 @@ def open_study(config: StudyConfig, output: Path, worker: Worker | None = None) 
     """Check the experiment folder against the config, load what every run shares, bind each run
     directory to its run and write `study.json`; the context the study's jobs run in."""
     device = resolve_device(config.device)
+    ranks = None
+    if launched():  # several processes, one model: they start together once the built-in base exists
+        build_base_alone(config.base, device)
+        ranks, device = join(config.training.distributed.strategy, device)
     check_compile(config.evaluation.compile, device)  # before anything trains
     runs = expand(config)
     experiment = check_runs_match(config, output)
     # the base and every task's data load before anything is written: bad data fails leaving no stub behind
-    context = prepare(config, device, experiment, worker)
+    context = prepare(config, device, experiment, worker, ranks)
+    if context.writes:
+        record_study(config, experiment, runs, context)
+    return context
+
+
+def work_together(ranks: Ranks, jobs: Sequence[Job]) -> None:
+    """Under a distributed launch, where the processes are one worker: every rank does each job not done yet, in
+    order, rank 0 deciding which are (a job's stages know their rank: all train, rank 0 records); then all wait
+    for the last."""
+    for job in jobs:
+        if not ranks.agree(job.done() if ranks.main else None):
+            job.do()
+    ranks.barrier()
+
+
+def record_study(config: StudyConfig, experiment: Path, runs: list[RunSpec], context: StudyContext) -> None:
+    """Bind each run directory to this config and write `study.json`."""
     bind_runs(config, experiment)
     write_json(
         experiment / STUDY_FILE,
@@ -90,13 +120,12 @@ def open_study(config: StudyConfig, output: Path, worker: Worker | None = None) 
                 "dtype": str(context.base.dtype),
                 "provenance": context.base.provenance,
             },
-            "device": str(device),
-            "environment": environment(worker),
+            "device": str(context.device),
+            "environment": environment(context.worker, context.ranks),
             "tracking": announce_tracking(config, experiment, console),
             "updated_at": datetime.now(timezone.utc).isoformat(),
         },
     )
-    return context
 
 
 # A study's jobs by name: the base's evaluation, a run's selection training ("select:" + run id), a run.
@@ -132,9 +161,13 @@ def second_jobs(context: StudyContext) -> list[str]:
 
 def study_job(name: str, context: StudyContext) -> Job:
     """The job a name stands for (see `first_jobs`, `second_jobs`)."""
-    if name == BASE_JOB:
+    if name == BASE_JOB:  # under a distributed launch, rank 0 alone evaluates the base
         base_dir = RunDir(context.experiment / BASE_DIR)
-        return Job(base_dir.file(CLAIM_FILE), lambda: base_dir.has("metrics.json"), lambda: evaluate_base(context))
+        return Job(
+            base_dir.file(CLAIM_FILE),
+            lambda: base_dir.has("metrics.json"),
+            lambda: evaluate_base(context) if context.writes else None,
+        )
     runs = expand(context.config)
     by_id = {run.run_id: run for run in runs}
     if name.startswith(SELECT_PREFIX):
@@ -188,7 +221,10 @@ def selection_job(run: RunSpec, context: StudyContext) -> Job:
     def do() -> None:
         console.print(f"[bold]select {run.run_id}[/] ({run.label}, lr {run.lr:g}, seed {run.seed})" + worker_tag(context))
         with tracked_run(run, run_dir, context) as tracker:
-            model = merge_adapter(train_stage(run, run_dir, context, tracker)).eval()
+            model = train_stage(run, run_dir, context, tracker)
+        if model is None:  # another rank of a distributed launch: rank 0 scores and records
+            return
+        model = merge_adapter(model).eval()
         limit = context.config.evaluation.limit
         problems = context.task.suites[suite][:limit] if limit else context.task.suites[suite]
         generator = served_model(run, run_dir, context, model) if context.engines else model
@@ -242,11 +278,15 @@ def record_unselected(runs: list[RunSpec], context: StudyContext) -> None:
             tracker.log_final(metrics)
 
 
-def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None) -> StudyContext:
+def prepare(
+    config: StudyConfig, device: torch.device, experiment: Path, worker: Worker | None = None, ranks: Ranks | None = None
+) -> StudyContext:
     """The context every run shares, resolved once (the lm-evaluation-harness tasks built first, so that one that
     cannot load fails before anything else): the base and its tokenizer, the tasks, the forgetting corpora, the
     base's adapted weights (and their SVD cache), and, where the study asks, the base's probes and per-layer
-    scores (`_base/layer_scores.json`)."""
+    scores (`_base/layer_scores.json`). Under a distributed launch, what only evaluation and the analyses read is
+    resolved by rank 0 alone, and rank 0's layer scores are every rank's."""
+    writes = ranks is None or ranks.main
     if worker:
         worker.cap_gpu_memory(device)
     if config.evaluation.lm_eval:  # its tasks load (a hub task's data download) before anything trains
@@ -261,14 +301,14 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
     model = load_model(base, torch.device("cpu"))
     names = adapted_weight_names(model, None)
     parameters = dict(model.named_parameters())
-    base_weights = {name: parameters[name].detach().clone() for name in names}
+    base_weights = {name: parameters[name].detach().clone() for name in names} if writes else {}
     spectra = SpectrumCache(experiment / BASE_DIR / "svd", base.fingerprint)
     stages, task = load_study_tasks(config, tokenizer)
     probes, layer_scores = {}, None
     wants_layer_scores = any(run.layer_fraction is not None for run in expand(config))
     if config.analyses.representations or wants_layer_scores:
         model = load_model(base, device)
-        if config.analyses.representations:
+        if config.analyses.representations and writes:
             probes = base_probes(
                 config.analyses.representations, model, tokenizer, task.suites[config.primary_suite], heldout.get("stdlib")
             )
@@ -276,14 +316,17 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
             layer_scores = layer_similarity_scores(
                 model, tokenizer, stages[0][1].train, config.analyses.representations or RepresentationsConfig()
             )
-            write_json(
-                experiment / BASE_DIR / "layer_scores.json",
-                {
-                    "rule": "CKA(input, output) of each decoder layer of the base on the first training examples; "
-                    "layer-wise LoRA adapts the ceil(f·L) layers with the lowest score",
-                    "scores": layer_scores,
-                },
-            )
+            if ranks:  # which layers an adapter wraps must not differ between ranks by a rounding
+                layer_scores = ranks.agree(layer_scores)
+            if writes:
+                write_json(
+                    experiment / BASE_DIR / "layer_scores.json",
+                    {
+                        "rule": "CKA(input, output) of each decoder layer of the base on the first training examples; "
+                        "layer-wise LoRA adapts the ceil(f·L) layers with the lowest score",
+                        "scores": layer_scores,
+                    },
+                )
     return StudyContext(
         config=config,
         device=device,
@@ -299,6 +342,7 @@ def prepare(config: StudyConfig, device: torch.device, experiment: Path, worker:
         layer_scores=layer_scores,
         worker=worker,
         engines=vllm_engines(config, base, device) if config.evaluation.backend == "vllm" else None,
+        ranks=ranks,
     )
 
 
@@ -317,6 +361,9 @@ FINGERPRINT_SILENT_DEFAULTS = {
         "batching": "random",
         "pad_to_multiple_of": 1,
         "evaluate_all_lrs": False,
+        "gradient_accumulation_steps": 1,
+        "activation_checkpointing": False,
+        "distributed": {"strategy": "fsdp2"},
     },
     "task": {"timeout_s": None, "memory_mb": None},
     "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
@@ -378,6 +425,8 @@ def execute_run(
     training log and the final metrics."""
     started = time.perf_counter()
     model = train_stage(run, run_dir, context, tracker)
+    if model is None:  # another rank of a distributed launch: rank 0 evaluates and records
+        return
     reference = reference_for(run, model, context)
     spectral = spectral_stage(run, run_dir, context, model, reference)  # before the merge: ΔW from the adapter itself
     evaluation, model = evaluate_stage(run, run_dir, context, model)  # merges an adapter after timing it unmerged

@@ -122,10 +122,16 @@ def pretrain_builtin(settings: BuiltinPretraining, device: torch.device, console
     """Return the cached directory of the built-in model, pre-training it first if needed (once per machine:
     concurrent processes wait for the first, see `build_once`)."""
     size, spec = resolve_spec(settings, device)
+    target = builtin_dir(settings, device)
+    return build_once(target, lambda folder: _pretrain_into(folder, settings, size, spec, device, console), console)
+
+
+def builtin_dir(settings: BuiltinPretraining, device: torch.device) -> Path:
+    """The cache folder of the built-in model these settings make (complete once it holds READY_FILE)."""
+    size, spec = resolve_spec(settings, device)
     corpus = stdlib_corpus()
     key = fingerprint({"spec": asdict(spec), "lr": settings.lr, "seed": settings.seed, "python": corpus.python_version, "v": 1})
-    target = cache_root() / "builtin" / f"tiny-code-{size}-{key}"
-    return build_once(target, lambda folder: _pretrain_into(folder, settings, size, spec, device, console), console)
+    return cache_root() / "builtin" / f"tiny-code-{size}-{key}"
 
 
 def _pretrain_into(

@@ -220,9 +220,10 @@ class RunTracker:
 
 @contextmanager
 def tracked_run(run: RunSpec, run_dir: RunDir, context: StudyContext) -> Iterator[RunTracker]:
-    """The run's tracker for this session's work on it, closed however the work ends."""
+    """The run's tracker for this session's work on it, closed however the work ends (one that tracks nothing on
+    the ranks of a distributed launch but rank 0)."""
     config = context.config
-    trackers, _ = active_trackers(config.tracking)
+    trackers, _ = active_trackers(config.tracking) if context.writes else ([], None)
     folder = tracking_dir(config.tracking, context.experiment)
     # a W&B id per experiment folder and config of the run: a resumed session continues the same W&B run
     identity = f"{Path(context.experiment).resolve()}:{run_dir.file('run.json').read_text() if run_dir.has('run.json') else ''}"

@@ -2,8 +2,9 @@
 fine-tuning method (the method only decides which parameters require gradients).
 
 Batches are dicts of `input_ids`, `attention_mask` and `labels` (-100 where the loss is masked), as
-Hugging Face causal LMs take them. Accelerate handles device placement and gradient scaling, so the
-same loop runs on a CPU, one GPU, or under `accelerate launch`.
+Hugging Face causal LMs take them. Accelerate handles device placement and gradient scaling for one process;
+under a distributed launch (`accelerate launch`, `torchrun`) the ranks train one model together, sharded by
+FSDP2 or replicated by DDP (`ftcompare.train.distributed`), each on its own rows of every batch.
 """
 
 from __future__ import annotations
@@ -13,16 +14,22 @@ import math
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
 from transformers import get_scheduler
 
 from ftcompare.data.problems import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from ftcompare.train.distributed import Ranks
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,10 @@ class TrainSettings:
     # steady-state throughput leaves out the first steps (at most half of them): they pay one-time costs
     # (allocator growth, kernel selection, compilation) that later steps do not
     throughput_skip_steps: int = 5
+    # each step's batch cut into this many micro-batches, their gradients summed: the same step in less memory
+    accumulation_steps: int = 1
+    # recompute each layer's activations in the backward pass (transformers' gradient checkpointing)
+    activation_checkpointing: bool = False
 
     def recipe(self) -> dict:
         """The optimizer and schedule as run, for the records."""
@@ -68,15 +79,19 @@ def optimizer_steps(n_examples: int, epochs: float, batch_size: int, max_steps: 
 def trainable_parameters_in(model: torch.nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
     """Hold `model`'s trainable parameters in `dtype` (None: leave them) and give each its own dtype back on
     exit: fp32 master weights for a low-precision model, so that small updates accumulate instead of being
-    rounded away; frozen parameters keep the model's dtype."""
-    originals = {p: p.dtype for p in model.parameters() if p.requires_grad and dtype is not None and p.dtype != dtype}
-    for parameter in originals:
-        parameter.data = parameter.data.to(dtype)
+    rounded away; frozen parameters keep the model's dtype. Parameters are held by weak reference: one that
+    FSDP2 replaced by its shard is freed (the whole fp32 model must not stay on every rank) and skipped."""
+    originals = [
+        (weakref.ref(p), p.dtype) for p in model.parameters() if p.requires_grad and dtype is not None and p.dtype != dtype
+    ]
+    for reference, _ in originals:
+        reference().data = reference().data.to(dtype)
     try:
         yield
     finally:
-        for parameter, original in originals.items():
-            parameter.data = parameter.data.to(original)
+        for reference, original in originals:
+            if (parameter := reference()) is not None:
+                parameter.data = parameter.data.to(original)
 
 
 @dataclass(frozen=True)
@@ -143,22 +158,27 @@ def train(
     log_path: Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
     on_log: Callable[[dict], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train `model` in place for `settings.steps` steps over `batches` (an endless or long enough iterator).
 
     Writes one JSON line per logged step (step, loss, lr, grad norm, tokens/s, peak memory) to `log_path` and
-    hands the same record to `on_log` (an experiment tracker).
+    hands the same record to `on_log` (an experiment tracker). With `ranks` (a distributed launch), every rank
+    calls this with the same model and batches; the model is sharded (FSDP2, in place) or replicated (DDP)
+    over them, and the counts and losses recorded are the whole batch's.
     """
     accelerator = accelerator or Accelerator()
     seed_everything(settings.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas, eps=settings.eps
-    )
-    scheduler = get_scheduler(
-        settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
-    )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if settings.activation_checkpointing:  # non-reentrant: frozen inputs (an adapter's base) need no grad hooks
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if ranks is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer, scheduler = adamw_and_schedule(params, settings)
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:  # torch's own FSDP2 or DDP, not accelerate's prepare (see ftcompare.train.distributed)
+        model = ranks.shard(model, accelerator.device, settings.autocast_dtype)
+        params = [p for p in model.parameters() if p.requires_grad]  # FSDP2's: this rank's shards
+        optimizer, scheduler = adamw_and_schedule(params, settings)
     model.train()
     meter = MemoryMeter(accelerator.device)
     log_file = open(log_path, "w") if log_path else None
@@ -171,14 +191,11 @@ def train(
     window_tokens = steady_from_tokens = 0
     try:
         for step in range(1, settings.steps + 1):
-            batch = {key: value.to(accelerator.device) for key, value in next(batches).items()}
-            with torch.autocast(
-                accelerator.device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None
-            ):
-                loss = model(**batch).loss
-            accelerator.backward(loss)
+            batch = next(batches)  # the whole batch, on every rank
+            loss = forward_backward(model, batch, settings, accelerator, ranks)
             # the global norm before clipping; without clipping, a bound of inf measures it and scales by exactly 1
-            grad_norm = accelerator.clip_grad_norm_(params, settings.grad_clip if settings.grad_clip is not None else math.inf)
+            bound = settings.grad_clip if settings.grad_clip is not None else math.inf
+            grad_norm = accelerator.clip_grad_norm_(params, bound) if ranks is None else ranks.clip_grad_norm_(params, bound)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -240,6 +257,65 @@ def train(
         trainable_params=sum(p.numel() for p in params),
         recipe=settings.recipe(),
     )
+
+
+def adamw_and_schedule(
+    params: list[torch.nn.Parameter], settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, weight_decay=settings.weight_decay, betas=settings.betas, eps=settings.eps
+    )
+    scheduler = get_scheduler(
+        settings.schedule, optimizer, num_warmup_steps=settings.warmup_steps, num_training_steps=settings.steps
+    )
+    return optimizer, scheduler
+
+
+def forward_backward(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    settings: TrainSettings,
+    accelerator: Accelerator,
+    ranks: Ranks | None,
+) -> torch.Tensor:
+    """One step's gradients (accumulated into `.grad`, not applied) and its loss, the mean over the batch's loss
+    tokens (a 0-d tensor).
+
+    One process, one micro-batch: the model's own mean loss. Otherwise each rank takes its rows of the batch,
+    cut into `settings.accumulation_steps` micro-batches, and each micro-batch's loss is the sum of its token
+    losses over the batch's loss tokens per rank (transformers' `num_items_in_batch`): the gradients add up
+    over the micro-batches, and their mean over the ranks (what DDP and FSDP reduce) is the whole batch's
+    mean-loss gradient, as one process computes it."""
+    autocast = partial(
+        torch.autocast, accelerator.device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None
+    )
+    if ranks is None and settings.accumulation_steps == 1:
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        with autocast():
+            loss = model(**batch).loss
+        accelerator.backward(loss)
+        return loss
+    rank, count = (ranks.index, ranks.count) if ranks else (0, 1)
+    # a Python number: FSDP casts floating tensors among the inputs to its compute dtype, and bf16 would round it
+    tokens_per_rank = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) / count
+    total = torch.zeros((), device=accelerator.device)
+    for micro in micro_batches(batch, rank, count, settings.accumulation_steps):
+        micro = {key: value.to(accelerator.device) for key, value in micro.items()}
+        with autocast():
+            loss = model(**micro, num_items_in_batch=tokens_per_rank).loss
+        accelerator.backward(loss)
+        total += loss.detach().float()
+    return ranks.mean(total) if ranks else total
+
+
+def micro_batches(batch: dict[str, torch.Tensor], rank: int, ranks: int, accumulation: int) -> list[dict[str, torch.Tensor]]:
+    """Rank `rank`'s micro-batches of a batch (tensors of shape (rows, width)): its rows are the rank-th of
+    `ranks` contiguous, near-equal parts, cut into `accumulation` parts; every part keeps the batch's width."""
+    rows = batch["input_ids"].shape[0]
+    if rows < ranks * accumulation:
+        raise ValueError(f"a batch of {rows} examples cannot give {ranks} processes {accumulation} micro-batches each")
+    parts = {key: value.tensor_split(ranks)[rank].tensor_split(accumulation) for key, value in batch.items()}
+    return [{key: parts[key][index] for key in batch} for index in range(accumulation)]
 
 
 def pad_batch(

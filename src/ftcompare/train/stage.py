@@ -40,7 +40,9 @@ RECORDS_OF_TRAINED_MODEL = (
 )
 
 
-def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None) -> torch.nn.Module:
+def train_stage(
+    run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: RunTracker | None = None
+) -> torch.nn.Module | None:
     """Train the run on each task in order (one task unless the study is a sequence) and return the model,
     unmerged; or reload what an earlier session trained. Each training log record also goes to `tracker`, at
     its step counted from the sequence's start (what is reloaded is not logged again).
@@ -48,14 +50,19 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: R
     In a sequence the same model (the same adapter, for LoRA) keeps training on the next task. After each
     stage but the last, every task's test suite is scored greedily and the held-out loss measured (the
     last stage's scores are the run's own evaluation); each stage leaves its folder with a record, so an
-    interrupted sequence resumes at its first unrecorded stage."""
-    if run_dir.has_trained_weights:
+    interrupted sequence resumes at its first unrecorded stage.
+
+    Under a distributed launch every rank calls this: they train together, rank 0 alone writes the records and
+    gets the whole model; the other ranks get None."""
+    if context.on_rank_0(lambda: run_dir.has_trained_weights):
+        if not context.writes:
+            return None
         console.print("  train: finished earlier, reloading the saved weights")
         return load_trained(run, run_dir.file("weights"), context)
     # trained before but its weights are gone (a results folder moved without them): train again, and say so,
     # since the model evaluated is then a retrained one (same seed and data), not the one first recorded
     retrained = run_dir.has("train.json")
-    if retrained:  # what was measured on the lost model does not describe the retrained one
+    if retrained and context.writes:  # what was measured on the lost model does not describe the retrained one
         for name in RECORDS_OF_TRAINED_MODEL:
             run_dir.file(name).unlink(missing_ok=True)
     layers = adapted_layers(run, context)
@@ -83,6 +90,10 @@ def train_stage(run: RunSpec, run_dir: RunDir, context: StudyContext, tracker: R
         offset = sum(record["steps"] for record in records)  # the steps of the stages before this one
         on_log = (lambda record, offset=offset: tracker.log_training(record, offset)) if tracker else None
         result, model = fit(model, splits.train, run, context, Path(folder) / log_name, on_log)
+        if context.ranks:  # (a sequence is refused under a launch: this is its only stage)
+            model = context.ranks.gather(model, lambda: apply_method(load_model(context.base, context.device), run, layers))
+            if model is None:
+                return None
         save_tuned(model, Path(folder) / "weights", run)
         if not run.is_adapter:  # a whole model: with its tokenizer it is a folder any server loads (vLLM)
             context.tokenizer.save_pretrained(Path(folder) / "weights")
@@ -142,6 +153,7 @@ def fit(
     """Fine-tune `model` in place on the run's fraction of `problems`; the training record and the model.
     `on_log` hears every training log record as it is written."""
     training = context.config.training
+    ranks = context.ranks
     examples = finetune_examples(training_subset(problems, run.data_fraction), context.tokenizer, training.max_length)
     steps = optimizer_steps(len(examples), training.epochs, training.batch_size, training.max_steps)
     # fp32 master weights for a bf16 base (the config refuses them for fp16, which would need loss scaling)
@@ -158,6 +170,8 @@ def fit(
         log_every=training.log_every,
         seed=run.seed,
         autocast_dtype=torch.bfloat16 if mixed else None,
+        accumulation_steps=training.gradient_accumulation_steps,
+        activation_checkpointing=training.activation_checkpointing,
     )
     batches = epoch_batches(
         examples,
@@ -169,16 +183,18 @@ def fit(
         pad_multiple=training.pad_to_multiple_of,
     )
     accelerator = Accelerator(cpu=context.device.type == "cpu")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if context.writes:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     with trainable_parameters_in(model, torch.float32 if mixed else None), step_progress(console, "  train", steps) as advance:
         result = train(
             model,
             batches,
             settings,
             accelerator=accelerator,
-            log_path=log_path,
+            log_path=log_path if context.writes else None,
             on_step=lambda step, loss: advance(step, loss),
             on_log=on_log,
+            ranks=ranks,
         )
     console.print(
         f"  train: {steps} steps, final loss {result.final_loss:.3f}, {result.steady_tokens_per_s:,.0f} tokens/s "
@@ -194,7 +210,16 @@ def fit(
         "epochs": steps * training.batch_size / len(examples),
         "master_weights": "float32" if mixed else str(context.base.dtype).removeprefix("torch."),
         "autocast": "bfloat16" if mixed else None,
+        **({"gradient_accumulation_steps": settings.accumulation_steps} if settings.accumulation_steps > 1 else {}),
+        **({"activation_checkpointing": True} if settings.activation_checkpointing else {}),
     }
+    if ranks:  # the counts and losses are the whole batch's; peak memory is rank 0's
+        record["distributed"] = {
+            "strategy": ranks.strategy,
+            "processes": ranks.count,
+            "examples_per_process_per_step": training.batch_size // ranks.count,
+            "peak_memory": "rank 0's",
+        }
     return record, accelerator.unwrap_model(model)
 
 
