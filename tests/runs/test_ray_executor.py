@@ -151,3 +151,33 @@ def test_a_sweep_whose_driver_is_killed_resumes_and_redoes_no_finished_run(tmp_p
     assert sorted(did) == sorted(run for run in RUNS if run not in finished)  # the rest, each once
     assert all((experiment / run / "done.json").read_text() == record for run, record in finished.items())
     assert all((experiment / run / "metrics.json").is_file() for run in RUNS)
+
+
+class _Slot:
+    """A stand-in for StudySlot: fails the job named "bad", else says which process did the job."""
+
+    def do(self, name: str) -> dict:
+        if name == "bad":
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+        return {"job": name, "pid": os.getpid()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_a_slot_whose_job_failed_is_replaced_by_a_fresh_process_and_the_other_jobs_go_on():
+    import ray
+
+    from ftcompare.runs.ray_executor import dispatch
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        slot_class = ray.remote(_Slot).options(num_cpus=1)
+        slots = [slot_class.remote()]
+        first_pid = ray.get(slots[0].pid.remote())
+        outcomes, failed = dispatch(ray, slots, ["bad", "a", "b"], lambda index: slot_class.remote())
+    finally:
+        ray.shutdown()
+    assert [entry["job"] for entry in failed] == ["bad"] and "out of memory" in failed[0]["error"]
+    assert [outcome["job"] for outcome in outcomes] == ["a", "b"]
+    assert {outcome["pid"] for outcome in outcomes} != {first_pid}  # the later jobs ran in the new process

@@ -166,11 +166,15 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
             max_task_retries=settings.max_retries,
         )
         args = (str(Path(config_path).resolve()), list(overrides), str(Path(output).resolve()))
-        slots = [slot_class.remote(*args, index, plan.slots, plan.sharing) for index in range(plan.slots)]
-        session["jobs"], failed = dispatch(ray, slots, first_jobs(config))
+
+        def spawn(index: int):
+            return slot_class.remote(*args, index, plan.slots, plan.sharing)
+
+        slots = [spawn(index) for index in range(plan.slots)]
+        session["jobs"], failed = dispatch(ray, slots, first_jobs(config), spawn)
         if not failed:  # the runs need the base's evaluation and the selection scores
             runs = ray.get(slots[0].second_jobs.remote())
-            done, failed = dispatch(ray, slots, runs)
+            done, failed = dispatch(ray, slots, runs, spawn)
             session["jobs"] += done
         session["failed"] = failed
     finally:
@@ -188,26 +192,30 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
     return experiment
 
 
-def dispatch(ray, slots: list, names: Sequence[str]) -> tuple[list[dict], list[dict]]:
-    """Hand each job to the next free slot until all are done; (what each did, the jobs that failed). A
-    slot whose process died past its restarts is not handed another job."""
-    pending, running, idle = list(names), {}, list(slots)
+def dispatch(ray, slots: list, names: Sequence[str], spawn) -> tuple[list[dict], list[dict]]:
+    """Hand each job to the next free slot until all are done; (what each did, the jobs that failed). A slot
+    whose job failed is replaced by a fresh process (`spawn(index)`): the failure may leave memory held (an
+    out-of-memory error's tensors stayed allocated and failed every later job of its slot, seen on an H200).
+    A slot whose process died past its restarts is not handed another job."""
+    pending, running, idle = list(names), {}, list(range(len(slots)))
     outcomes, failed = [], []
     while pending or running:
         while idle and pending:
-            slot, name = idle.pop(), pending.pop(0)
-            running[slot.do.remote(name)] = (slot, name)
+            index, name = idle.pop(), pending.pop(0)
+            running[slots[index].do.remote(name)] = (index, name)
         if not running:  # every slot died: what is left cannot run
             failed += [{"job": name, "error": "no slot left alive"} for name in pending]
             break
         [ready], _ = ray.wait(list(running), num_returns=1)
-        slot, name = running.pop(ready)
+        index, name = running.pop(ready)
         try:
             outcomes.append(ray.get(ready))
-            idle.append(slot)
+            idle.append(index)
         except ray.exceptions.RayActorError as error:
             failed.append({"job": name, "error": f"its slot died: {error}".splitlines()[0]})
         except ray.exceptions.RayTaskError as error:
             failed.append({"job": name, "error": str(error.cause)[:500]})
-            idle.append(slot)
+            ray.kill(slots[index])
+            slots[index] = spawn(index)
+            idle.append(index)
     return outcomes, failed
