@@ -9,6 +9,14 @@ torch.set_num_threads(2)
 
 # a few steps on short windows: enough for the pipeline, cheap enough for CI
 TINY_BUILTIN = {"size": "small", "steps": 8, "batch_size": 4, "seq_len": 64}
+# a study's evaluation at its smallest: greedy, a few tokens, a little forgetting, no latency
+TINY_EVALUATION = {
+    "n_samples": 0,
+    "k": [1],
+    "max_new_tokens": 6,
+    "latency": None,
+    "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
+}
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from ftcompare.cli import app
 from ftcompare.runs.ray_executor import EXECUTOR_FILE, ExecutorError, RaySettings, SlotPlan, plan_slots
 from ftcompare.runs.workers import CLAIM_FILE, claimed
-from tests.conftest import TINY_BUILTIN
+from tests.conftest import TINY_BUILTIN, TINY_EVALUATION
 
 pytest.importorskip("ray", reason="the Ray executor's extra (pip install '.[ray]'; CI installs it)")
 
@@ -64,13 +64,7 @@ def _study() -> dict:
         "task": {"kind": "generated", "n_train": 32, "n_test": 3, "n_ood": 3},
         "methods": [{"kind": "full", "lr": 1e-3}, {"kind": "lora", "rank": [2], "alpha_lr_product": 0.02}],
         "training": {"max_steps": 2, "batch_size": 8, "lr_multipliers": [1, 10], "select_lr_on": "ood"},
-        "evaluation": {
-            "n_samples": 0,
-            "k": [1],
-            "max_new_tokens": 6,
-            "latency": None,
-            "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
-        },
+        "evaluation": TINY_EVALUATION,
         "analyses": {"spectral": {"k": 2, "epsilon": 0.5}},
     }
 

@@ -23,7 +23,7 @@ from ftcompare.config import parse_config
 from ftcompare.schema import ConfigError
 from ftcompare.train.distributed import Ranks, check_launch
 from ftcompare.train.loop import IGNORE_INDEX, TrainSettings, micro_batches, pad_batch, train, trainable_parameters_in
-from tests.conftest import TINY_BUILTIN
+from tests.conftest import TINY_BUILTIN, TINY_EVALUATION
 from tests.helpers import tiny_llama
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -114,13 +114,7 @@ def tiny_study(**changes) -> dict:
             {"kind": "qlora", "rank": [2], "alpha_lr_product": 0.02},
         ],
         "training": {"max_steps": 4, "batch_size": 8, "log_every": 1},
-        "evaluation": {
-            "n_samples": 0,
-            "k": [1],
-            "max_new_tokens": 6,
-            "latency": None,
-            "forgetting": {"n_chunks": 2, "chunk_tokens": 32},
-        },
+        "evaluation": TINY_EVALUATION,
         "analyses": {"spectral": {"k": 2, "epsilon": 0.5}},
         "tracking": {"trackers": ["tensorboard"]},
     }
