@@ -138,10 +138,9 @@ def test_the_causal_test_runs_as_an_analysis_on_the_runs_named(experiment):
             assert (
                 rows[1.0, kind]["unchanged"] and rows[1.0, kind]["pass@1"] == metrics["suites"]["lists/test"]["greedy"]["pass@1"]
             )
-            assert rows[1.0, kind]["heldout_loss"] == pytest.approx(metrics["forgetting"]["heldout_loss"], abs=1e-4)
-            assert rows[1.0, kind]["corpora"]["stdlib"]["forgetting"] == pytest.approx(
-                metrics["forgetting"]["increase"], abs=1e-4
-            )
+            # the tuned model's row is the evaluation's own measurement
+            assert rows[1.0, kind]["heldout_loss"] == metrics["forgetting"]["heldout_loss"]
+            assert rows[1.0, kind]["corpora"]["stdlib"]["forgetting"] == metrics["forgetting"]["increase"]
     assert "intervene" not in _metrics(experiment, "dora-r2-l50-s0")
 
 

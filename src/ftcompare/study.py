@@ -448,7 +448,7 @@ def execute_run(
         metrics["representations"] = representations_stage(run_dir, context, model)
         stage_s["representations"] = metrics["representations"]["wall_s"]
     if context.config.intervenes_on(run):
-        result = intervention_record(run, run_dir, context, model, reference)
+        result = intervention_record(run, run_dir, context, model, reference, evaluation)
         metrics["intervene"] = result["rows"]
         stage_s["intervene"] = result.get("wall_s")
     metrics["stage_s"] = stage_s

@@ -341,8 +341,10 @@ def test_a_record_without_control_rows_is_measured_again_when_the_control_is_ask
     run_dir.path.mkdir()
     run_dir.file("intervene.json").write_text(json.dumps(old))
     measured = []
-    monkeypatch.setattr(stage, "intervention_stage", lambda *args: measured.append(args[-1]) or {"rows": ["new"]})
-    assert stage.intervention_record(run, run_dir, context, model, reference) == {"rows": ["new"]}
+    monkeypatch.setattr(stage, "intervention_stage", lambda *args, **_: measured.append(args[-1]) or {"rows": ["new"]})
+    evaluation = {"suites": {context.config.primary_suite: {"greedy": {"pass@1": 0.5}}}, "forgetting": None}
+    monkeypatch.setattr(stage, "measured_in", lambda evaluation, context: {})
+    assert stage.intervention_record(run, run_dir, context, model, reference, evaluation) == {"rows": ["new"]}
     assert measured == [context.config.analyses.intervene]
     without = context.config.model_copy(
         update={
@@ -351,7 +353,31 @@ def test_a_record_without_control_rows_is_measured_again_when_the_control_is_ask
             )
         }
     )
-    assert stage.intervention_record(run, run_dir, dataclasses.replace(context, config=without), model, reference) == old
+    assert (
+        stage.intervention_record(run, run_dir, dataclasses.replace(context, config=without), model, reference, evaluation) == old
+    )
+
+
+def test_the_tuned_models_row_is_the_evaluation_stages_measurement_not_a_second_one(tmp_path, tokenizer):
+    from ftcompare.analyze.stage import intervention_stage, measured_in
+    from ftcompare.config import InterveneConfig
+
+    run, run_dir, context, model, reference = _stage_setup(tmp_path, tokenizer)
+    corpora = {"stdlib": {"heldout_loss": 9.0, "increase": 0.25}, "prose": {"heldout_loss": 8.0, "increase": 0.5}}
+    evaluation = {"suites": {context.config.primary_suite: {"greedy": {"pass@1": 0.123}}}, "forgetting": {"corpora": corpora}}
+    tuned = measured_in(evaluation, context)  # values no tiny model measures: a second measurement would show
+    assert tuned == {
+        "pass@1": 0.123,
+        "heldout_loss": 9.0,
+        "forgetting": 0.25,
+        "corpora": {"stdlib": {"heldout_loss": 9.0, "forgetting": 0.25}, "prose": {"heldout_loss": 8.0, "forgetting": 0.5}},
+    }
+    result = intervention_stage(
+        run, run_dir, context, model, reference, InterveneConfig(lambdas=[0.0, 1.0]), tuned_measurement=tuned
+    )
+    for row in result["rows"]:
+        measurement = {key: row[key] for key in tuned}
+        assert (measurement == tuned) is row["unchanged"], (row["lambda"], row["directions"])
 
 
 def test_the_stage_decodes_with_the_static_decoder_when_the_study_does(tmp_path, tokenizer, monkeypatch):

@@ -191,21 +191,45 @@ def analyse_spectra(run: RunSpec, run_dir: RunDir, context: StudyContext, model:
 
 
 def intervention_record(
-    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference
+    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference, evaluation: dict
 ) -> dict:
     """The causal test as a stage of the study (`analyses.intervene`): the record an earlier session wrote when it
-    holds what the config asks, else `intervention_stage`'s. A record without control rows (written before the
-    control existed, or with `control: false`) is measured again when the config asks for the control."""
+    holds what the config asks, else `intervention_stage`'s, the tuned model's row taken from its `evaluation`
+    record. A record without control rows (written before the control existed, or with `control: false`) is
+    measured again when the config asks for the control."""
     settings = context.config.analyses.intervene
     if run_dir.has("intervene.json"):
         record = read_json(run_dir.file("intervene.json"))
         if not settings.control or any(row.get("directions") == "control" for row in record["rows"]):
             return record
-    return intervention_stage(run, run_dir, context, model, reference, settings)
+    return intervention_stage(
+        run, run_dir, context, model, reference, settings, tuned_measurement=measured_in(evaluation, context)
+    )
+
+
+def measured_in(evaluation: dict, context: StudyContext) -> dict:
+    """The tuned model's measurement as `intervention_measurement` gives it, read from the evaluation stage's record,
+    which scored the same model on the same problems with the same decoding and corpora: the causal test's λ = 1
+    (and every row with nothing to scale) costs nothing more."""
+    result: dict = {"pass@1": evaluation["suites"][context.config.primary_suite]["greedy"]["pass@1"]}
+    if context.heldout:
+        recorded = evaluation["forgetting"]["corpora"]
+        corpora = {
+            corpus: {"heldout_loss": recorded[corpus]["heldout_loss"], "forgetting": recorded[corpus]["increase"]}
+            for corpus in context.heldout
+        }
+        result.update(next(iter(corpora.values())), corpora=corpora)
+    return result
 
 
 def intervention_stage(
-    run: RunSpec, run_dir: RunDir, context: StudyContext, model: torch.nn.Module, reference: Reference, settings: InterveneConfig
+    run: RunSpec,
+    run_dir: RunDir,
+    context: StudyContext,
+    model: torch.nn.Module,
+    reference: Reference,
+    settings: InterveneConfig,
+    tuned_measurement: dict | None = None,
 ) -> dict:
     """The causal test of Shuttleworth et al. 2024 (§6) with its control: at each λ, scale the singular values of
     every adapted matrix's intruder dimensions by λ, then (`settings.control`) as many of its top non-intruder
@@ -216,8 +240,9 @@ def intervention_stage(
     directions scaled, over all matrices), `intruders` (the run's intruder count, which the control matches), and
     the control's `beyond_k` (its directions past the top k) and `unmatched` (intruders it could not match). A row
     whose weights are the tuned model's own (λ = 1, or nothing to scale) says `unchanged` and repeats the tuned
-    model's one measurement. The directions are chosen once, from one SVD per matrix. `model` is the merged tuned
-    model; its weights are restored afterwards. Writes `<run>/intervene.json`.
+    model's one measurement (`tuned_measurement`, when the evaluation stage made it; else measured here). The directions are
+    chosen once, from one SVD per matrix. `model` is the merged tuned model; its weights are restored afterwards.
+    Writes `<run>/intervene.json`.
     """
     started = time.perf_counter()
     config = context.config
@@ -230,7 +255,6 @@ def intervention_stage(
     chosen = model_directions(model, base_weights, spectra, k=spectral.k, epsilon=spectral.epsilon)
     intruders = sum(len(directions["intruders"].positions) for directions in chosen.values())
     measure = intervention_measurement(run, context)
-    tuned_measurement: dict | None = None
     rows = []
     for lam in settings.lambdas:
         for kind in DIRECTIONS if settings.control else DIRECTIONS[:1]:
