@@ -220,9 +220,10 @@ class TrainingConfig(Strict):
         default=False,
         description="With select_lr_on: every multiplier's run goes on to the full evaluation and analyses (test "
         "suites, forgetting, spectra), not only the chosen one, so the report shows the multiplier as an axis "
-        "of every table and figure; the choice is still made on select_lr_on before any test suite is scored, "
-        "and recorded (metrics.json: selected true or false) as one more column. False: a multiplier not "
-        "chosen stops at its selection score.",
+        "of every table and figure; each run scores select_lr_on with its other suites (no barrier: a sweep "
+        "cut short keeps whole runs) and the report marks the choice, by the same rule on those scores alone, "
+        "as one more column. False: the choice is made first and a multiplier not chosen stops at its "
+        "selection score.",
     )
     master_weights: Literal["float32", "base"] = Field(
         default="float32",
