@@ -409,6 +409,14 @@ class EvaluationConfig(Strict):
         'one round, each batch decoding until its longest answer ends; backend static: 32); see docs/performance.md "Generation '
         'speed".',
     )
+    static_cache_tokens: int | None = Field(
+        default=None,
+        gt=0,
+        description="backend static: the KV positions (tokens, per layer) its cache holds, shared by every batch: a batch "
+        "of long prompts gets fewer rows within it (None: a full batch of the call's typical sequence, batch_size × (the "
+        "95th-percentile prompt length + max_new_tokens) rounded up to 256; always at least one row of the longest); see "
+        'docs/performance.md "The static decoder".',
+    )
     timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -446,6 +454,12 @@ class EvaluationConfig(Strict):
         conflict = decoding_conflict(self.backend, self.cache, self.compile, self.round_tokens)
         if conflict:
             raise ValueError(conflict)
+        return self
+
+    @model_validator(mode="after")
+    def _static_cache_for_the_static_decoder(self) -> EvaluationConfig:
+        if self.static_cache_tokens is not None and self.backend != "static":
+            raise ValueError(f"static_cache_tokens: sizes the static decoder's cache; backend is {self.backend}")
         return self
 
     @model_validator(mode="after")

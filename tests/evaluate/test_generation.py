@@ -91,6 +91,8 @@ def test_batches_are_longest_first_and_the_last_is_filled_only_when_asked():
     assert length_batches(lengths, 2, fill=False) == [[3, 1], [2, 0], [4]]
     assert length_batches(lengths, 2, fill=True) == [[3, 1], [2, 0], [4, 4]]
     assert length_batches([], 2, fill=True) == []
+    # at most rows_for(the batch's longest) rows: one for lengths above 9 (the static decoder's token budget)
+    assert length_batches(lengths, 2, fill=False, rows_for=lambda longest: 1 if longest > 9 else 2) == [[3], [1, 2], [0, 4]]
 
 
 def test_results_come_back_in_prompt_order_whatever_the_batching(model_and_tokenizer):

@@ -13,7 +13,7 @@ from ftcompare.cli import app
 from ftcompare.config import decoding_conflict
 from ftcompare.evaluate import static_decoding
 from ftcompare.evaluate.generation import SamplingSettings, generate
-from ftcompare.evaluate.static_decoding import ATTENTION, decoder_for, finish
+from ftcompare.evaluate.static_decoding import ATTENTION, LENGTH_STEP, CacheBudget, cache_budget, decoder_key, finish
 from tests.helpers import tiny_llama
 
 PROMPTS = ["def f(x):\n", 'def longer_name(values):\n    """Return the sum."""\n', "import os\n", "class A:\n    def m(self):\n"]
@@ -37,6 +37,11 @@ def model_and_tokenizer(tiny_base):
     return model.eval(), tokenizer
 
 
+def decoder_of(model) -> static_decoding.StaticDecoder:
+    """The process's static decoder for `model`'s kind (the one its last static call used)."""
+    return static_decoding._DECODERS[decoder_key(model)]
+
+
 def settings(backend: str, **options) -> SamplingSettings:
     return SamplingSettings(**{"n": 1, "do_sample": False, "max_new_tokens": 9, "batch_size": 4, "backend": backend} | options)
 
@@ -50,8 +55,9 @@ def test_greedy_answers_are_generates(model_and_tokenizer, round_tokens):
     assert len({g.text for (g,) in static}) == len(PROMPTS)
 
 
-def test_finished_sequences_move_to_a_smaller_batch_and_keep_their_answers(model_and_tokenizer):
+def test_finished_sequences_move_to_a_smaller_batch_and_keep_their_answers(model_and_tokenizer, monkeypatch):
     model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(static_decoding, "_DECODERS", {})  # this call's buckets only
     # 16 sequences (4 copies of each greedy answer) in a batch of 16: stop strings taken from three of the answers end
     # 12 early, and the 4 left move to the bucket of 8
     whole, _ = generate(model, tokenizer, PROMPTS, settings("generate", max_new_tokens=12))
@@ -62,8 +68,7 @@ def test_finished_sequences_move_to_a_smaller_batch_and_keep_their_answers(model
     assert lengths[11] < 12 and lengths[-1] == 12
     static, _ = generate(model, tokenizer, PROMPTS, SamplingSettings(**{**many.__dict__, "backend": "static", "round_tokens": 2}))
     assert static == expected
-    decoder = decoder_for(model, length=256, max_batch=16)
-    assert sorted(decoder.buckets) == [8, 16]
+    assert sorted(decoder_of(model).buckets) == [(8, 256), (16, 256)]  # (rows, columns)
 
 
 def test_a_stop_string_ends_the_answer_at_the_token_that_completes_it(model_and_tokenizer):
@@ -117,7 +122,7 @@ def test_one_decoder_serves_each_models_own_weights(model_and_tokenizer):
     for m in (model, other, model):
         expected, _ = generate(m, tokenizer, PROMPTS, settings("generate"))
         assert generate(m, tokenizer, PROMPTS, settings("static"))[0] == expected
-        decoders.append(decoder_for(m, length=256, max_batch=4))  # the one the call used: same shape, same model kind
+        decoders.append(decoder_of(m))  # the one the call used: same model kind
     assert decoders[0] is decoders[1] is decoders[2]
     assert model.config._attn_implementation != ATTENTION  # the caller's model is left as it was
 
@@ -196,6 +201,8 @@ def test_ftcompare_eval_scores_with_the_static_decoder_as_with_generate(tmp_path
         assert result.exit_code == 0, result.output
         metrics = json.loads((output / "metrics.json").read_text())
         assert metrics["modes"]["greedy"]["backend"] == backend
+        if backend == "static":  # the cache it decoded with is recorded
+            assert metrics["generation"]["static_cache"]["tokens"] > 0 and metrics["generation"]["static_cache"]["bytes"] > 0
         scores[backend] = [json.loads(line)["completion"] for line in (output / "samples.jsonl").open()]
     assert scores["static"] == scores["generate"]
 
@@ -206,5 +213,101 @@ def test_a_config_that_sets_the_static_decoder_with_compile_fails_at_load():
     from ftcompare.config import EvaluationConfig
 
     assert EvaluationConfig(backend="static", round_tokens=16).backend == "static"
+    assert EvaluationConfig(backend="static", static_cache_tokens=65_536).static_cache_tokens == 65_536
+    with pytest.raises(ValidationError, match="static_cache_tokens: sizes the static decoder's cache; backend is generate"):
+        EvaluationConfig(static_cache_tokens=65_536)
     with pytest.raises(ValidationError, match="backend: static decodes on its own static cache"):
         EvaluationConfig(backend="static", compile=True)
+
+
+def mixed_prompts(tokenizer, long_tokens: int = 300) -> list[str]:
+    """One prompt of about `long_tokens` tokens among 39 short ones: the long one is above the 95th percentile."""
+    short = [f"def f{i}(x):\n    return x * {i}\n" for i in range(39)]
+    words = iter(f"v{i} = {i}\n" for i in range(10_000))
+    long = "def g(x):\n"
+    while len(tokenizer(long, add_special_tokens=False)["input_ids"]) < long_tokens:
+        long += next(words)
+    return [*short[:20], long, *short[20:]]
+
+
+def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+def test_one_long_prompt_gets_a_smaller_batch_not_a_cache_of_batch_times_its_length(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(static_decoding, "_DECODERS", {})
+    monkeypatch.setattr(static_decoding, "LENGTH_STEP", 16)  # the tiny model's lengths, in steps that tell them apart
+    monkeypatch.setattr(static_decoding, "SMALLEST_BUCKET", 1)  # so that the long prompt's small batch shrinks too
+    prompts = mixed_prompts(tokenizer)
+    lengths = prompt_lengths(tokenizer, prompts)
+    options = {"batch_size": 64, "max_new_tokens": 9, "round_tokens": 4}
+    typical = -(-(sorted(lengths)[37] + 9) // 16) * 16  # the 95th percentile of 40 prompts, + new tokens, rounded up
+    longest = -(-(max(lengths) + 9) // 16) * 16
+    assert typical < longest / 8
+    # stop strings from the answers of the short prompts batched with the long one end them early, so that batch
+    # moves to a smaller bucket of the long batch's columns
+    whole, _ = generate(model, tokenizer, prompts, settings("generate", **options))
+    (long_batch, *_) = cache_budget(lengths, len(prompts), 64, 9).batches(lengths)
+    stops = tuple(whole[i][0].text[2:5] for i in long_batch if i != lengths.index(max(lengths)))
+    expected, _ = generate(model, tokenizer, prompts, settings("generate", stop_strings=stops, **options))
+    assert sum(g.new_tokens < 9 for (g,) in expected) >= len(stops)
+    static, _ = generate(model, tokenizer, prompts, settings("static", stop_strings=stops, **options))
+    assert static == expected  # the long prompt's answer included
+    decoder = decoder_of(model)
+    assert decoder.tokens == 64 * typical  # a full batch of typical sequences, not 64 × the longest
+    per_token = 2 * 2 * 2 * 16 * 4  # layers × (K, V) × kv_heads × head_dim × fp32 bytes
+    assert decoder.bytes == sum(b.numel() * b.element_size() for b in decoder.keys + decoder.values) == 64 * typical * per_token
+    assert static_decoding.cache_record(model) == {"tokens": decoder.tokens, "bytes": decoder.bytes}
+    assert all(rows * columns <= decoder.tokens for rows, columns in decoder.buckets)
+    long_rows = sorted(rows for rows, columns in decoder.buckets if columns == longest)
+    assert long_rows[-1] == len(long_batch) < 64 and len(long_rows) > 1  # a smaller batch, which then shrank
+
+
+def test_batches_stay_within_the_token_budget_longest_first():
+    # MBPP test's shape with SmolLM2's tokenizer: prompts of 50–425 tokens and one of 3,748, batch 256, 256 new tokens
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(50, 426, (499,), generator=generator).tolist()
+    lengths.insert(123, 3748)
+    budget = cache_budget(lengths, len(lengths), max_batch=256, new_tokens=256)
+    typical = sorted(lengths)[474] + 256  # the 95th percentile of 500, + new tokens
+    assert budget.tokens == 256 * (-(-typical // LENGTH_STEP) * LENGTH_STEP) < 256 * (3748 + 256) / 4
+    batches = budget.batches(lengths)
+    order = [i for batch in batches for i in batch]
+    assert sorted(order) == list(range(len(lengths)))
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)  # longest first
+    for batch in batches:
+        assert len(batch) * (max(lengths[i] for i in batch) + 256) <= budget.tokens
+    assert 123 in batches[0] and len(batches[0]) < 256 and len(batches[1]) == 256  # only the outlier's batch is smaller
+
+    # a set budget is kept, and grows to one row when a prompt needs more even alone: it decodes whole, alone
+    assert cache_budget(lengths, len(lengths), 256, 256, tokens=100_000).tokens == 100_000
+    alone = cache_budget([10, 10_000, 20], 3, 256, 256, tokens=4096)
+    assert alone.tokens == -(-10_256 // LENGTH_STEP) * LENGTH_STEP and alone.batches([10, 10_000, 20])[0] == [1]
+    pure = CacheBudget(tokens=1000, max_batch=8, new_tokens=0)
+    assert pure.rows(LENGTH_STEP) == 2 and pure.rows(10 * LENGTH_STEP) == 1  # halves of max_batch; one row at least
+
+
+def test_the_cache_stays_within_the_largest_budget_across_calls(model_and_tokenizer, monkeypatch):
+    """The process-wide decoder grows to the largest call's budget, never to batch × the longest prompt, and a call's
+    answers do not depend on what earlier calls left in it."""
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(static_decoding, "_DECODERS", {})
+    monkeypatch.setattr(static_decoding, "LENGTH_STEP", 16)
+    mixed = mixed_prompts(tokenizer)
+    short = [prompt for prompt in mixed if len(prompt) < 100]
+    medium = [prompt * 6 for prompt in short]
+    options = {"batch_size": 32, "max_new_tokens": 9, "round_tokens": 4}
+    budgets, answers = [], []
+    for prompts in (short, mixed, medium, mixed):
+        answers.append(generate(model, tokenizer, prompts, settings("static", **options))[0])
+        budgets.append(cache_budget(prompt_lengths(tokenizer, prompts), len(prompts), 32, 9).tokens)
+        assert decoder_of(model).tokens == max(budgets)
+    assert budgets[0] == budgets[1] < budgets[2]  # the long prompt did not enlarge the cache; longer typical ones did
+    assert max(budgets) < 32 * (max(prompt_lengths(tokenizer, mixed)) + 9) / 2
+    assert answers[3] == answers[1]  # the mixed call again, in the larger buffer
+    assert answers[2] == generate(model, tokenizer, medium, settings("generate", **options))[0]
+    # evaluation.static_cache_tokens sets the budget
+    set_tokens = 2 * max(budgets)
+    assert generate(model, tokenizer, mixed, settings("static", static_cache_tokens=set_tokens, **options))[0] == answers[1]
+    assert decoder_of(model).tokens == set_tokens

@@ -42,6 +42,7 @@ class SamplingSettings:
     backend: str = "generate"  # "generate" (HF generate in batches), "continuous" (HF continuous batching), "static"
     cache: str = "dynamic"  # "dynamic" (HF default) or "static" (preallocated KV cache)
     compile: bool = False  # torch.compile the forward pass (HF does so with a static cache on a GPU)
+    static_cache_tokens: int | None = None  # backend static: KV positions its cache holds (None: from the prompts)
 
 
 def cache_kwargs(cache: str, compile: bool) -> dict:
@@ -261,16 +262,23 @@ def cut_at_stop(generation: Generation, stop_strings: tuple[str, ...]) -> Genera
     return replace(generation, text=generation.text[: min(ends)]) if ends else generation
 
 
-def length_batches(lengths: Sequence[int], size: int, fill: bool) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], size: int, fill: bool, rows_for: Callable[[int], int] | None = None
+) -> list[list[int]]:
     """Indices in batches of `size`, longest first.
 
     Similar lengths in a batch mean little left padding (decoding cost grows with the padded length).
     Longest-first also lets one static KV cache, allocated for the first batch, serve every later one;
     with `fill`, the last batch is padded to full size with its own last index, so that compiled decoding
-    sees one batch shape and compiles once.
+    sees one batch shape and compiles once. With `rows_for`, a batch whose longest length is L holds at most
+    rows_for(L) indices (≥ 1): the static decoder's token budget, which gives long prompts fewer rows.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches = [order[start : start + size] for start in range(0, len(order), size)]
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, min(size, rows_for(lengths[order[start]]))) if rows_for else size
+        batches.append(order[start : start + rows])
+        start += rows
     if fill and batches and len(batches[-1]) < size:
         batches[-1] = batches[-1] + [batches[-1][-1]] * (size - len(batches[-1]))
     return batches

@@ -31,6 +31,7 @@ from ftcompare.evaluate.lm_eval_forgetting import lm_eval_stage
 from ftcompare.evaluate.repair import REPAIR_F1_KEYS, repair_f1_scores
 from ftcompare.evaluate.robustness import family_robustness
 from ftcompare.evaluate.scoring import SandboxSettings, execute_records, pass_at_k_table, sample_records
+from ftcompare.evaluate.static_decoding import cache_record
 from ftcompare.evaluate.vllm_engine import EnginePool, Served, lora_rank_for, save_servable
 from ftcompare.matrix import RunSpec, expand
 from ftcompare.models.base import BaseSource, load_model, load_tokenizer, resolve_base
@@ -118,7 +119,7 @@ def evaluate_merged(
             )
             records.extend(robust_records)
     write_jsonl(run_dir.file("samples.jsonl"), records)
-    generation = context.engines.record(generator) if context.engines else {"backend": evaluation.backend}
+    generation = context.engines.record(generator) if context.engines else generation_record(generator, evaluation.backend)
     if isinstance(generator, Served) and generator.path == "merged":  # written only to be served
         shutil.rmtree(generator.folder, ignore_errors=True)
     forgetting = {}
@@ -187,6 +188,7 @@ def evaluate_suite(
         "round_tokens": evaluation.round_tokens,
         "cache": evaluation.cache,
         "compile": evaluation.compile,
+        "static_cache_tokens": evaluation.static_cache_tokens,
     }
     modes = []
     if evaluation.greedy:
@@ -248,6 +250,13 @@ def generation_backend(model, configured: str) -> str:
     if isinstance(model, Served):
         return "vllm"
     return "generate" if configured == "vllm" else configured
+
+
+def generation_record(model, backend: str) -> dict:
+    """How a model in memory was generated from: the backend and, for the static decoder, its cache's size."""
+    if backend != "static":
+        return {"backend": backend}
+    return {"backend": backend, "static_cache": cache_record(model)}
 
 
 def vllm_engines(config: StudyConfig, base: BaseSource, device: torch.device) -> EnginePool:
@@ -418,7 +427,7 @@ def evaluate_benchmark(
     started = time.perf_counter()
     generator = served_model(None, RunDir(output), context, None) if engines else load_model(base, device).eval()
     records, metrics = evaluate_suite(generator, problems, benchmark, context, seed=0)
-    generation = engines.record(generator) if engines else {"backend": evaluation.backend}
+    generation = engines.record(generator) if engines else generation_record(generator, evaluation.backend)
     if engines:
         engines.close()
     output.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,10 @@ hundred kernels from Python (SmolLM2-135M: 32 ms a step at batch 256, of which t
 batch decodes until its longest answer ends. This decoder removes both costs, as vLLM does, on the model
 transformers loaded:
 
-- **One static KV cache per process** (per model architecture and length), `[batch, kv_heads, length, head_dim]`
-  per layer; each batch bucket (batch_size, then halves down to 8) is a view of its first rows.
+- **One static KV cache per process** (per model architecture), sized by a token budget as vLLM sizes its KV
+  blocks, not by batch × longest prompt: per layer one flat buffer of `tokens` positions, of which each bucket
+  (rows, columns) views its first rows × columns as `[rows, kv_heads, columns, head_dim]`. A batch of long prompts
+  gets fewer rows and more columns in the same buffer (`CacheBudget`: the rule and the batches it allows).
 - **CUDA graphs:** on a GPU, one decoding step is captured per bucket once per process, then replayed: a step costs
   its kernels' GPU time only. Graphs read the decoder's own copy of the model, into which each run's weights are
   copied, so a study's runs reuse the same graphs (capture is not paid per run).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,8 +41,9 @@ from peft import PeftModel
 from ftcompare.evaluate.generation import Generation, SamplingSettings, decode_new_tokens, length_batches
 
 ATTENTION = "ftcompare_grouped"  # the attention implementation the decoder's module runs with
-SMALLEST_BUCKET = 8
-LENGTH_STEP = 256  # the cache length is rounded up to a multiple of this, so that nearby budgets share one cache
+SMALLEST_BUCKET = 8  # finished rows move to smaller buckets down to this many rows (one captured graph each)
+LENGTH_STEP = 256  # bucket columns are rounded up to a multiple of this, so that nearby lengths share one graph
+TYPICAL_QUANTILE = 0.95  # the prompt length the budget gives a full batch: the rest decode in batches of fewer rows
 
 
 def grouped_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -59,10 +63,70 @@ def grouped_attention(module, query, key, value, attention_mask, scaling=None, d
     return output.reshape(batch, 1, heads, dim), None
 
 
+@dataclass(frozen=True)
+class CacheBudget:
+    """How many KV positions the static cache holds (`tokens`, per layer) and how batches share them: a batch whose
+    longest prompt has length p decodes in `columns(p)` columns and at most `rows(columns)` rows, so that
+    rows × (p + new_tokens) ≤ rows × columns ≤ tokens; bucket row counts are max_batch and its halves."""
+
+    tokens: int
+    max_batch: int
+    new_tokens: int
+
+    def columns(self, longest_prompt: int) -> int:
+        """A batch's columns: the typical row's share of the budget (tokens / max_batch, in LENGTH_STEPs), or more
+        for a longer batch (its longest prompt + new_tokens, rounded up), so that most batches share one shape."""
+        return max(round_up(longest_prompt + self.new_tokens), self.tokens // self.max_batch // LENGTH_STEP * LENGTH_STEP)
+
+    def rows(self, columns: int) -> int:
+        """The most rows a batch of `columns` columns may hold: the largest of max_batch, its halves, …, 1 within the
+        budget (1 at least: `cache_budget` makes the budget hold one row of the longest sequence)."""
+        return next((rows for rows in row_ladder(self.max_batch) if rows * columns <= self.tokens), 1)
+
+    def bucket_rows(self, rows: int, columns: int) -> int:
+        """The bucket for `rows` live rows at `columns`: the smallest ladder size holding them, not below
+        SMALLEST_BUCKET unless the budget allows fewer rows at these columns."""
+        floor = min(SMALLEST_BUCKET, self.rows(columns))
+        return min(size for size in row_ladder(self.max_batch) if size >= max(rows, floor))
+
+    def batches(self, prompt_lengths: Sequence[int]) -> list[list[int]]:
+        """Sequence indices in batches, longest first (`length_batches`), each within the budget."""
+        return length_batches(
+            prompt_lengths, self.max_batch, fill=False, rows_for=lambda longest: self.rows(self.columns(longest))
+        )
+
+
+def cache_budget(
+    prompt_lengths: Sequence[int], sequences: int, max_batch: int, new_tokens: int, tokens: int | None = None
+) -> CacheBudget:
+    """A call's budget: `tokens` when set (`evaluation.static_cache_tokens`), else a full first bucket of typical
+    sequences, the bucket for min(sequences, max_batch) rows × (the TYPICAL_QUANTILE prompt length + new_tokens,
+    rounded up to LENGTH_STEP); in either case at least one row of the longest sequence, so every prompt decodes
+    whole. One outlier prompt thus costs a batch of fewer rows, not batch_size rows of its length."""
+    ordered = sorted(prompt_lengths)
+    typical = ordered[math.ceil(TYPICAL_QUANTILE * len(ordered)) - 1]
+    rows = max(min(sequences, max_batch), min(SMALLEST_BUCKET, max_batch))
+    first = min(size for size in row_ladder(max_batch) if size >= rows)  # the bucket a first full batch takes
+    tokens = tokens or first * round_up(typical + new_tokens)
+    return CacheBudget(max(tokens, round_up(ordered[-1] + new_tokens)), max_batch, new_tokens)
+
+
+def row_ladder(max_batch: int) -> list[int]:
+    """Bucket row counts: max_batch, then its halves down to 1."""
+    sizes = [max_batch]
+    while sizes[-1] > 1:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def round_up(length: int) -> int:
+    return -(-length // LENGTH_STEP) * LENGTH_STEP
+
+
 class ColumnCache:
-    """The KV cache a transformers model writes to during one forward: rows `[:batch]` of the decoder's buffers, new
-    keys/values written at the columns in `columns` (one column for a decoding step, the prompt's for prefill);
-    attention reads the whole length, the mask deciding which columns count."""
+    """The KV cache a transformers model writes to during one forward: a bucket's views of the decoder's buffers
+    ([rows, kv_heads, columns, head_dim] per layer), new keys/values written at the columns in `columns` (one column
+    for a decoding step, the prompt's for prefill); attention reads every column, the mask deciding which count."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], columns: torch.Tensor):
         self.keys, self.values, self.columns = keys, values, columns
@@ -78,13 +142,14 @@ class ColumnCache:
 
 @dataclass
 class _Bucket:
-    """A batch size's share of the buffers, its decoding step's inputs and, on a GPU, the captured step."""
+    """A (rows, columns) shape's view of the buffers, its decoding step's inputs and, on a GPU, the captured step."""
 
-    size: int
+    size: int  # rows
+    columns: int
     cache: ColumnCache
     tokens: torch.Tensor  # [size, 1]: the token each row feeds next
     positions: torch.Tensor  # [size, 1]: its position (prompt length + tokens generated before it)
-    mask: torch.Tensor  # [size, 1, 1, length]: the columns each row attends to
+    mask: torch.Tensor  # [size, 1, 1, columns]: the columns each row attends to
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None  # the captured step's output
 
@@ -92,53 +157,61 @@ class _Bucket:
 class StaticDecoder:
     """Decodes with its own copy of a model (`bind` copies a run's weights into it); see the module docstring."""
 
-    def __init__(self, model, length: int, max_batch: int):
+    def __init__(self, model, tokens: int):
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         register_attention()
         self.module.set_attn_implementation(ATTENTION)
         self.device = next(self.module.parameters()).device
-        self.length, self.max_batch = length, max_batch
+        self.tokens = tokens  # KV positions per layer (the buffers hold tokens × kv_heads × head_dim each)
         self.graphs = self.device.type == "cuda"
         parameters = inspect.signature(self.module.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         config = self.module.config.get_text_config()
         heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         dtype = next(self.module.parameters()).dtype
-        shape = (max_batch, kv_heads, length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(config.num_hidden_layers)]
+        # zeros, not empty: a bucket reads masked columns too (weight 0), which must hold finite values
+        flat = (tokens * self.kv_heads * self.head_dim,)
+        self.keys = [torch.zeros(flat, dtype=dtype, device=self.device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(flat, dtype=dtype, device=self.device) for _ in range(config.num_hidden_layers)]
         self.column = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.buckets: dict[int, _Bucket] = {}
+        self.buckets: dict[tuple[int, int], _Bucket] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
     def bind(self, model) -> None:
         """Copy a plain model's weights into the decoder's module (in place: captured graphs stay valid)."""
         self.module.load_state_dict(model.state_dict(), strict=True)
 
-    def sizes(self) -> list[int]:
-        """The bucket sizes: max_batch, then halves down to SMALLEST_BUCKET."""
-        sizes = [self.max_batch]
-        while sizes[-1] // 2 >= SMALLEST_BUCKET:
-            sizes.append(sizes[-1] // 2)
-        return sizes
+    @property
+    def bytes(self) -> int:
+        """The cache's size in bytes (keys and values of every layer)."""
+        return sum(buffer.numel() * buffer.element_size() for buffer in self.keys + self.values)
 
-    def bucket_for(self, rows: int) -> _Bucket:
-        """The smallest bucket holding `rows` rows, built (and its step captured) at first use."""
-        size = min(size for size in self.sizes() if size >= rows)
-        if size not in self.buckets:
-            self.buckets[size] = self._build(size)
-        return self.buckets[size]
+    def bucket(self, size: int, columns: int) -> _Bucket:
+        """The bucket of `size` rows and `columns` columns, built (and its step captured) at first use."""
+        if size * columns > self.tokens:
+            raise ValueError(f"a bucket of {size} rows × {columns} columns exceeds the cache's {self.tokens} tokens")
+        if (size, columns) not in self.buckets:
+            self.buckets[size, columns] = self._build(size, columns)
+        return self.buckets[size, columns]
 
-    def _build(self, size: int) -> _Bucket:
+    def views(self, size: int, columns: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys and values of a (size, columns) bucket: per layer the buffer's first size × columns positions as
+        [size, kv_heads, columns, head_dim]; buckets of equal columns share rows (row i is row i of the larger)."""
+        shape = (size, self.kv_heads, columns, self.head_dim)
+        used = size * self.kv_heads * columns * self.head_dim
+        return [k[:used].view(shape) for k in self.keys], [v[:used].view(shape) for v in self.values]
+
+    def _build(self, size: int, columns: int) -> _Bucket:
         bucket = _Bucket(
             size=size,
-            cache=ColumnCache([k[:size] for k in self.keys], [v[:size] for v in self.values], self.column),
+            columns=columns,
+            cache=ColumnCache(*self.views(size, columns), self.column),
             tokens=torch.zeros((size, 1), dtype=torch.long, device=self.device),
             positions=torch.zeros((size, 1), dtype=torch.long, device=self.device),
-            mask=torch.ones((size, 1, 1, self.length), dtype=torch.bool, device=self.device),
+            mask=torch.ones((size, 1, 1, columns), dtype=torch.bool, device=self.device),
         )
         if self.graphs:
             # warm-up on a side stream, as CUDA graph capture requires; what it writes to the cache is overwritten
@@ -186,7 +259,7 @@ class StaticDecoder:
         causal = columns[None, :, None] >= columns[None, None, :]  # [1, query, key]
         # a padding query attends to itself only, so that no row of the softmax is empty (NaN)
         itself = torch.eye(width, dtype=torch.bool, device=self.device)[None]
-        mask = torch.zeros((bucket.size, 1, width, self.length), dtype=torch.bool, device=self.device)
+        mask = torch.zeros((bucket.size, 1, width, bucket.columns), dtype=torch.bool, device=self.device)
         mask[:, 0, :, :width] = (causal & real[:, None, :]) | itself
         output = self.module(
             input_ids=input_ids.to(self.device),
@@ -202,14 +275,14 @@ class StaticDecoder:
         self.column.fill_(width)
         return output.logits[:, -1, :]
 
-    def compact(self, source: _Bucket, keep: list[int]) -> tuple[_Bucket, torch.Tensor]:
-        """Move rows `keep` of a bucket into the smallest bucket that holds them (their cache rows included; the rows
-        beyond repeat the last); the new bucket and the source rows it holds, in order."""
-        target = self.bucket_for(len(keep))
+    def compact(self, source: _Bucket, keep: list[int], size: int) -> tuple[_Bucket, torch.Tensor]:
+        """Move rows `keep` of a bucket into the bucket of `size` rows and the same columns (their cache rows included;
+        the rows beyond repeat the last); the new bucket and the source rows it holds, in order."""
+        target = self.bucket(size, source.columns)
         index = torch.tensor(keep + [keep[-1]] * (target.size - len(keep)), device=self.device)
-        for buffers in (self.keys, self.values):
-            for layer in buffers:
-                layer[: target.size] = layer[index]  # indexing copies first, so overlapping rows are safe
+        for sources, targets in ((source.cache.keys, target.cache.keys), (source.cache.values, target.cache.values)):
+            for layer, into in zip(sources, targets, strict=True):
+                into.copy_(layer[index])  # indexing copies first, so rows that overlap in the buffer are safe
         target.tokens.copy_(source.tokens[index])
         target.positions.copy_(source.positions[index])
         target.mask.copy_(source.mask[index])
@@ -219,18 +292,29 @@ class StaticDecoder:
 _DECODERS: dict[tuple, StaticDecoder] = {}
 
 
-def decoder_for(model, length: int, max_batch: int) -> StaticDecoder:
-    """The process's decoder for this architecture, device and dtype, holding `length` columns and `max_batch` rows
-    (rebuilt larger when a call needs more), with `model`'s weights bound."""
-    parameter = next(model.parameters())
-    key = (type(unwrapped(model)).__name__, unwrapped(model).config.to_json_string(), parameter.device, parameter.dtype)
-    decoder = _DECODERS.get(key)
+def decoder_for(model, tokens: int) -> StaticDecoder:
+    """The process's decoder for this architecture, device and dtype, holding at least `tokens` KV positions per layer
+    (rebuilt larger when a call's budget needs more, never smaller), with `model`'s weights bound."""
+    key = decoder_key(model)
     plain = plain_model(model)
-    if decoder is None or decoder.length < length or decoder.max_batch != max_batch:
-        _DECODERS.pop(key, None)  # its buffers and graphs are freed before the new ones are allocated
-        decoder = _DECODERS[key] = StaticDecoder(plain, length, max_batch)
+    if key not in _DECODERS or _DECODERS[key].tokens < tokens:
+        _DECODERS.pop(key, None)  # no reference is left, so its buffers and graphs are freed before the new ones
+        _DECODERS[key] = StaticDecoder(plain, tokens)
+    decoder = _DECODERS[key]
     decoder.bind(plain)
     return decoder
+
+
+def decoder_key(model) -> tuple:
+    parameter = next(model.parameters())
+    return (type(unwrapped(model)).__name__, unwrapped(model).config.to_json_string(), parameter.device, parameter.dtype)
+
+
+def cache_record(model) -> dict:
+    """What the static cache this process holds for `model`'s architecture is: its KV positions per layer and bytes
+    (empty when the static decoder has not run for it), for the evaluation's record."""
+    decoder = _DECODERS.get(decoder_key(model))
+    return {"tokens": decoder.tokens, "bytes": decoder.bytes} if decoder else {}
 
 
 def unwrapped(model):
@@ -270,19 +354,25 @@ def generate_static(
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     sequences = [(index, ids) for index, ids in enumerate(prompt_ids) for _ in range(settings.n)]
-    longest = max(len(ids) for ids in prompt_ids)
-    length = -(-(longest + settings.max_new_tokens) // LENGTH_STEP) * LENGTH_STEP
+    budget = cache_budget(
+        [len(ids) for ids in prompt_ids],
+        len(sequences),
+        settings.batch_size,
+        settings.max_new_tokens,
+        settings.static_cache_tokens,
+    )
     device = next(model.parameters()).device
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()
     started = time.perf_counter()
-    decoder = decoder_for(model, length, settings.batch_size)
+    decoder = decoder_for(model, budget.tokens)
     generator = torch.Generator(device=decoder.device).manual_seed(settings.seed)
     round_tokens = settings.round_tokens or 32
     new_ids: list[list[int]] = [[] for _ in sequences]
     unfinished = [settings.n] * len(prompts)
-    for batch in length_batches([len(ids) for _, ids in sequences], settings.batch_size, fill=False):
-        bucket = decoder.bucket_for(len(batch))
+    for batch in budget.batches([len(ids) for _, ids in sequences]):
+        columns = budget.columns(len(sequences[batch[0]][1]))  # longest first: the batch's first is its longest
+        bucket = decoder.bucket(budget.bucket_rows(len(batch), columns), columns)
         logits = decoder.prefill(bucket, [sequences[k][1] for k in batch], pad_id)
         rows = [_Row(k, slot, new_ids[k]) for slot, k in enumerate(batch)]
         generated = 0
@@ -309,9 +399,9 @@ def generate_static(
             if on_batch and completed:
                 on_batch(completed)
             rows = [row for row in rows if not row.done]
-            if rows and decoder.bucket_for(len(rows)).size < bucket.size:
+            if rows and (size := budget.bucket_rows(len(rows), bucket.columns)) < bucket.size:
                 slots = [row.slot for row in rows]
-                bucket, index = decoder.compact(bucket, slots)
+                bucket, index = decoder.compact(bucket, slots, size)
                 logits = logits[index]
                 for slot, row in enumerate(rows):
                     row.slot = slot
