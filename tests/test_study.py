@@ -360,3 +360,18 @@ def test_checking_a_folder_against_a_config_writes_nothing(tmp_path):
 
     experiment = check_runs_match(parse_config(STUDY), tmp_path / "runs")
     assert experiment == tmp_path / "runs" / "e2e" and not (tmp_path / "runs").exists()
+
+
+def test_the_static_caches_budget_at_its_default_keeps_folders_recorded_before_it_resumable(monkeypatch):
+    from ftcompare import study
+
+    recorded = []  # what each run record fingerprints
+    monkeypatch.setattr(study, "fingerprint", lambda value: recorded.append(value) or str(len(recorded)))
+    for budget in (None, 4096):
+        config = parse_config(
+            {**STUDY, "evaluation": {**STUDY["evaluation"], "backend": "static", "static_cache_tokens": budget}}
+        )
+        study.run_record(expand_first(config), config)
+    default, set_ = (shared["evaluation"] for _, shared in recorded)
+    assert "static_cache_tokens" not in default  # as before the field existed
+    assert set_["static_cache_tokens"] == 4096

@@ -366,7 +366,7 @@ FINGERPRINT_SILENT_DEFAULTS = {
         "distributed": {"strategy": "fsdp2"},
     },
     "task": {"timeout_s": None, "memory_mb": None},
-    "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None},
+    "evaluation": {"vllm": VllmConfig().model_dump(mode="json"), "lm_eval": None, "static_cache_tokens": None},
     "analyses": {"intervene.control": True},
 }
 
