@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ftcompare.report.tables import STAGES
 from ftcompare.runs.store import read_json, run_dirs
 
 
@@ -26,7 +27,7 @@ def main(experiment: Path) -> None:
         )
     base_eval = read_json(experiment / "_base" / "eval.json")
     print(f"base evaluation: {base_eval['wall_s']:.1f} s")
-    stages = ("train", "evaluate", "spectral", "representations", "intervene")
+    stages = STAGES
     header = ("run", *(f"{stage} s" for stage in stages), "train tok/s", "peak MB", "gen tok/s merged", "gen tok/s unmerged")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

@@ -261,6 +261,9 @@ def test_with_evaluate_all_lrs_every_multiplier_is_evaluated_in_full_and_the_cho
             assert metrics["forgetting"]["increase"] is not None and metrics["spectral"]["matrices"] > 0, run
             assert (experiment / run / "done.json").is_file()
     markdown = (experiment / "report.md").read_text()
+    [session] = json.loads((experiment / "executor.json").read_text())["sessions"]  # the study's wall time
+    assert session["executor"] == "local" and session["wall_s"] > 0 and "failed" not in session
+    assert "## Time" in markdown and f"Study wall time {session['wall_s']:.0f} s over 1 session(s)" in markdown
     assert "## Over seeds" in markdown and "## Paired comparisons over seeds (greedy)" in markdown
     for m in (1, 10):
         assert f"| LoRA r=2 | {m} | 1 |" in markdown and f"| full FT ×{m} |" in markdown

@@ -48,6 +48,7 @@ from ftcompare.runs.store import (
     DONE_FILE,
     STUDY_FILE,
     RunDir,
+    append_session,
     check_writable,
     experiment_dir,
     read_json,
@@ -73,8 +74,19 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
     (`work_together`)."""
     context = open_study(config, output, worker)
     work = work_through if context.ranks is None else partial(work_together, context.ranks)
-    work([study_job(name, context) for name in first_jobs(config)])
-    work([study_job(name, context) for name in context.on_rank_0(lambda: second_jobs(context))])
+    session = {"executor": "local", "started_at": datetime.now(timezone.utc).isoformat()}
+    if context.ranks is not None:
+        session["processes"] = context.ranks.count
+    started = time.perf_counter()
+    try:
+        work([study_job(name, context) for name in first_jobs(config)])
+        work([study_job(name, context) for name in context.on_rank_0(lambda: second_jobs(context))])
+    except BaseException as error:
+        session["failed"] = f"{type(error).__name__}: {error}"[:500]
+        raise
+    finally:
+        if context.writes:  # the session's wall time: the study's, summed over its sessions
+            append_session(context.experiment, {**session, "wall_s": time.perf_counter() - started})
     return context.experiment
 
 

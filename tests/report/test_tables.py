@@ -385,3 +385,42 @@ def test_the_intervention_table_sets_the_control_beside_the_intruders_per_corpus
         [["full-s0", "0", "2", "0.375", "+2.000"]],
     )
     assert intervention_table(records[:1]) == (["run", "λ"], [])
+
+
+def test_the_time_table_gives_each_runs_stages_its_total_and_whether_it_shared_its_device():
+    from ftcompare.report.tables import stage_time_table
+
+    records = [
+        {"method": "base", "run_id": "base", "wall_s": 10.0},
+        {"run_id": "full-s0", "method": "full", "stage_s": {"train": 20.0, "evaluate": 30.0, "spectral": 5.0}},
+        {
+            "run_id": "lora-r1-s0",
+            "method": "lora",
+            "stage_s": {"train": 25.0, "evaluate": 31.5, "spectral": None, "intervene": 100.0},
+            "worker": {"workers_on_this_device": 3},
+        },
+        {"run_id": "unfinished", "method": "lora"},  # nothing timed: left out
+    ]
+    header, body = stage_time_table(records)
+    assert header == ["run", "train s", "evaluate s", "spectral s", "intervene s", "total s", "runs sharing its device"]
+    assert body == [
+        ["base", "–", "10.0", "–", "–", "10.0", "1"],
+        ["full-s0", "20.0", "30.0", "5.0", "–", "55.0", "1"],
+        ["lora-r1-s0", "25.0", "31.5", "–", "100.0", "156.5", "3"],
+    ]
+
+
+def test_the_sessions_line_sums_the_studys_wall_time_over_its_sessions():
+    from ftcompare.report.tables import sessions_line
+
+    assert sessions_line([]) == ""
+    ray = {
+        "executor": "ray",
+        "wall_s": 1362.0,
+        "plan": {"slots": 3, "gpus_per_run": 0.33},
+        "failed": [{"job": "a"}, {"job": "b"}],
+    }
+    local = {"executor": "local", "wall_s": 100.4}
+    assert sessions_line([ray, local]) == (
+        "Study wall time 1462 s over 2 session(s): 1362 s (ray, 3 slots of 0.33 GPU, 2 failed); 100 s (local)."
+    )

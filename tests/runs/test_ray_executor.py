@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from ftcompare.cli import app
-from ftcompare.runs.ray_executor import EXECUTOR_FILE, ExecutorError, RaySettings, SlotPlan, plan_slots
+from ftcompare.runs.ray_executor import ExecutorError, RaySettings, SlotPlan, plan_slots
+from ftcompare.runs.store import EXECUTOR_FILE
 from ftcompare.runs.workers import CLAIM_FILE, claimed
 from tests.conftest import TINY_BUILTIN, TINY_EVALUATION
 

@@ -28,12 +28,14 @@ from ftcompare.report.tables import (
     seed_summary,
     seed_summary_table,
     sequence_tables,
+    sessions_line,
+    stage_time_table,
     suite_tables,
     table_cells,
     training_precision_line,
     weights_line,
 )
-from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, run_dirs
+from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, read_sessions, run_dirs
 
 FIGURES_DIR = "figures"
 
@@ -56,6 +58,7 @@ class Collected:
     spectral: dict[str, dict] = field(default_factory=dict)  # run id -> spectral.json
     representations: dict[str, dict] = field(default_factory=dict)  # run id -> probes
     unfinished: list[str] = field(default_factory=list)  # run ids of the study without a finished record
+    sessions: list[dict] = field(default_factory=list)  # executor.json: each session's executor and wall time
 
 
 def collect(experiment: Path) -> Collected:
@@ -75,6 +78,7 @@ def collect(experiment: Path) -> Collected:
             if run.has("representations.json"):
                 collected.representations[run.run_id] = read_json(run.file("representations.json"))["probes"]
     mark_lr_choice(collected.records)
+    collected.sessions = read_sessions(experiment)
     collected.unfinished = [
         run["run_id"] for run in study.get("runs", ()) if not (experiment / run["run_id"] / "metrics.json").is_file()
     ]
@@ -229,6 +233,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     over_seeds = any(row["seeds"] > 1 for row in summary) or len({r.get("lr_multiplier") for r in tuned}) > 1
     lm_eval_header, lm_eval_body = lm_eval_table(records)
     intervene_header, intervene_body = intervention_table(records)
+    time_header, time_body = stage_time_table(records)
     environment = Environment(
         loader=PackageLoader("ftcompare.report", "templates"),
         autoescape=select_autoescape(["html"]),
@@ -270,6 +275,10 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "lm_eval_markdown": markdown_from_cells(lm_eval_header, lm_eval_body) if lm_eval_body else "",
         "lm_eval_settings": lm_eval_line(records),
         "sequences": sequence_tables(records),
+        "time_header": time_header,
+        "time_body": time_body,
+        "time_markdown": markdown_from_cells(time_header, time_body) if time_body else "",
+        "sessions": sessions_line(collected.sessions),
         "intervene_header": intervene_header,
         "intervene_body": intervene_body,
         "intervene_markdown": markdown_from_cells(intervene_header, intervene_body) if intervene_body else "",

@@ -779,3 +779,45 @@ def sequence_tables(records: Sequence[dict]) -> list[dict]:
 def markdown_from_cells(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+STAGES = ("train", "evaluate", "spectral", "representations", "intervene")  # a run's stages, as metrics.json times them
+
+
+def stage_time_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Seconds per stage of each finished run (`stage_s`; the base: its evaluation), a column per stage some run
+    timed, the run's total, and how many runs shared its device while it ran (contended timings)."""
+    timed = [r for r in records if r.get("stage_s") or (r.get("method") == "base" and r.get("wall_s") is not None)]
+    stages = [stage for stage in STAGES if any((r.get("stage_s") or {}).get(stage) is not None for r in timed)]
+    body = []
+    for record in timed:
+        stage_s = record.get("stage_s") or {"evaluate": record.get("wall_s")}
+        seconds = [stage_s.get(stage) for stage in stages]
+        sharing = _get(record, "worker", "workers_on_this_device")
+        body.append(
+            [
+                str(record.get("run_id") or record.get("method")),
+                *(format_cell(value, ".1f") for value in seconds),
+                format_cell(sum(value for value in seconds if value is not None), ".1f"),
+                str(sharing) if sharing else "1",
+            ]
+        )
+    return ["run", *(f"{stage} s" for stage in stages), "total s", "runs sharing its device"], body
+
+
+def sessions_line(sessions: Sequence[dict]) -> str:
+    """The study's wall time, session by session (`executor.json`), and in all."""
+    if not sessions:
+        return ""
+    parts = []
+    for session in sessions:
+        plan = session.get("plan") or {}
+        where = f"{session['executor']}" + (
+            f", {plan['slots']} slots of {plan['gpus_per_run']:g} GPU" if plan.get("gpus_per_run") else ""
+        )
+        where += f", {plan['slots']} slots" if plan and not plan.get("gpus_per_run") else ""
+        failed = session.get("failed")
+        outcome = f", {len(failed) if isinstance(failed, list) else 1} failed" if failed else ""
+        parts.append(f"{format_cell(session.get('wall_s'), '.0f')} s ({where}{outcome})")
+    total = sum(session.get("wall_s") or 0 for session in sessions)
+    return f"Study wall time {total:.0f} s over {len(sessions)} session(s): " + "; ".join(parts) + "."

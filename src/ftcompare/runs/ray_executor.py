@@ -26,10 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftcompare.config import StudyConfig, load_config
-from ftcompare.runs.store import experiment_dir, read_json, write_json
+from ftcompare.runs.store import append_session, experiment_dir
 from ftcompare.runs.workers import ALLOCATOR_ENV, Worker, work_through
-
-EXECUTOR_FILE = "executor.json"
 
 
 class ExecutorError(RuntimeError):
@@ -149,6 +147,7 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
         "address": settings.address or "local",
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
+    started = time.perf_counter()
     try:
         resources = ray.cluster_resources()
         node_cpus = max(node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"])
@@ -179,11 +178,10 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
         session["failed"] = failed
     finally:
         session["finished_at"] = datetime.now(timezone.utc).isoformat()
+        session["wall_s"] = time.perf_counter() - started
         ray.shutdown()
         if experiment.is_dir():
-            record = experiment / EXECUTOR_FILE
-            sessions = read_json(record)["sessions"] if record.is_file() else []
-            write_json(record, {"sessions": [*sessions, session]})
+            append_session(experiment, session)
     if failed:
         listed = "; ".join(f"{entry['job']}: {entry['error']}" for entry in failed)
         raise ExecutorError(

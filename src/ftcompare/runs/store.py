@@ -19,6 +19,7 @@ from ftcompare.schema import InputError
 STUDY_FILE = "study.json"
 DONE_FILE = "done.json"
 BASE_DIR = "_base"  # the base model's own evaluation and cached SVDs, shared by every run
+EXECUTOR_FILE = "executor.json"  # each session of the study: its executor, when it ran, what it did
 
 
 # why a folder cannot be written that the user can fix (a full disk, no permission, a file where a folder
@@ -176,6 +177,18 @@ class RunDir:
         if not self.has_trained_weights:
             return "weights lost"  # resuming retrains it, discarding what was measured on the lost model
         return "evaluated" if self.has("eval.json") else "trained"
+
+
+def append_session(experiment: Path, session: dict) -> None:
+    """Add one session of the study (executor, start and end, what it did) to the experiment's `executor.json`."""
+    record = experiment / EXECUTOR_FILE
+    sessions = read_json(record)["sessions"] if record.is_file() else []
+    write_json(record, {"sessions": [*sessions, session]})
+
+
+def read_sessions(experiment: Path) -> list[dict]:
+    record = experiment / EXECUTOR_FILE
+    return read_json(record)["sessions"] if record.is_file() else []
 
 
 def experiment_dir(output: Path, experiment: str) -> Path:
