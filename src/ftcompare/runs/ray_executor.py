@@ -10,9 +10,9 @@ redone. A slot whose process dies is restarted by Ray and its job retried (`max_
 fails with an error is reported, the others go on, and running the command again resumes. Where the
 slots run is recorded in each run's metrics (`worker`) and each session in `executor.json`.
 
-The run store must be a path every node sees; on one machine, a local Ray (started here) is the
-whole cluster. Ray is an optional extra (`pip install 'ftcompare[ray]'`): asked for without it, the
-command stops in one line.
+The config file (each slot loads it, with the command's overrides) and the run store must be paths every node
+sees; on one machine, a local Ray (started here) is the whole cluster. Ray is an optional extra (`pip install
+'ftcompare[ray]'`): asked for without it, the command stops in one line.
 """
 
 from __future__ import annotations
