@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from ftcompare.data.problems import Problem, SuiteInfo, read_jsonl_records
+from ftcompare.data.problems import Problem, SuiteInfo, read_jsonl_records, require_text
 from ftcompare.data.suites import SuiteSettings, register_suite
 from ftcompare.evaluate.judge import JudgeConfig
 from ftcompare.schema import existing_file
@@ -55,15 +55,7 @@ class Instruction:
 
 def _instruction_from_record(record: object, line_number: int) -> Instruction:
     """One JSONL record as an Instruction; ValueError names the field that is missing or of the wrong type."""
-    if not isinstance(record, dict):
-        raise ValueError(f"not a JSON object but {type(record).__name__}")
-    for name in ("category", "instruction"):
-        if name not in record:
-            raise ValueError(f"{name}: missing (a record needs category and instruction)")
-        if not isinstance(record[name], str):
-            raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
-        if not record[name].strip():
-            raise ValueError(f"{name}: empty")
+    require_text(record, ("category", "instruction"), non_empty=True)
     for name in ("reference", "input"):
         if record.get(name) is not None and not isinstance(record[name], str):
             raise ValueError(f"{name}: must be text or null, got {type(record[name]).__name__}")

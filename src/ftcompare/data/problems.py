@@ -89,15 +89,23 @@ OPTIONAL_TEXT_FIELDS = ("entry_point", "family", "code_prefix", "setup")
 SCORED_SPLITS = ("test", "ood")
 
 
-def _problem_from_record(record: object, split: str, line_number: int) -> Problem:
-    """One JSONL record as a Problem; ValueError names the field that is missing or of the wrong type."""
+def require_text(record: object, names: tuple[str, ...], non_empty: bool = False) -> None:
+    """Check that a JSONL record is an object whose fields `names` are text (`non_empty`: not blank either);
+    ValueError names the first field that is missing or of the wrong type."""
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object but {type(record).__name__}")
-    for name in ("prompt", "completion"):
+    for name in names:
         if name not in record:
-            raise ValueError(f"{name}: missing (a record needs prompt and completion)")
+            raise ValueError(f"{name}: missing (a record needs {' and '.join(names)})")
         if not isinstance(record[name], str):
             raise ValueError(f"{name}: must be text, got {type(record[name]).__name__}")
+        if non_empty and not record[name].strip():
+            raise ValueError(f"{name}: empty")
+
+
+def _problem_from_record(record: object, split: str, line_number: int) -> Problem:
+    """One JSONL record as a Problem; ValueError names the field that is missing or of the wrong type."""
+    require_text(record, ("prompt", "completion"))
     tests = record.get("tests", [])
     if isinstance(tests, str):  # iterating it would make each character an "assert"
         raise ValueError('tests: must be a list of assert statements, got one string; write ["assert ...", ...]')
