@@ -28,6 +28,7 @@ from a generator seeded by the settings. On a CPU the same loop runs without gra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import math
@@ -213,19 +214,30 @@ class StaticDecoder:
             positions=torch.zeros((size, 1), dtype=torch.long, device=self.device),
             mask=torch.ones((size, 1, 1, columns), dtype=torch.bool, device=self.device),
         )
+        self.warm_up(bucket)
         if self.graphs:
-            # warm-up on a side stream, as CUDA graph capture requires; what it writes to the cache is overwritten
-            # before it is read (prefill and compaction write every row a bucket decodes)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._forward(bucket)
-            torch.cuda.current_stream().wait_stream(stream)
             bucket.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(bucket.graph, pool=self.pool):
                 bucket.logits = self._forward(bucket)
         return bucket
+
+    def warm_up(self, bucket: _Bucket) -> None:
+        """Two steps of a new bucket before its capture, as CUDA graphs require (on a side stream); on a CPU too, so
+        that the CPU's tests run the GPU's path. They write to the bucket's last column, which no sequence writes
+        (a batch's columns hold its longest prompt and every new token but the last) and no mask opens: rows that
+        are live meanwhile (a compaction builds its target while the source's rows decode) keep their cache, and
+        the column an earlier batch of more columns left is never used as an index past this bucket's end."""
+        column = self.column.clone()
+        self.column.fill_(bucket.columns - 1)
+        stream = torch.cuda.Stream() if self.graphs else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for _ in range(2):
+                self._forward(bucket)
+        if stream is not None:
+            torch.cuda.current_stream().wait_stream(stream)
+        self.column.copy_(column)
 
     def _forward(self, bucket: _Bucket) -> torch.Tensor:
         output = self.module(
