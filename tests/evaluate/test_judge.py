@@ -4,6 +4,7 @@ HTTP server on 127.0.0.1, written here: a judge that times out, returns garbage 
 a local judge through ftcompare's own generation, and a study with a judged suite end to end. The judge
 behind a real `vllm serve` is in test_judge_serve.py."""
 
+import gzip
 import itertools
 import json
 import random
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from ftcompare.cli import app
 from ftcompare.config import ConfigError, parse_config
 from ftcompare.data.instructions import load_instructions
-from ftcompare.evaluate.calibrate import calibration_metrics, roc_auc
+from ftcompare.evaluate.calibrate import calibration_metrics, executed_records, roc_auc
 from ftcompare.evaluate.judge import (
     DEFAULT_RUBRIC,
     EndpointJudge,
@@ -483,3 +484,11 @@ def test_each_module_imports_first(module):
     while it loads, whichever a program imports first."""
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_calibration_reads_committed_gzipped_samples_and_names_a_run_without_any(tmp_path):
+    records = [{"suite": "test", "mode": "greedy", "task_id": "t0", "extracted_code": "x", "status": "passed", "passed": True}]
+    (tmp_path / "samples.jsonl.gz").write_bytes(gzip.compress(json.dumps(records[0]).encode() + b"\n"))
+    assert executed_records(tmp_path, "test", "greedy") == records
+    with pytest.raises(InputError, match=r"no samples\.jsonl"):
+        executed_records(tmp_path / "elsewhere", "test", "greedy")

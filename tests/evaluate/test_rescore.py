@@ -1,3 +1,4 @@
+import gzip
 import json
 import math
 import re
@@ -154,3 +155,13 @@ def test_the_cli_refuses_swapped_verdicts_and_leaves_the_run_as_it_was(tmp_path)
     result = CliRunner().invoke(app, ["rescore", str(experiment)])
     assert result.exit_code == 1 and "lora-r4-s0: left as it was: test greedy per-problem pass@1 of 'a'" in result.output
     assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_committed_records_with_gzipped_samples_are_rescored_as_they_are(tmp_path):
+    experiment, run = _experiment(tmp_path, OLD_SUITES)
+    samples = run / "samples.jsonl"
+    (run / "samples.jsonl.gz").write_bytes(gzip.compress(samples.read_bytes()))
+    samples.unlink()
+    outcomes = {o.run_id: o.outcome for o in rescore_experiment(experiment)}
+    assert outcomes["lora-r4-s0"] == "rescored"
+    assert json.loads((run / "metrics.json").read_text())["suites"] == CURRENT_SUITES

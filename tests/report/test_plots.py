@@ -54,8 +54,8 @@ def test_sweep_intervention_and_sequence_figures_are_pngs():
     ]
     assert plots.sweep(rows, "data_fraction").startswith(b"\x89PNG")
     causal = {
-        "lora-r4-s0": [{"lambda": lam, "pass@1": 0.5 * lam, "forgetting": 0.1 * lam} for lam in (0, 0.5, 1)],
-        "full-s0": [{"lambda": lam, "pass@1": 0.6} for lam in (0, 1)],
+        "lora-r4": [[{"lambda": lam, "pass@1": 0.5 * lam, "forgetting": 0.1 * lam} for lam in (0, 0.5, 1)]],
+        "full": [[{"lambda": lam, "pass@1": 0.6} for lam in (0, 1)]],
     }
     assert plots.interventions(causal).startswith(b"\x89PNG")
     sequence = {"tasks": ["a", "b"], "pass@1": [[0, 0], [0.5, 0.1], [0.2, 0.6]]}
@@ -169,28 +169,32 @@ def _causal_rows(run_pass1, control_pass1):
     ]
 
 
-def test_the_causal_test_draws_intruders_solid_and_the_control_dashed():
+def test_the_causal_test_draws_intruders_solid_and_the_control_dashed_through_the_mean_over_seeds():
     import matplotlib.pyplot as plt
 
     results = {
-        "lora-r4-s0": _causal_rows(0.6, 0.4),
-        "full-s0": [{"lambda": lam, "pass@1": 0.7, "intruders": 0} for lam in (1.0, 0.0)],  # before the control
+        "lora-r4": [_causal_rows(0.6, 0.4), _causal_rows(0.8, 0.2)],
+        "full": [[{"lambda": lam, "pass@1": 0.7, "intruders": 0} for lam in (1.0, 0.0)]],  # before the control
     }
     figure, axes = plt.subplots(1, 2)
     plots.intervention_axes(axes, results)
     lines = [{line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")} for ax in axes]
+    seed_points = [sum(len(c.get_offsets()) for c in ax.collections) for ax in axes]
+    scale = axes[1].get_yscale()
     plt.close(figure)
-    assert set(lines[0]) == {"lora-r4-s0 (intruders)", "lora-r4-s0 (control)", "full-s0 (intruders)"}
-    assert set(lines[1]) == {"lora-r4-s0 (intruders)", "lora-r4-s0 (control)"}  # the old rows have no forgetting
+    assert set(lines[0]) == {"lora-r4 (intruders)", "lora-r4 (control)", "full (intruders)"}
+    assert set(lines[1]) == {"lora-r4 (intruders)", "lora-r4 (control)"}  # the old rows have no forgetting
     for panel in lines:
         for label, line in panel.items():
             assert line.get_linestyle() == ("--" if "(control)" in label else "-"), label
             assert list(line.get_xdata()) == [0.0, 1.0], label  # in λ order
-    assert list(lines[0]["lora-r4-s0 (intruders)"].get_ydata()) == [0.0, 0.6]
-    assert list(lines[0]["lora-r4-s0 (control)"].get_ydata()) == [0.4, 0.4]
-    assert list(lines[1]["lora-r4-s0 (control)"].get_ydata()) == pytest.approx([0.5, 0.6])
-    assert lines[0]["lora-r4-s0 (intruders)"].get_color() == lines[0]["lora-r4-s0 (control)"].get_color()
-    assert lines[0]["full-s0 (intruders)"].get_color() == "black"
-    record = {"run_id": "lora-r4-s0", "k": 10, "epsilon": 0.5, "rows": results["lora-r4-s0"]}
+    assert list(lines[0]["lora-r4 (intruders)"].get_ydata()) == pytest.approx([0.0, 0.7])  # the mean of 0.6 and 0.8
+    assert list(lines[0]["lora-r4 (control)"].get_ydata()) == pytest.approx([0.3, 0.3])
+    assert list(lines[1]["lora-r4 (control)"].get_ydata()) == pytest.approx([0.5, 0.6])
+    assert seed_points == [8, 8]  # each seed of the two-seed setting a point: 2 kinds × 2 λ × 2 seeds per panel
+    assert scale == "symlog"  # a control's tens of nats beside the intruders' tenths
+    assert lines[0]["lora-r4 (intruders)"].get_color() == lines[0]["lora-r4 (control)"].get_color()
+    assert lines[0]["full (intruders)"].get_color() == "black"
+    record = {"run_id": "lora-r4-s0", "k": 10, "epsilon": 0.5, "rows": results["lora-r4"][0]}
     assert plots.intervention_curve(record).startswith(b"\x89PNG")
     assert plots.interventions(results).startswith(b"\x89PNG")

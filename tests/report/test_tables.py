@@ -337,34 +337,40 @@ def test_every_evaluated_multiplier_is_paired_with_full_fine_tuning_at_the_same_
     assert rows[("lora-r4-x10-s0", "full FT ×1")].startswith("+0.000")
 
 
-def test_the_intervention_table_sets_the_control_beside_the_intruders_per_corpus():
-    def row(lam, kind, pass1, stdlib, prose, **extra):
+def test_the_intervention_table_sets_the_control_beside_the_intruders_per_corpus_over_seeds():
+    def row(lam, kind, pass1, stdlib, prose, scaled=3, **extra):
         corpora = {"stdlib": {"forgetting": stdlib}, "prose": {"forgetting": prose}}
         return {
             "lambda": lam,
             "directions": kind,
-            "scaled": 3,
+            "scaled": scaled,
             "pass@1": pass1,
             "forgetting": stdlib,
             "corpora": corpora,
             **extra,
         }
 
-    lora = [
-        row(0.0, "intruders", 0.25, 0.5, 0.75),
-        row(0.0, "control", 0.125, 1.5, 1.75, beyond_k=1, unmatched=0),
-        row(1.0, "intruders", 0.5, 1.0, 1.25),
-        row(1.0, "control", 0.5, 1.0, 1.25, beyond_k=1, unmatched=0),
-    ]
+    def seed(offset, scaled):
+        return [
+            row(0.0, "intruders", 0.25 + offset, 0.5, 0.75, scaled),
+            row(0.0, "control", 0.125, 1.5 + offset, 1.75, scaled, beyond_k=1, unmatched=0),
+            row(1.0, "intruders", 0.5, 1.0, 1.25, scaled),
+            row(1.0, "control", 0.5, 1.0, 1.25, scaled, beyond_k=1, unmatched=0),
+        ]
+
+    nothing = [row(lam, kind, 0.5, 0.1, 0.2, scaled=0) for lam in (0.0, 1.0) for kind in ("intruders", "control")]
     old = [{"lambda": 0.0, "pass@1": 0.375, "intruders": 2, "forgetting": 2.0}]  # recorded before the control
     records = [
         {"run_id": "base", "method": "base"},
-        {"run_id": "lora-r4-s0", "intervene": lora},
+        {"run_id": "lora-r4-s0", "intervene": seed(0.0, 3)},
+        {"run_id": "lora-r4-s1", "intervene": seed(0.25, 4)},
+        {"run_id": "lora-r64-s0", "intervene": nothing},
         {"run_id": "full-s0", "intervene": old},
     ]
-    header, body = intervention_table(records)
+    header, body, untouched = intervention_table(records)
     assert header == [
-        "run",
+        "setting",
+        "seeds",
         "λ",
         "intruders scaled",
         "pass@1, intruders",
@@ -376,15 +382,19 @@ def test_the_intervention_table_sets_the_control_beside_the_intruders_per_corpus
         "forgetting prose, control",
     ]
     assert body == [
-        ["lora-r4-s0", "0", "3", "0.250", "+0.500", "+0.750", "3 (1 past top k)", "0.125", "+1.500", "+1.750"],
-        ["lora-r4-s0", "1", "3", "0.500", "+1.000", "+1.250", "3 (1 past top k)", "0.500", "+1.000", "+1.250"],
-        ["full-s0", "0", "2", "0.375", "+2.000", "–", "–", "–", "–", "–"],
+        ["lora-r4", "2", "0", "3.5 ± 0.5", "0.375 ± 0.125", "+0.500 ± 0.000", "+0.750 ± 0.000"]
+        + ["3.5 ± 0.5 (2 past top k)", "0.125 ± 0.000", "+1.625 ± 0.125", "+1.750 ± 0.000"],
+        ["lora-r4", "2", "1", "3.5 ± 0.5", "0.500 ± 0.000", "+1.000 ± 0.000", "+1.250 ± 0.000"]
+        + ["3.5 ± 0.5 (2 past top k)", "0.500 ± 0.000", "+1.000 ± 0.000", "+1.250 ± 0.000"],
+        ["full", "1", "0", "2", "0.375", "+2.000", "–", "–", "–", "–", "–"],
     ]
+    assert untouched == ["lora-r64"]  # nothing scaled in any seed: named, not tabled
     assert intervention_table([{"run_id": "full-s0", "intervene": old}]) == (
-        ["run", "λ", "intruders scaled", "pass@1, intruders", "forgetting, intruders"],
-        [["full-s0", "0", "2", "0.375", "+2.000"]],
+        ["setting", "seeds", "λ", "intruders scaled", "pass@1, intruders", "forgetting, intruders"],
+        [["full", "1", "0", "2", "0.375", "+2.000"]],
+        [],
     )
-    assert intervention_table(records[:1]) == (["run", "λ"], [])
+    assert intervention_table(records[:1]) == (["setting", "seeds", "λ"], [], [])
 
 
 def test_the_time_table_gives_each_runs_stages_its_total_and_whether_it_shared_its_device():

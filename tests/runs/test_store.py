@@ -1,4 +1,5 @@
 import errno
+import gzip
 import os
 
 import pytest
@@ -100,3 +101,22 @@ def test_a_file_in_the_way_of_the_output_is_named_without_writing(tmp_path):
         write_json(tmp_path / "runs" / "sub" / "m.json", {})
     store.check_writable(tmp_path / "new" / "deeper")  # a folder that can be made
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_gzipped_record_is_read_in_place_of_the_plain_one(tmp_path):
+    """Committed study records keep their large files gzipped (docs/findings): read as they are, the plain file
+    first when both exist, a broken archive named."""
+    run = RunDir(tmp_path / "lora-r1-s0")
+    run.path.mkdir()
+    run.file("samples.jsonl.gz").write_bytes(gzip.compress(b'{"i": 1}\n{"i": 2}\n'))
+    run.file("spectral.json.gz").write_bytes(gzip.compress(b'{"summary": {"total_intruders": 3}}'))
+    assert run.has("samples.jsonl") and run.has("spectral.json") and not run.has("eval.json")
+    assert read_jsonl(run.file("samples.jsonl")) == [{"i": 1}, {"i": 2}]
+    assert run.reuse("spectral.json", lambda: pytest.fail("recomputed"), key="summary") == {"total_intruders": 3}
+    write_json(run.file("spectral.json"), {"summary": {"total_intruders": 4}})  # a newer plain record wins
+    assert read_json(run.file("spectral.json"))["summary"]["total_intruders"] == 4
+    run.file("samples.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match=r"samples\.jsonl\.gz: not a readable gzip file"):
+        read_jsonl(run.file("samples.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        read_json(run.file("eval.json"))

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ftcompare.evaluate.judge import EndpointJudge, JudgeItem, LocalJudge, judge_answers, verdict_counts
-from ftcompare.runs.store import read_jsonl, write_json, write_jsonl
+from ftcompare.runs.store import read_jsonl, stored, write_json, write_jsonl
 from ftcompare.schema import InputError
 
 SAMPLES_FILE = "samples.jsonl"
@@ -76,7 +76,7 @@ def executed_records(run_dir: Path, suite: str, mode: str) -> list[dict]:
     """The records of one suite and mode in a run's `samples.jsonl` that carry an execution verdict;
     InputError naming what is missing (no records, no such suite, a suite scored by a judge)."""
     path = Path(run_dir) / SAMPLES_FILE
-    if not path.is_file():
+    if not stored(path).is_file():
         raise InputError(run_dir, f"no {SAMPLES_FILE} (a run directory, _base, or an `ftcompare eval` output folder)")
     records = read_jsonl(path)
     chosen = [r for r in records if r.get("suite") == suite and r.get("mode") == mode]

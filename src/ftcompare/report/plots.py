@@ -8,6 +8,7 @@ rank. Where a study evaluated several learning-rate multipliers, the rank figure
 from __future__ import annotations
 
 import io
+import statistics
 from collections.abc import Sequence
 
 import matplotlib
@@ -283,12 +284,12 @@ def epsilon_sweep(sweeps: dict[str, dict[str, int]]) -> bytes:
 
 def intervention_curve(result: dict) -> bytes:
     """One run's causal test (an `intervene.json` record): `interventions` for that run, titled with its k and ε."""
-    return interventions({result["run_id"]: result["rows"]}, title=f"k={result['k']}, ε={result['epsilon']}")
+    return interventions({result["run_id"]: [result["rows"]]}, title=f"k={result['k']}, ε={result['epsilon']}")
 
 
-def interventions(results: dict[str, list[dict]], title: str = "") -> bytes:
-    """`results[run_id]` = the causal test's rows: pass@1 and forgetting against λ, per run its intruders solid
-    and its control dashed."""
+def interventions(results: dict[str, list[list[dict]]], title: str = "") -> bytes:
+    """`results[setting]` = the causal test's rows of each of its seeds: pass@1 and forgetting against λ, per
+    setting its intruders solid and its control dashed (`intervention_axes`)."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     intervention_axes(axes, results)
     if title:
@@ -299,20 +300,29 @@ def interventions(results: dict[str, list[dict]], title: str = "") -> bytes:
 INTERVENTION_STYLES = {"intruders": "-o", "control": "--s"}
 
 
-def intervention_axes(axes, results: dict[str, list[dict]]) -> None:
+def intervention_axes(axes, results: dict[str, list[list[dict]]]) -> None:
     """Draw the causal test on two axes: greedy pass@1 (axes[0]) and the headline corpus's forgetting (axes[1])
-    against λ, one colour per run (full fine-tuning black), a line per kind of directions scaled, labelled
-    "<run> (<kind>)"; rows recorded before the control existed have no `directions` and are the intruders'."""
-    for index, (run, rows) in enumerate(results.items()):
-        color = "black" if run.startswith("full") else COLORS[index % len(COLORS)]
+    against λ, one colour per setting (full fine-tuning black), a line per kind of directions scaled through the
+    mean over seeds, labelled "<setting> (<kind>)", each seed a small point; rows recorded before the control
+    existed have no `directions` and are the intruders'. Forgetting is drawn on a symmetric log scale past ±0.01
+    nat: a control that removes top directions can raise the loss by tens of nats, where the intruders' effect is
+    a tenth of one."""
+    for index, (setting, seeds) in enumerate(results.items()):
+        color = "black" if setting.startswith("full") else COLORS[index % len(COLORS)]
         for kind, style in INTERVENTION_STYLES.items():
-            line = sorted((r for r in rows if r.get("directions", "intruders") == kind), key=lambda r: r["lambda"])
-            if not line:
+            rows = [row for run_rows in seeds for row in run_rows if row.get("directions", "intruders") == kind]
+            if not rows:
                 continue
-            lambdas, label = [r["lambda"] for r in line], f"{run} ({kind})"
-            axes[0].plot(lambdas, [r["pass@1"] for r in line], style, markersize=3, color=color, label=label)
-            if all("forgetting" in r for r in line):
-                axes[1].plot(lambdas, [r["forgetting"] for r in line], style, markersize=3, color=color, label=label)
+            for ax, field in zip(axes, ("pass@1", "forgetting")):
+                points = [(row["lambda"], row[field]) for row in rows if field in row]
+                if not points:
+                    continue
+                lambdas = sorted({lam for lam, _ in points})
+                means = [statistics.fmean(v for lam, v in points if lam == at) for at in lambdas]
+                ax.plot(lambdas, means, style, markersize=3, color=color, label=f"{setting} ({kind})")
+                if len(seeds) > 1:
+                    ax.scatter(*zip(*points), s=6, color=color, alpha=0.35, linewidths=0)
+    axes[1].set_yscale("symlog", linthresh=0.01)
     for ax, label in zip(axes, ("in-domain greedy pass@1", "held-out loss increase over the base")):
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xlabel("λ (singular values scaled by λ; 1 = the tuned model)", fontsize=8)

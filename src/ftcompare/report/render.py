@@ -13,6 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
     fully_evaluated,
+    intervention_groups,
     intervention_table,
     judged_tables,
     lm_eval_line,
@@ -179,13 +180,13 @@ def figures(all_rows: list[dict], collected: Collected) -> list[Figure]:
                     spectral_plots.spectral_features_by_layer(matrices),
                 )
             )
-    interventions = {r["run_id"]: r["intervene"] for r in collected.records if r.get("intervene")}
+    interventions, _ = intervention_groups(collected.records)
     if interventions:
         result.append(
             Figure(
                 "intervene",
                 "Causal test: scaling the intruder dimensions",
-                "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (solid; Shuttleworth et al. 2024, §6), and, as the control, as many of its top non-intruder directions (dashed); λ = 1 is the tuned model, λ = 0 removes those directions.",
+                "In-domain greedy pass@1 and forgetting when the singular values of every adapted matrix's intruder dimensions are scaled by λ (solid; Shuttleworth et al. 2024, §6), and, as the control, as many of its top non-intruder directions (dashed); λ = 1 is the tuned model, λ = 0 removes those directions. Lines: the mean over seeds; points: each seed. Forgetting on a symmetric log scale past ±0.01. Settings without an intruder dimension are not drawn.",
                 plots.interventions(interventions),
             )
         )
@@ -232,7 +233,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     # the tables over seeds, where there is something to take a mean over or a multiplier axis to show
     over_seeds = any(row["seeds"] > 1 for row in summary) or len({r.get("lr_multiplier") for r in tuned}) > 1
     lm_eval_header, lm_eval_body = lm_eval_table(records)
-    intervene_header, intervene_body = intervention_table(records)
+    intervene_header, intervene_body, intervene_untouched = intervention_table(records)
     time_header, time_body = stage_time_table(records)
     environment = Environment(
         loader=PackageLoader("ftcompare.report", "templates"),
@@ -282,6 +283,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "intervene_header": intervene_header,
         "intervene_body": intervene_body,
         "intervene_markdown": markdown_from_cells(intervene_header, intervene_body) if intervene_body else "",
+        "intervene_untouched": ", ".join(intervene_untouched),
         "judged": judged_tables(records),
         "selection_suite": (study.get("config") or {}).get("training", {}).get("select_lr_on"),
         "every_rate_evaluated": any(r.get("selected") is False and fully_evaluated(r) for r in records),

@@ -710,43 +710,72 @@ def lm_eval_line(records: Sequence[dict]) -> str:
     return f"lm-eval {settings.get('lm_eval_version')}, {shots}, {documents}, seed {settings.get('seed')}, batch size {settings.get('batch_size')}"
 
 
-def intervention_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """The causal test per run and λ: for the intruders, then the control, the directions scaled, greedy pass@1
-    and the forgetting on each corpus (the increase of its held-out loss over the base's). A control scaled
-    partly past the top k, or short of the intruders' count, says so in its cell. Rows recorded before the
-    control have no `directions` (they are the intruders') and the headline corpus's forgetting only."""
-    tests = {str(r.get("run_id")): r["intervene"] for r in records if r.get("intervene")}
-    rows = [row for run_rows in tests.values() for row in run_rows]
+def intervention_groups(records: Sequence[dict]) -> tuple[dict[str, list[list[dict]]], list[str]]:
+    """The causal tests of `records` by method setting (`seed_groups`): per setting where some seed scaled a
+    direction, each seed's rows; apart, the settings where no seed had anything to scale (no intruder dimension:
+    every row is the tuned model, so the test says nothing there)."""
+    tested: dict[str, list[list[dict]]] = {}
+    untouched = []
+    for group, members in seed_groups([r for r in records if r.get("intervene")]).items():
+        seeds = [record["intervene"] for record in members]
+        if any(row.get("scaled", row.get("intruders")) for rows in seeds for row in rows):
+            tested[group] = seeds
+        else:
+            untouched.append(group)
+    return tested, untouched
+
+
+def intervention_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The causal test over seeds, per method setting with intruder dimensions (`intervention_groups`) and λ: for
+    the intruders, then the control, the directions scaled, greedy pass@1 and the forgetting on each corpus (the
+    increase of its held-out loss over the base's), each the mean ± s.e. over the setting's seeds. A control scaled
+    partly past the top k, or short of the intruders' count, says so in its cell (summed over seeds). The settings
+    left out, where nothing was scaled, are the third value. Rows recorded before the control have no `directions`
+    (they are the intruders') and the headline corpus's forgetting only."""
+    tested, untouched = intervention_groups(records)
+    rows = [row for seeds in tested.values() for run_rows in seeds for row in run_rows]
     # None: rows from before per-corpus records, with the headline corpus's forgetting only
     corpora = list(dict.fromkeys(corpus for row in rows for corpus in row.get("corpora") or {})) or [None]
     kinds = [kind for kind in ("intruders", "control") if any(row.get("directions", "intruders") == kind for row in rows)]
-    header = ["run", "λ"]
+    header = ["setting", "seeds", "λ"]
     for kind in kinds:
         header += [f"{kind} scaled", f"pass@1, {kind}", *[f"forgetting{f' {c}' if c else ''}, {kind}" for c in corpora]]
     body = []
-    for run, run_rows in tests.items():
-        by_kind = {(row["lambda"], row.get("directions", "intruders")): row for row in run_rows}
-        for lam in sorted({row["lambda"] for row in run_rows}):
-            cells = [run, format_cell(lam, "g")]
+    for group, seeds in tested.items():
+        for lam in sorted({row["lambda"] for run_rows in seeds for row in run_rows}):
+            cells = [group, str(len(seeds)), format_cell(lam, "g")]
             for kind in kinds:
-                row = by_kind.get((lam, kind), {})
-                cells += [_scaled_cell(row), format_cell(row.get("pass@1"), ".3f")]
+                at = [
+                    row
+                    for run_rows in seeds
+                    for row in run_rows
+                    if (row["lambda"], row.get("directions", "intruders")) == (lam, kind)
+                ]
+                cells += [_scaled_cell(at), _over_seeds([row.get("pass@1") for row in at], ".3f")]
                 for index, corpus in enumerate(corpora):
                     # the headline corpus is the first: rows from before per-corpus records have only its forgetting
-                    value = _get(row, "corpora", corpus, "forgetting") if corpus else None
-                    cells.append(format_cell(row.get("forgetting") if value is None and index == 0 else value, "+.3f"))
+                    values = [_get(row, "corpora", corpus, "forgetting") if corpus else None for row in at]
+                    if index == 0:
+                        values = [row.get("forgetting") if value is None else value for row, value in zip(at, values)]
+                    cells.append(_over_seeds(values, "+.3f"))
             body.append(cells)
-    return header, body
+    return header, body, untouched
 
 
-def _scaled_cell(row: dict) -> str:
-    """How many directions a causal-test row scaled, with the control's caveats."""
-    scaled = row.get("scaled", row.get("intruders"))  # rows from before the control: the intruder count
-    if scaled is None:
+def _over_seeds(values: Sequence[float | None], fmt: str) -> str:
+    """The mean ± s.e. of the values the seeds measured ("–" where none did)."""
+    return plus_minus(*mean_and_stderr(group_mean([{"v": v} for v in values], lambda _: 0, "v").get(0)), fmt)
+
+
+def _scaled_cell(rows: Sequence[dict]) -> str:
+    """How many directions causal-test rows (one per seed) scaled, over seeds, with the control's caveats."""
+    counts = [row.get("scaled", row.get("intruders")) for row in rows]  # rows from before the control: the intruders
+    if not counts or any(count is None for count in counts):
         return "–"
-    notes = [f"{row['beyond_k']} past top k"] if row.get("beyond_k") else []
-    notes += [f"{row['unmatched']} unmatched"] if row.get("unmatched") else []
-    return str(scaled) + (f" ({', '.join(notes)})" if notes else "")
+    cell = str(counts[0]) if len(counts) == 1 else _over_seeds(counts, ".1f")
+    notes = [f"{sum(r.get('beyond_k') or 0 for r in rows)} past top k"] if any(r.get("beyond_k") for r in rows) else []
+    notes += [f"{sum(r.get('unmatched') or 0 for r in rows)} unmatched"] if any(r.get("unmatched") for r in rows) else []
+    return cell + (f" ({', '.join(notes)})" if notes else "")
 
 
 def sequence_tables(records: Sequence[dict]) -> list[dict]:

@@ -3,14 +3,20 @@
 A run's stages (train, evaluate, analyse) each leave one record file; a stage whose record exists is
 done and is skipped when a sweep is re-run, so an interrupted sweep resumes where it stopped. The
 `done.json` marker is written last.
+
+A record may also be kept gzipped, as `<name>.gz` (how a study's records are committed, e.g. docs/findings): it is
+read in place of `<name>` when that is absent, so `ftcompare report`, `rescore` and `judge-calibrate` run on
+committed records as they are.
 """
 
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -127,9 +133,23 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def stored(path: Path) -> Path:
+    """The file that holds record `path`: itself, or `path.gz` when only the gzipped copy exists."""
+    path = Path(path)
+    compressed = path.with_name(path.name + ".gz")
+    return compressed if not path.is_file() and compressed.is_file() else path
+
+
 def _read_record_text(path: Path) -> str:
+    source = stored(path)
+    data = source.read_bytes()
+    if source != Path(path):
+        try:
+            data = gzip.decompress(data)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+            raise InputError(source, f"not a readable gzip file ({error}); repair it or delete it") from None
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise InputError(
             path, f"not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); repair it or delete it"
@@ -150,7 +170,8 @@ class RunDir:
         return self.path / name
 
     def has(self, name: str) -> bool:
-        return self.file(name).is_file()
+        """Whether the run holds record `name`, plain or gzipped (`stored`)."""
+        return stored(self.file(name)).is_file()
 
     def reuse(self, name: str, compute: Callable[[], dict], key: str | None = None) -> dict:
         """The record `name` if an earlier session wrote it, else what `compute()` returns (it writes the
