@@ -48,8 +48,9 @@ from ftcompare.runs.store import (
     DONE_FILE,
     STUDY_FILE,
     RunDir,
-    append_session,
+    begin_session,
     check_writable,
+    end_session,
     experiment_dir,
     read_json,
     writable_folder,
@@ -78,6 +79,7 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
     if context.ranks is not None:
         session["processes"] = context.ranks.count
     started = time.perf_counter()
+    index = begin_session(context.experiment, session) if context.writes else None
     try:
         work([study_job(name, context) for name in first_jobs(config)])
         work([study_job(name, context) for name in context.on_rank_0(lambda: second_jobs(context))])
@@ -85,8 +87,8 @@ def run_study(config: StudyConfig, output: Path, worker: Worker | None = None) -
         session["failed"] = f"{type(error).__name__}: {error}"[:500]
         raise
     finally:
-        if context.writes:  # the session's wall time: the study's, summed over its sessions
-            append_session(context.experiment, {**session, "wall_s": time.perf_counter() - started})
+        if index is not None:  # the session's wall time: the study's, summed over its sessions
+            end_session(context.experiment, index, {**session, "wall_s": time.perf_counter() - started})
     return context.experiment
 
 

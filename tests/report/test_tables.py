@@ -434,3 +434,14 @@ def test_the_sessions_line_sums_the_studys_wall_time_over_its_sessions():
     assert sessions_line([ray, local]) == (
         "Study wall time 1462 s over 2 session(s): 1362 s (ray, 3 slots of 0.33 GPU, 2 failed); 100 s (local)."
     )
+    # a session cut short (its machine taken back) recorded its start only: its time runs to its last finished run
+    cut = {"executor": "ray", "started_at": "2026-12-02T14:18:00+00:00", "plan": {"slots": 3, "gpus_per_run": 0.33}}
+    later = {**local, "started_at": "2026-12-03T09:00:00+00:00"}
+    finished = ["2026-12-02T14:20:00+00:00", "2026-12-02T14:38:20+00:00", "2026-12-03T09:01:00+00:00"]
+    assert sessions_line([cut, later], finished) == (
+        "Study wall time ≥ 1320 s over 2 session(s): ≥ 1220 s (ray, 3 slots of 0.33 GPU; cut short, 2 run(s) "
+        "finished in it); 100 s (local)."
+    )
+    assert sessions_line([cut], []) == (
+        "Study wall time ≥ 0 s over 1 session(s): ≥ 0 s (ray, 3 slots of 0.33 GPU; cut short, 0 run(s) finished in it)."
+    )

@@ -82,9 +82,9 @@ def _wait_for_claims_to_lapse(locks, timeout_s: float = 60) -> None:
 
 
 def _jobs_done(experiment) -> list[str]:
-    """The jobs each session's slots did (not found done), over every session of executor.json."""
+    """The jobs each session's slots did (not found done), over every session of executor.json (one cut short recorded none)."""
     sessions = json.loads((experiment / EXECUTOR_FILE).read_text())["sessions"]
-    return [job["job"] for session in sessions for job in session["jobs"] if job["did"]]
+    return [job["job"] for session in sessions for job in session.get("jobs", ()) if job["did"]]
 
 
 @pytest.mark.slow
@@ -139,13 +139,17 @@ def test_a_sweep_whose_driver_is_killed_resumes_and_redoes_no_finished_run(tmp_p
     _wait_for_claims_to_lapse([experiment / run / CLAIM_FILE for run in RUNS])  # its slots die with their raylet
     finished = {run: (experiment / run / "done.json").read_text() for run in RUNS if (experiment / run / "done.json").is_file()}
     assert 0 < len(finished) < len(RUNS)
-    assert not (experiment / EXECUTOR_FILE).exists()  # the killed session recorded nothing
+    (killed,) = json.loads((experiment / EXECUTOR_FILE).read_text())["sessions"]  # its start, and no end
+    assert killed["executor"] == "ray" and killed["started_at"] and "wall_s" not in killed
     resumed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     did = _jobs_done(experiment)
     assert sorted(did) == sorted(run for run in RUNS if run not in finished)  # the rest, each once
     assert all((experiment / run / "done.json").read_text() == record for run, record in finished.items())
     assert all((experiment / run / "metrics.json").is_file() for run in RUNS)
+    sessions = json.loads((experiment / EXECUTOR_FILE).read_text())["sessions"]
+    assert [session.get("wall_s") is None for session in sessions] == [True, False]  # the resumed one ended
+    assert f"cut short, {len(finished)} run(s) finished in it" in (experiment / "report.md").read_text()
 
 
 class _Slot:

@@ -120,3 +120,12 @@ def test_a_gzipped_record_is_read_in_place_of_the_plain_one(tmp_path):
         read_jsonl(run.file("samples.jsonl"))
     with pytest.raises(FileNotFoundError):
         read_json(run.file("eval.json"))
+
+
+def test_a_session_is_recorded_as_it_starts_and_completed_as_it_ends(tmp_path):
+    first = store.begin_session(tmp_path, {"executor": "ray", "started_at": "t0"})
+    second = store.begin_session(tmp_path, {"executor": "local", "started_at": "t1"})
+    assert (first, second) == (0, 1)
+    assert store.read_sessions(tmp_path) == [{"executor": "ray", "started_at": "t0"}, {"executor": "local", "started_at": "t1"}]
+    store.end_session(tmp_path, second, {"executor": "local", "started_at": "t1", "wall_s": 5.0})
+    assert [session.get("wall_s") for session in store.read_sessions(tmp_path)] == [None, 5.0]  # the first: cut short

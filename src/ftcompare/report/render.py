@@ -36,7 +36,7 @@ from ftcompare.report.tables import (
     training_precision_line,
     weights_line,
 )
-from ftcompare.runs.store import BASE_DIR, STUDY_FILE, atomic_write_text, read_json, read_sessions, run_dirs
+from ftcompare.runs.store import BASE_DIR, DONE_FILE, STUDY_FILE, atomic_write_text, read_json, read_sessions, run_dirs
 
 FIGURES_DIR = "figures"
 
@@ -60,6 +60,7 @@ class Collected:
     representations: dict[str, dict] = field(default_factory=dict)  # run id -> probes
     unfinished: list[str] = field(default_factory=list)  # run ids of the study without a finished record
     sessions: list[dict] = field(default_factory=list)  # executor.json: each session's executor and wall time
+    finished_at: list[str] = field(default_factory=list)  # when each finished run ended (its done.json), ISO 8601
 
 
 def collect(experiment: Path) -> Collected:
@@ -72,6 +73,8 @@ def collect(experiment: Path) -> Collected:
     if base.is_file():
         collected.records.append(read_json(base))
     for run in run_dirs(experiment):
+        if run.done:
+            collected.finished_at.append(read_json(run.file(DONE_FILE))["finished_at"])
         if run.has("metrics.json"):
             collected.records.append(read_json(run.file("metrics.json")))
             if run.has("spectral.json"):
@@ -279,7 +282,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "time_header": time_header,
         "time_body": time_body,
         "time_markdown": markdown_from_cells(time_header, time_body) if time_body else "",
-        "sessions": sessions_line(collected.sessions),
+        "sessions": sessions_line(collected.sessions, collected.finished_at),
         "intervene_header": intervene_header,
         "intervene_body": intervene_body,
         "intervene_markdown": markdown_from_cells(intervene_header, intervene_body) if intervene_body else "",

@@ -7,6 +7,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from ftcompare.evaluate.metrics import paired_difference
 from ftcompare.matrix import best_multipliers, run_id_without, selection_group
@@ -834,12 +835,16 @@ def stage_time_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]
     return ["run", *(f"{stage} s" for stage in stages), "total s", "runs sharing its device"], body
 
 
-def sessions_line(sessions: Sequence[dict]) -> str:
-    """The study's wall time, session by session (`executor.json`), and in all."""
+def sessions_line(sessions: Sequence[dict], finished_at: Sequence[str] = ()) -> str:
+    """The study's wall time, session by session (`executor.json`), and in all. A session cut short (its driver
+    killed, its machine taken back) recorded its start only: its time is taken to the last run that finished in it
+    (`finished_at`: each finished run's end, from its done.json), a lower bound, and said to be one."""
     if not sessions:
         return ""
-    parts = []
-    for session in sessions:
+    parts, total = [], 0.0
+    starts = [datetime.fromisoformat(session["started_at"]) if session.get("started_at") else None for session in sessions]
+    ends = sorted(datetime.fromisoformat(moment) for moment in finished_at)
+    for number, session in enumerate(sessions):
         plan = session.get("plan") or {}
         where = f"{session['executor']}" + (
             f", {plan['slots']} slots of {plan['gpus_per_run']:g} GPU" if plan.get("gpus_per_run") else ""
@@ -847,6 +852,14 @@ def sessions_line(sessions: Sequence[dict]) -> str:
         where += f", {plan['slots']} slots" if plan and not plan.get("gpus_per_run") else ""
         failed = session.get("failed")
         outcome = f", {len(failed) if isinstance(failed, list) else 1} failed" if failed else ""
-        parts.append(f"{format_cell(session.get('wall_s'), '.0f')} s ({where}{outcome})")
-    total = sum(session.get("wall_s") or 0 for session in sessions)
-    return f"Study wall time {total:.0f} s over {len(sessions)} session(s): " + "; ".join(parts) + "."
+        wall = session.get("wall_s")
+        if wall is None and starts[number] is not None:  # cut short: up to its last finished run
+            following = next((start for start in starts[number + 1 :] if start is not None), None)
+            within = [end for end in ends if end >= starts[number] and (following is None or end < following)]
+            wall = (within[-1] - starts[number]).total_seconds() if within else 0.0
+            parts.append(f"≥ {wall:.0f} s ({where}; cut short, {len(within)} run(s) finished in it)")
+        else:
+            parts.append(f"{format_cell(wall, '.0f')} s ({where}{outcome})")
+        total += wall or 0.0
+    short = any(session.get("wall_s") is None for session in sessions)
+    return f"Study wall time {'≥ ' if short else ''}{total:.0f} s over {len(sessions)} session(s): " + "; ".join(parts) + "."

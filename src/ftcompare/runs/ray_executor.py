@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ftcompare.config import StudyConfig, load_config
-from ftcompare.runs.store import append_session, experiment_dir
+from ftcompare.runs.store import begin_session, end_session, experiment_dir
 from ftcompare.runs.workers import ALLOCATOR_ENV, Worker, work_through
 
 
@@ -148,6 +148,7 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
         "started_at": datetime.now(timezone.utc).isoformat(),
     }
     started = time.perf_counter()
+    index = begin_session(experiment, session)
     try:
         resources = ray.cluster_resources()
         node_cpus = max(node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"])
@@ -180,8 +181,7 @@ def run_on_ray(config_path: Path, overrides: Sequence[str], config: StudyConfig,
         session["finished_at"] = datetime.now(timezone.utc).isoformat()
         session["wall_s"] = time.perf_counter() - started
         ray.shutdown()
-        if experiment.is_dir():
-            append_session(experiment, session)
+        end_session(experiment, index, session)
     if failed:
         listed = "; ".join(f"{entry['job']}: {entry['error']}" for entry in failed)
         raise ExecutorError(

@@ -200,11 +200,20 @@ class RunDir:
         return "evaluated" if self.has("eval.json") else "trained"
 
 
-def append_session(experiment: Path, session: dict) -> None:
-    """Add one session of the study (executor, start and end, what it did) to the experiment's `executor.json`."""
-    record = experiment / EXECUTOR_FILE
-    sessions = read_json(record)["sessions"] if record.is_file() else []
-    write_json(record, {"sessions": [*sessions, session]})
+def begin_session(experiment: Path, session: dict) -> int:
+    """Add a session of the study (its executor and start) to the experiment's `executor.json` as it starts: one cut
+    short (its driver killed, its machine taken back) keeps that much, and the report reads how far it got from the
+    runs it finished. Its index, for `end_session`."""
+    sessions = read_sessions(experiment)
+    write_json(experiment / EXECUTOR_FILE, {"sessions": [*sessions, session]})
+    return len(sessions)
+
+
+def end_session(experiment: Path, index: int, session: dict) -> None:
+    """Record session `index` as it ended: its wall time and what it did."""
+    sessions = read_sessions(experiment)
+    sessions[index] = session
+    write_json(experiment / EXECUTOR_FILE, {"sessions": sessions})
 
 
 def read_sessions(experiment: Path) -> list[dict]:
