@@ -4,6 +4,7 @@ import pytest
 
 from ftcompare.report.tables import (
     columns,
+    epsilon_sweep_table,
     intervention_table,
     markdown_table,
     paired_comparison_table,
@@ -445,3 +446,25 @@ def test_the_sessions_line_sums_the_studys_wall_time_over_its_sessions():
     assert sessions_line([cut], []) == (
         "Study wall time ≥ 0 s over 1 session(s): ≥ 0 s (ray, 3 slots of 0.33 GPU; cut short, 0 run(s) finished in it)."
     )
+
+
+def test_the_epsilon_sweep_over_seeds_gives_each_settings_mean_and_error_per_threshold():
+    records = [
+        {"run_id": "base", "method": "base"},
+        {"run_id": "lora-r1-x10-s0", "label": "LoRA r=1 lr×10", "lr_multiplier": 10.0},
+        {"run_id": "lora-r1-x10-s1", "label": "LoRA r=1 lr×10", "lr_multiplier": 10.0},
+        {"run_id": "full-x10-s0", "label": "full FT lr×10", "lr_multiplier": 10.0},
+        {"run_id": "full-x10-s1", "label": "full FT lr×10", "lr_multiplier": 10.0},  # no spectral record
+    ]
+    spectral = {
+        "lora-r1-x10-s0": {"summary": {"epsilon_sweep": {"0.3": 20, "0.5": 50, "0.9": 440}}},
+        "lora-r1-x10-s1": {"summary": {"epsilon_sweep": {"0.3": 24, "0.5": 54, "0.9": 444}}},
+        "full-x10-s0": {"summary": {"epsilon_sweep": {"0.3": 0, "0.5": 0, "0.9": 2}}},
+    }
+    header, body = epsilon_sweep_table(records, spectral)
+    assert header == ["method", "lr ×", "seeds", "ε 0.3", "ε 0.5", "ε 0.9"]
+    assert body == [  # in the study's order; a seed without a spectral record is not counted
+        ["LoRA r=1", "10", "2", "22.0 ± 2.0", "52.0 ± 2.0", "442.0 ± 2.0"],
+        ["full FT", "10", "1", "0.0", "0.0", "2.0"],
+    ]
+    assert epsilon_sweep_table(records, {}) == ([], [])

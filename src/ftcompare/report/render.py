@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ftcompare.report import plots, spectral_plots
 from ftcompare.report.tables import (
+    epsilon_sweep_table,
     fully_evaluated,
     intervention_groups,
     intervention_table,
@@ -236,6 +237,7 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
     # the tables over seeds, where there is something to take a mean over or a multiplier axis to show
     over_seeds = any(row["seeds"] > 1 for row in summary) or len({r.get("lr_multiplier") for r in tuned}) > 1
     lm_eval_header, lm_eval_body = lm_eval_table(records)
+    sweep_header, sweep_body = epsilon_sweep_table(records, collected.spectral)
     intervene_header, intervene_body, intervene_untouched = intervention_table(records)
     time_header, time_body = stage_time_table(records)
     environment = Environment(
@@ -268,6 +270,9 @@ def render_report(experiment: Path) -> tuple[Path, Path, list[dict]]:
         "seed_header": seed_header,
         "seed_body": seed_body,
         "seed_markdown": markdown_from_cells(seed_header, seed_body) if over_seeds else "",
+        "sweep_markdown": markdown_from_cells(sweep_header, sweep_body) if over_seeds and sweep_body else "",
+        "sweep_header": sweep_header,
+        "sweep_body": sweep_body if over_seeds else [],
         "seed_paired_header": seed_paired_header,
         "seed_paired_body": seed_paired_body if over_seeds else [],
         "seed_paired_markdown": markdown_from_cells(seed_paired_header, seed_paired_body)

@@ -594,6 +594,29 @@ def seed_summary_table(summary: Sequence[dict]) -> tuple[list[str], list[list[st
     return header, body
 
 
+def epsilon_sweep_table(records: Sequence[dict], spectral: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Intruder dimensions at each ε of the sweep (`spectral.json` → `summary.epsilon_sweep`), per method setting and
+    learning-rate multiplier (`seed_groups`): the mean ± s.e. over the seeds that have a spectral record."""
+    analysed = [record for record in records if str(record.get("run_id")) in spectral]
+    sweeps = {str(r["run_id"]): spectral[str(r["run_id"])]["summary"].get("epsilon_sweep") or {} for r in analysed}
+    epsilons = sorted({epsilon for sweep in sweeps.values() for epsilon in sweep}, key=float)
+    if not epsilons:
+        return [], []
+    header = ["method", "lr ×", "seeds", *(f"ε {epsilon}" for epsilon in epsilons)]
+    body = []
+    for members in seed_groups(analysed).values():
+        counts = [sweeps[str(member["run_id"])] for member in members]
+        body.append(
+            [
+                method_label(members[0]),
+                format_cell(members[0].get("lr_multiplier"), "g"),
+                str(len(members)),
+                *(_over_seeds([sweep.get(epsilon) for sweep in counts], ".1f") for epsilon in epsilons),
+            ]
+        )
+    return header, body
+
+
 def per_problem_over_seeds(records: Sequence[dict], suite: str) -> dict[str, float] | None:
     """Per problem of `suite`, its greedy pass (0/1) averaged over `records` (the seeds of one group), over the
     problems every record scored; None when a record has no per-problem scores for the suite."""
