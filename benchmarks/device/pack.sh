@@ -21,6 +21,7 @@ records=${1:-}
 grep -qx "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/info/exclude
 rm -rf .device && mkdir -p .device
 staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT  # the packages and the model: over 200 MB
 mkdir -p "$staging/wheels" "$staging/data" "$staging/model"
 platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 download() { python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $platforms -d "$@"; }
