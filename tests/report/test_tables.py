@@ -443,6 +443,8 @@ def test_the_sessions_line_sums_the_studys_wall_time_over_its_sessions():
         "Study wall time ≥ 1320 s over 2 session(s): ≥ 1220 s (ray, 3 slots of 0.33 GPU; cut short, 2 run(s) "
         "finished in it); 100 s (local)."
     )
+    told = {**cut, "reconstructed": "from its log, after it"}
+    assert sessions_line([told], finished[:1]).endswith("cut short, 1 run(s) finished in it; recorded after it, from its log).")
     assert sessions_line([cut], []) == (
         "Study wall time ≥ 0 s over 1 session(s): ≥ 0 s (ray, 3 slots of 0.33 GPU; cut short, 0 run(s) finished in it)."
     )

@@ -861,7 +861,8 @@ def stage_time_table(records: Sequence[dict]) -> tuple[list[str], list[list[str]
 def sessions_line(sessions: Sequence[dict], finished_at: Sequence[str] = ()) -> str:
     """The study's wall time, session by session (`executor.json`), and in all. A session cut short (its driver
     killed, its machine taken back) recorded its start only: its time is taken to the last run that finished in it
-    (`finished_at`: each finished run's end, from its done.json), a lower bound, and said to be one."""
+    (`finished_at`: each finished run's end, from its done.json), a lower bound, and said to be one; a session
+    written afterwards from its log (`reconstructed`, saying how) is said to be so."""
     if not sessions:
         return ""
     parts, total = [], 0.0
@@ -880,7 +881,8 @@ def sessions_line(sessions: Sequence[dict], finished_at: Sequence[str] = ()) -> 
             following = next((start for start in starts[number + 1 :] if start is not None), None)
             within = [end for end in ends if end >= starts[number] and (following is None or end < following)]
             wall = (within[-1] - starts[number]).total_seconds() if within else 0.0
-            parts.append(f"≥ {wall:.0f} s ({where}; cut short, {len(within)} run(s) finished in it)")
+            told = "; recorded after it, from its log" if session.get("reconstructed") else ""
+            parts.append(f"≥ {wall:.0f} s ({where}; cut short, {len(within)} run(s) finished in it{told})")
         else:
             parts.append(f"{format_cell(wall, '.0f')} s ({where}{outcome})")
         total += wall or 0.0
