@@ -48,9 +48,10 @@ STUDY = {
 RUNS = ("full-d0.5-s0", "qlora-r2-s0", "dora-r2-l50-s0")
 
 
-def _run(output):
-    config_path = output / "study.yaml"
-    config_path.write_text(yaml.safe_dump(STUDY))
+def _run(output, study: dict = STUDY, name: str = "study.yaml"):
+    """`ftcompare run` on `study`, written to output/name, with its experiment folder under output."""
+    config_path = output / name
+    config_path.write_text(yaml.safe_dump(study))
     return CliRunner().invoke(
         app, ["run", str(config_path), "--output", str(output)], env={"FTCOMPARE_CACHE": os.environ["FTCOMPARE_CACHE"]}
     )
@@ -173,7 +174,7 @@ def test_an_interrupted_sequence_resumes_after_its_last_recorded_stage(experimen
     assert (run / "done.json").is_file()
 
 
-def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_is_scored(tmp_path, tiny_base, cache_dir):
+def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_is_scored(tmp_path, tiny_base):
     study = {
         "experiment": "selection",
         "base": STUDY["base"],
@@ -183,11 +184,7 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
         "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 8, "forgetting": None, "latency": None},
         "analyses": {"spectral": None},
     }
-    config_path = tmp_path / "study.yaml"
-    config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(
-        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
-    )
+    result = _run(tmp_path, study)
     assert result.exit_code == 0, result.output
     experiment = tmp_path / "selection"
     scores = {m: json.loads((experiment / f"full-x{m}-s0" / "selection.json").read_text())["greedy"]["pass@1"] for m in (1, 10)}
@@ -208,16 +205,14 @@ def test_learning_rates_are_chosen_on_the_selection_suite_before_the_test_suite_
     selection = json.loads((winner_dir / "selection.json").read_text())
     selection["greedy"]["pass@1"] = 0.987  # a score the retrained model cannot reach on 4 problems
     (winner_dir / "selection.json").write_text(json.dumps(selection))
-    result = CliRunner().invoke(
-        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
-    )
+    result = _run(tmp_path, study)
     assert result.exit_code == 0, result.output
     retrained = _metrics(experiment, f"full-x{chosen}-s0")
     assert retrained["train"]["retrained_without_saved_weights"] is True
     assert retrained["suites"]["ood"]["greedy"]["pass@1"] != 0.987
 
 
-def test_with_evaluate_all_lrs_every_multiplier_is_evaluated_in_full_and_the_choice_marked(tmp_path, tiny_base, cache_dir):
+def test_with_evaluate_all_lrs_every_multiplier_is_evaluated_in_full_and_the_choice_marked(tmp_path, tiny_base):
     study = {
         "experiment": "every-rate",
         "base": STUDY["base"],
@@ -239,11 +234,7 @@ def test_with_evaluate_all_lrs_every_multiplier_is_evaluated_in_full_and_the_cho
         },
         "analyses": {"spectral": {"k": 4}},
     }
-    config_path = tmp_path / "study.yaml"
-    config_path.write_text(yaml.safe_dump(study))
-    result = CliRunner().invoke(
-        app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
-    )
+    result = _run(tmp_path, study)
     assert result.exit_code == 0, result.output
     experiment = tmp_path / "every-rate"
     # no barrier: no run trained for its selection score alone; each scored the selection suite with the others
@@ -307,7 +298,7 @@ def test_models_lists_the_registry_and_refuses_an_unknown_name():
     assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.output
 
 
-def test_a_bf16_base_trains_with_fp32_master_weights_unless_told_otherwise(tmp_path, tiny_base, cache_dir):
+def test_a_bf16_base_trains_with_fp32_master_weights_unless_told_otherwise(tmp_path, tiny_base):
     from safetensors.torch import load_file
 
     def weights_moved(master_weights: str) -> tuple[dict, float]:
@@ -327,11 +318,7 @@ def test_a_bf16_base_trains_with_fp32_master_weights_unless_told_otherwise(tmp_p
             "evaluation": {"n_samples": 0, "k": [1], "max_new_tokens": 4, "forgetting": None, "latency": None},
             "analyses": {"spectral": None},
         }
-        config_path = tmp_path / f"{master_weights}.yaml"
-        config_path.write_text(yaml.safe_dump(study))
-        result = CliRunner().invoke(
-            app, ["run", str(config_path), "--output", str(tmp_path)], env={"FTCOMPARE_CACHE": str(cache_dir)}
-        )
+        result = _run(tmp_path, study, f"{master_weights}.yaml")
         assert result.exit_code == 0, result.output
         run = tmp_path / f"master-{master_weights}" / "full-s0"
         tuned = load_file(next((run / "weights").glob("*.safetensors")))
