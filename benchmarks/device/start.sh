@@ -6,5 +6,5 @@ rm -rf /tmp/ft/src /tmp/ft/examples /tmp/ft/benchmarks && cp -r src examples ben
 cd /tmp/ft
 export PYTHONPATH=/tmp/site:/tmp/ft/src FTCOMPARE_CACHE=/tmp/ftcache NCCL_NVLS_ENABLE=0
 gpus_per_run=$1; shift
-nohup setsid bash -c "start=\$(date +%s); python3 -m ftcompare.cli run examples/smollm2-mbpp.yaml $* --output /tmp/runs --executor ray --gpus-per-run $gpus_per_run; echo \"STUDY EXITED rc=\$? wall=\$((\$(date +%s)-start))\"" > /tmp/study.log 2>&1 < /dev/null &
+nohup setsid bash -c "start=\$(date +%s); python3 -m ftcompare.cli run /tmp/ft/examples/smollm2-mbpp.yaml $* --output /tmp/runs --executor ray --gpus-per-run $gpus_per_run; echo \"STUDY EXITED rc=\$? wall=\$((\$(date +%s)-start))\"" > /tmp/study.log 2>&1 < /dev/null &
 sleep 5; tail -3 /tmp/study.log
