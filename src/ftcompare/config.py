@@ -771,7 +771,7 @@ def import_plugins(plugins: object, source: str) -> None:
             ) from None
 
 
-def _path_keys() -> set[str]:
+def data_path_keys() -> set[str]:
     """The fields of every task and suite kind, and of evaluation.lm_eval, that hold a file path."""
     return {
         name
@@ -784,7 +784,7 @@ def _path_keys() -> set[str]:
 def _resolve_data_paths(data: dict, folder: Path) -> dict:
     """Relative data paths in `task`, `sequence`, `extra_suites` and `evaluation.lm_eval`, and plugin files, resolve
     against the config file's folder."""
-    path_keys = _path_keys()
+    path_keys = data_path_keys()
 
     def resolve(section: object) -> object:
         if not isinstance(section, dict):

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -32,7 +32,15 @@ from ftcompare.analyze.stage import (
     representations_stage,
     spectral_stage,
 )
-from ftcompare.config import InterveneConfig, RepresentationsConfig, StudyConfig, VllmConfig, fingerprint, parse_config
+from ftcompare.config import (
+    InterveneConfig,
+    RepresentationsConfig,
+    StudyConfig,
+    VllmConfig,
+    data_path_keys,
+    fingerprint,
+    parse_config,
+)
 from ftcompare.console import console
 from ftcompare.context import StudyContext, environment, resolve_device
 from ftcompare.data.tasks import load_study_tasks
@@ -42,6 +50,7 @@ from ftcompare.evaluate.lm_eval_forgetting import check_tasks
 from ftcompare.evaluate.stage import evaluate_base, evaluate_stage, evaluate_suite, served_model, vllm_engines
 from ftcompare.matrix import RunSpec, best_multipliers, expand, selection_group
 from ftcompare.models.base import load_model, load_tokenizer, resolve_base
+from ftcompare.models.registry import sha256_file
 from ftcompare.models.weights import adapted_weight_names, merge_adapter
 from ftcompare.runs.store import (
     BASE_DIR,
@@ -59,6 +68,7 @@ from ftcompare.runs.store import (
 )
 from ftcompare.runs.tracking import RunTracker, announce_tracking, tracked_run
 from ftcompare.runs.workers import CLAIM_FILE, Job, Worker, work_through
+from ftcompare.schema import InputError
 from ftcompare.train.distributed import Ranks, build_base_alone, join, launched
 from ftcompare.train.stage import load_trained, sequence_matrix, stage_dir, train_stage
 
@@ -398,7 +408,16 @@ def without_silent_defaults(values: dict, silent: dict) -> dict:
 
 def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
     """What determines a run's results (run None: the base's evaluation); a run directory made from
-    another record is not resumed."""
+    another record is not resumed. Data files count by their content, not by where they lie."""
+    spec, shared = fingerprinted(run, config)
+    shared["task"] = with_data_digests(shared["task"])
+    if shared.get("evaluation", {}).get("lm_eval"):
+        shared["evaluation"]["lm_eval"] = with_data_digests(shared["evaluation"]["lm_eval"])
+    return {"run": spec, "fingerprint": fingerprint([spec, shared])}
+
+
+def fingerprinted(run: RunSpec | None, config: StudyConfig) -> tuple[object, dict]:
+    """The run and the config sections a run record identifies, less the fields at their silent defaults."""
     shared = config.model_dump(
         mode="json",
         include={"base", "task", "evaluation"} if run is None else {"base", "task", "training", "evaluation", "analyses"},
@@ -406,12 +425,42 @@ def run_record(run: RunSpec | None, config: StudyConfig) -> dict:
     for section, silent in FINGERPRINT_SILENT_DEFAULTS.items():
         if section in shared:
             shared[section] = without_silent_defaults(shared[section], silent)
-    spec = run.model_dump(mode="json") if run else "base"
-    return {"run": spec, "fingerprint": fingerprint([spec, shared])}
+    return (run.model_dump(mode="json") if run else "base"), shared
+
+
+def with_data_digests(section: dict) -> dict:
+    """A config section with each data path (as `_resolve_data_paths` reads them) replaced by a digest of what
+    it holds: the same data is the same run however the config's path was spelled (the Ray executor's slots
+    load it by its absolute path) and wherever the folder is copied; changed data is another run."""
+    keys = data_path_keys()
+    return {key: data_digest(Path(value)) if key in keys and isinstance(value, str) else value for key, value in section.items()}
+
+
+def data_digest(path: Path) -> str:
+    """sha256 of a data file, or of a folder's files and their relative paths; remembered per path, size and
+    modification time (every run record of a study hashes the same files)."""
+    try:
+        stat = path.stat()
+    except OSError as error:
+        raise InputError(path, f"cannot read it: {error.strerror or error}") from None
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@cache
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    root = Path(path)
+    if not root.is_dir():
+        return f"sha256:{sha256_file(root)}"
+    files = sorted(item for item in root.rglob("*") if item.is_file())
+    listing = [[item.relative_to(root).as_posix(), sha256_file(item)] for item in files]
+    return f"sha256:{fingerprint(listing)}"
 
 
 def holds_this_run(run_dir: RunDir, run: RunSpec | None, config: StudyConfig) -> bool:
-    return read_json(run_dir.file("run.json")).get("fingerprint") == run_record(run, config)["fingerprint"]
+    return read_json(run_dir.file("run.json")).get("fingerprint") in (
+        run_record(run, config)["fingerprint"],
+        fingerprint(list(fingerprinted(run, config))),  # as recorded before data counted by content: its path as spelled
+    )
 
 
 def is_stub(run_dir: RunDir) -> bool:
@@ -421,12 +470,15 @@ def is_stub(run_dir: RunDir) -> bool:
 
 
 def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
-    """Record which run a directory holds; refuse one that holds a run of a different config."""
-    if run_dir.has("run.json") and holds_this_run(run_dir, run, config):
-        return
-    if run_dir.has("run.json") and not is_stub(run_dir):
-        raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
-    write_json(run_dir.file("run.json"), run_record(run, config))
+    """Record which run a directory holds (a record of an earlier form of the same run is rewritten in today's);
+    refuse one that holds a run of a different config."""
+    record = run_record(run, config)
+    if run_dir.has("run.json"):
+        if read_json(run_dir.file("run.json")).get("fingerprint") == record["fingerprint"]:
+            return
+        if not holds_this_run(run_dir, run, config) and not is_stub(run_dir):
+            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+    write_json(run_dir.file("run.json"), record)
 
 
 def execute_run(
