@@ -158,13 +158,15 @@ def test_cli_dry_run_over_an_experiment_folder_shows_each_runs_progress(tmp_path
     runs = expand(load_config(quickstart))
     write_json(tmp_path / "quickstart" / runs[0].run_id / "done.json", {})
     write_json(tmp_path / "quickstart" / runs[1].run_id / "train.json", {})
+    write_json(tmp_path / "quickstart" / runs[3].run_id / "done.json", {})  # finished under another config
+    write_json(tmp_path / "quickstart" / runs[3].run_id / "run.json", {"fingerprint": "another"})
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(quickstart), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
     rows = {
         line.split("│")[1].strip(): line.split("│")[-2].strip() for line in result.output.splitlines() if line.startswith("│")
     }
     assert rows[runs[0].run_id] == "done" and rows[runs[1].run_id] == "weights lost"
-    assert rows[runs[2].run_id] == "not started"
+    assert rows[runs[2].run_id] == "not started" and rows[runs[3].run_id] == "another config's"
     assert f"1 of {len(runs)} runs done" in result.output
 
 

@@ -375,3 +375,52 @@ def test_the_static_caches_budget_at_its_default_keeps_folders_recorded_before_i
     default, set_ = (shared["evaluation"] for _, shared in recorded)
     assert "static_cache_tokens" not in default  # as before the field existed
     assert set_["static_cache_tokens"] == 4096
+
+
+def _user_task(folder, test_asserts="assert f(1) == 1"):
+    """A config on a JSONL task in `folder` (its data beside it), its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    problem = {"task_id": "p", "prompt": "def f(x):\n", "completion": "    return x\n"}
+    (folder / "train.jsonl").write_text(json.dumps({**problem, "tests": ["assert f(2) == 2"]}) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps({**problem, "tests": [test_asserts]}) + "\n")
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump({**STUDY, "task": {"kind": "jsonl", "train": "train.jsonl", "test": "test.jsonl"}}))
+    return path
+
+
+def test_a_run_is_the_same_run_wherever_its_data_lies_and_another_when_the_data_changed(tmp_path, monkeypatch):
+    from ftcompare.config import load_config
+    from ftcompare.study import run_record
+
+    def fingerprint_of(path):
+        config = load_config(path)
+        return run_record(expand_first(config), config)["fingerprint"]
+
+    here = _user_task(tmp_path / "here")
+    monkeypatch.chdir(tmp_path)
+    by_relative_path = fingerprint_of(here.relative_to(tmp_path))  # as the CLI's driver loads it
+    assert fingerprint_of(here) == by_relative_path  # as the Ray executor's slots load it: resolved
+    assert fingerprint_of(_user_task(tmp_path / "elsewhere")) == by_relative_path  # the same data copied
+    assert fingerprint_of(_user_task(tmp_path / "changed", "assert f(3) == 3")) != by_relative_path
+
+
+def test_a_run_recorded_by_its_data_path_resumes_and_its_record_is_rewritten(tmp_path, monkeypatch):
+    from ftcompare.config import fingerprint, load_config
+    from ftcompare.runs.store import RunDir
+    from ftcompare.study import bind_run_dir, fingerprinted, run_record
+
+    config = load_config(_user_task(tmp_path / "study"))
+    run = expand_first(config)
+    run_dir = RunDir(tmp_path / "runs" / run.run_id)
+    run_dir.path.mkdir(parents=True)
+    (run_dir.path / "train.json").write_text("{}")  # not a stub: results another config made would be lost
+    spec, shared = fingerprinted(run, config)
+    by_path = {"run": spec, "fingerprint": fingerprint([spec, shared])}  # what ftcompare recorded before
+    assert shared["task"]["test"] == str(tmp_path / "study" / "test.jsonl")
+    (run_dir.path / "run.json").write_text(json.dumps(by_path))
+    bind_run_dir(run, run_dir, config)
+    assert json.loads((run_dir.path / "run.json").read_text()) == run_record(run, config) != by_path
+    shared["task"]["test"] = "/another/machine/test.jsonl"  # recorded by another spelling: not this run, as before
+    (run_dir.path / "run.json").write_text(json.dumps({"run": spec, "fingerprint": fingerprint([spec, shared])}))
+    with pytest.raises(StudyMismatch, match=run.run_id):
+        bind_run_dir(run, run_dir, config)

@@ -150,8 +150,10 @@ def _check_device(device: str, what: str) -> None:
 
 
 def _print_matrix(config: StudyConfig, output: Path, to: Console) -> None:
-    """The runs the config expands to; where the experiment folder exists, how far each got (what a resume skips)."""
+    """The runs the config expands to; where the experiment folder exists, how far each got (what a resume skips)
+    or that it holds another config's run (what the study refuses)."""
     from ftcompare.runs.store import RunDir, experiment_dir
+    from ftcompare.study import run_progress
 
     experiment = experiment_dir(output, config.experiment)
     resuming = experiment.is_dir()
@@ -164,7 +166,7 @@ def _print_matrix(config: StudyConfig, output: Path, to: Console) -> None:
     if resuming:
         table.add_column("progress", no_wrap=True, min_width=12)
     runs = expand(config)
-    progress = [RunDir(experiment / run.run_id).progress for run in runs]
+    progress = [run_progress(run, RunDir(experiment / run.run_id), config) for run in runs]
     for run, reached in zip(runs, progress):
         table.add_row(
             run.run_id,

@@ -469,6 +469,14 @@ def is_stub(run_dir: RunDir) -> bool:
     return {path.name for path in run_dir.path.iterdir()} <= {"run.json", CLAIM_FILE}
 
 
+def run_progress(run: RunSpec, run_dir: RunDir, config: StudyConfig) -> str:
+    """How far `run` got in `run_dir` (RunDir.progress), or that the folder holds another config's run, which
+    the study would refuse rather than resume."""
+    if run_dir.has("run.json") and not is_stub(run_dir) and not holds_this_run(run_dir, run, config):
+        return "another config's"
+    return run_dir.progress
+
+
 def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
     """Record which run a directory holds (a record of an earlier form of the same run is rewritten in today's);
     refuse one that holds a run of a different config."""

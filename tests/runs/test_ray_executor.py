@@ -120,15 +120,29 @@ def test_a_study_on_a_local_ray_does_every_job_exactly_once(tmp_path, tiny_base,
 def test_a_sweep_whose_driver_is_killed_resumes_and_redoes_no_finished_run(tmp_path, tiny_base, cache_dir):
     study = _study()
     study["training"].pop("select_lr_on")  # four runs straight after the base
-    config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump(study))
-    command = [sys.executable, "-m", "ftcompare.cli", "run", str(config), "--output", str(tmp_path), "--executor", "ray"]
+    # data files named relative to the config, the config relative to the working directory (the driver loads it
+    # so, its slots by the resolved path): the runs the first session bound must be the resumed session's runs
+    study["task"] = {"kind": "jsonl", "train": "data/train.jsonl", "test": "data/test.jsonl"}
+    (tmp_path / "data").mkdir()
+    for name, count in (("train", 32), ("test", 3)):
+        problems = [
+            {
+                "task_id": f"{name}{i}",
+                "prompt": "def f(x):\n",
+                "completion": f"    return x + {i}\n",
+                "tests": [f"assert f(0) == {i}"],
+            }
+            for i in range(count)
+        ]
+        (tmp_path / "data" / f"{name}.jsonl").write_text("".join(json.dumps(problem) + "\n" for problem in problems))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    command = [sys.executable, "-m", "ftcompare.cli", "run", "study.yaml", "--output", ".", "--executor", "ray"]
     command += ["--slots", "1"]
     environment = {**os.environ, "FTCOMPARE_CACHE": str(cache_dir)}
     experiment = tmp_path / "shared"
     # the driver and the local Ray it started, killed together (as when the driver's machine goes down)
     driver = subprocess.Popen(
-        command, env=environment, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=environment, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not any((experiment / run / "done.json").is_file() for run in RUNS):
@@ -141,7 +155,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_and_redoes_no_finished_run(tmp_p
     assert 0 < len(finished) < len(RUNS)
     (killed,) = json.loads((experiment / EXECUTOR_FILE).read_text())["sessions"]  # its start, and no end
     assert killed["executor"] == "ray" and killed["started_at"] and "wall_s" not in killed
-    resumed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     did = _jobs_done(experiment)
     assert sorted(did) == sorted(run for run in RUNS if run not in finished)  # the rest, each once
