@@ -52,6 +52,7 @@ def study(monkeypatch):
     module = types.ModuleType("ftcompare.study")
     module.StudyMismatch = StudyMismatch
     module.check_runs_match = lambda config, output: output / config.experiment
+    module.run_progress = lambda run, run_dir, config: run_dir.progress
     module.run_study = lambda config, output, worker=None: pytest.fail("the test did not say what run_study does")
     monkeypatch.setitem(sys.modules, "ftcompare.study", module)
     return module

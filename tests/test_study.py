@@ -424,3 +424,21 @@ def test_a_run_recorded_by_its_data_path_resumes_and_its_record_is_rewritten(tmp
     (run_dir.path / "run.json").write_text(json.dumps({"run": spec, "fingerprint": fingerprint([spec, shared])}))
     with pytest.raises(StudyMismatch, match=run.run_id):
         bind_run_dir(run, run_dir, config)
+
+
+def test_a_data_folder_is_identified_by_its_files_and_a_missing_one_is_named(tmp_path):
+    from ftcompare.schema import InputError
+    from ftcompare.study import data_digest
+
+    for name in ("a", "b"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "task.yaml").write_text("task: t\n")
+        (tmp_path / name / "sub" / "data.jsonl").write_text("{}\n")
+    assert data_digest(tmp_path / "a") == data_digest(tmp_path / "b") != data_digest(tmp_path / "a" / "task.yaml")
+    (tmp_path / "b" / "sub" / "data.jsonl").write_text("{}\n{}\n")  # a file inside changed
+    assert data_digest(tmp_path / "a") != data_digest(tmp_path / "b")
+    (tmp_path / "b" / "sub" / "data.jsonl").rename(tmp_path / "b" / "sub" / "renamed.jsonl")
+    (tmp_path / "b" / "sub" / "renamed.jsonl").write_text("{}\n")  # the same bytes under another name
+    assert data_digest(tmp_path / "a") != data_digest(tmp_path / "b")
+    with pytest.raises(InputError, match="missing.jsonl: cannot read it"):
+        data_digest(tmp_path / "missing.jsonl")

@@ -437,23 +437,26 @@ def with_data_digests(section: dict) -> dict:
 
 
 def data_digest(path: Path) -> str:
-    """sha256 of a data file, or of a folder's files and their relative paths; remembered per path, size and
-    modification time (every run record of a study hashes the same files)."""
+    """sha256 of a data file, or a digest of a folder's files (their relative paths and sha256s)."""
     try:
-        stat = path.stat()
+        if not path.is_dir():
+            return f"sha256:{file_digest(path)}"
+        files = sorted(item for item in path.rglob("*") if item.is_file())
+        return f"tree:{fingerprint([[item.relative_to(path).as_posix(), file_digest(item)] for item in files])}"
     except OSError as error:
         raise InputError(path, f"cannot read it: {error.strerror or error}") from None
-    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def file_digest(path: Path) -> str:
+    """A file's sha256, remembered per path, size and modification time: every run record of a study hashes
+    the same files."""
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @cache
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    root = Path(path)
-    if not root.is_dir():
-        return f"sha256:{sha256_file(root)}"
-    files = sorted(item for item in root.rglob("*") if item.is_file())
-    listing = [[item.relative_to(root).as_posix(), sha256_file(item)] for item in files]
-    return f"sha256:{fingerprint(listing)}"
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def holds_this_run(run_dir: RunDir, run: RunSpec | None, config: StudyConfig) -> bool:
