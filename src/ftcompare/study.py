@@ -206,9 +206,7 @@ def check_runs_match(config: StudyConfig, output: Path) -> Path:
     experiment = experiment_dir(output, config.experiment)
     check_writable(experiment)
     for run in [*expand(config), None]:
-        run_dir = RunDir(experiment / (run.run_id if run else BASE_DIR))
-        if run_dir.has("run.json") and not holds_this_run(run_dir, run, config) and not is_stub(run_dir):
-            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+        refuse_another_run(RunDir(experiment / (run.run_id if run else BASE_DIR)), run, config)
     return experiment
 
 
@@ -472,23 +470,28 @@ def is_stub(run_dir: RunDir) -> bool:
     return {path.name for path in run_dir.path.iterdir()} <= {"run.json", CLAIM_FILE}
 
 
+def holds_another_run(run_dir: RunDir, run: RunSpec | None, config: StudyConfig) -> bool:
+    """Whether `run_dir` holds results another config made: the study refuses it rather than resume or overwrite it."""
+    return run_dir.has("run.json") and not is_stub(run_dir) and not holds_this_run(run_dir, run, config)
+
+
+def refuse_another_run(run_dir: RunDir, run: RunSpec | None, config: StudyConfig) -> None:
+    if holds_another_run(run_dir, run, config):
+        raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+
+
 def run_progress(run: RunSpec, run_dir: RunDir, config: StudyConfig) -> str:
-    """How far `run` got in `run_dir` (RunDir.progress), or that the folder holds another config's run, which
-    the study would refuse rather than resume."""
-    if run_dir.has("run.json") and not is_stub(run_dir) and not holds_this_run(run_dir, run, config):
-        return "another config's"
-    return run_dir.progress
+    """How far `run` got in `run_dir` (RunDir.progress), or that the folder holds another config's run."""
+    return "another config's" if holds_another_run(run_dir, run, config) else run_dir.progress
 
 
 def bind_run_dir(run: RunSpec | None, run_dir: RunDir, config: StudyConfig) -> None:
     """Record which run a directory holds (a record of an earlier form of the same run is rewritten in today's);
     refuse one that holds a run of a different config."""
     record = run_record(run, config)
-    if run_dir.has("run.json"):
-        if read_json(run_dir.file("run.json")).get("fingerprint") == record["fingerprint"]:
-            return
-        if not holds_this_run(run_dir, run, config) and not is_stub(run_dir):
-            raise StudyMismatch(f"{run_dir.path} holds a run of a different config; use another experiment name or --output")
+    if run_dir.has("run.json") and read_json(run_dir.file("run.json")).get("fingerprint") == record["fingerprint"]:
+        return
+    refuse_another_run(run_dir, run, config)
     write_json(run_dir.file("run.json"), record)
 
 
